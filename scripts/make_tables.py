@@ -1,0 +1,523 @@
+#!/usr/bin/env python
+"""Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
+
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|auto]
+
+Runs that share every setting except the seed form one row; metrics are shown as
+mean ± sample std over those seeds (n = number of runs). A run that did not complete gets
+a row of its own, marked with its status and error. The script needs only the standard
+library and matplotlib (for the figures), so it runs from a checkout without installing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("make_tables")
+
+SUMMARY = "run_summary.json"
+BASE_KEYS = ("task", "dataset", "model", "attack", "training", "attack.eps")
+ATTACK_METRICS = (
+    "clean_acc",
+    "fooling_rate",
+    "attack_success_rate",
+    "adv_acc",
+    "label_entropy",
+    "dominant_label_ratio",
+    "num_target_labels",
+    "worst_class_adv_acc",
+    "craft_seconds",
+)
+DEFENCE_METRICS = (
+    "clean_acc",
+    "adv_acc_sgd_uap",
+    "adv_acc_uap",
+    "adv_acc_cb_uap",
+    "worst_adv_acc",
+    "worst_class_adv_acc",
+    "wall_seconds",
+    "time_vs_natural",
+)
+KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS}
+KINDS = ("auto", *KIND_METRICS)
+# Settings that differ between runs without defining a different experiment.
+IGNORED_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "perturbation"}
+IGNORED_LEAVES = {"root", "checkpoint", "init_checkpoint", "download"}
+PER_CLASS_KEYS = ("per_class_worst_adv_acc", "per_class_adv_acc")
+
+
+class NoRecords(Exception):
+    """The directory holds no run records."""
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed onto it on success (same contract as
+    `cbuap_runner.io.atomic_path`, repeated here so the script runs without the package)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def load_records(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every `run_summary.json` under `root` (recursively), each with `_dir` (its run directory
+    relative to `root`). An unreadable file becomes a record with status "unreadable"."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: no such directory")
+    records = []
+    for path in sorted(root.rglob(SUMMARY)):
+        rel = path.parent.relative_to(root).as_posix() or "."
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            record = {"status": "unreadable", "error": f"{path}: {err}".splitlines()[0]}
+        record["_dir"] = rel
+        records.append(record)
+    return records
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+    elif prefix:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def _override_key(override: str) -> str | None:
+    """`attack.eps` for `attack.eps=0.2` (also `+key=`, `++key=`); None for `~key` or no '='."""
+    if "=" not in override or override.startswith("~"):
+        return None
+    return override.split("=", 1)[0].lstrip("+").strip()
+
+
+def _ignored(key: str) -> bool:
+    """Seed, paths and logging options: they differ between runs of one experiment."""
+    parts = re.split(r"[./]", key)
+    return parts[0] in IGNORED_ROOTS or parts[-1] in IGNORED_LEAVES
+
+
+def _settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's settings: flattened config, overrides, then the top-level identity fields."""
+    out = _flatten(record.get("config") or {})
+    for override in record.get("overrides") or []:
+        key = _override_key(str(override))
+        if key and key not in out:
+            out[key] = str(override).split("=", 1)[1]
+    for key in ("task", "dataset", "model", "attack", "training"):
+        if key in record:
+            out[key] = record[key]
+        elif isinstance(out.get(f"{key}.name"), str):
+            out[key] = out[f"{key}.name"]
+    return out
+
+
+def _hashable(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def group_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The settings that define a table row: the identity fields and `attack.eps` where any run
+    has them, every key a run overrode (except seed and paths), and any other config key that
+    would otherwise put two different experiments into one row."""
+    settings = [_settings(r) for r in records]
+    keys = [k for k in BASE_KEYS if any(s.get(k) is not None for s in settings)]
+    for record in records:
+        for override in record.get("overrides") or []:
+            key = _override_key(str(override))
+            if key and key not in keys and not _ignored(key) and key in _settings(record):
+                keys.append(key)
+
+    def clashes(candidate: str) -> bool:
+        seen: dict[str, str] = {}
+        for s in settings:
+            ident = _hashable([s.get(k) for k in keys])
+            if seen.setdefault(ident, _hashable(s.get(candidate))) != _hashable(s.get(candidate)):
+                return True
+        return False
+
+    all_keys = sorted({k for s in settings for k in s if not _ignored(k) and k not in keys})
+    for key in all_keys:
+        if key.endswith(".name") and key[: -len(".name")] in keys:
+            continue
+        if clashes(key):
+            keys.append(key)
+    # drop override keys that never vary (e.g. a sweep over one value): they add no information
+    return [k for k in keys if k in BASE_KEYS or len({_hashable(s.get(k)) for s in settings}) > 1]
+
+
+def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> str:
+    """`kind`, or for "auto": defences when every run trains or runs the pipeline, attacks when
+    every run attacks or evaluates, "mixed" otherwise."""
+    if kind != "auto":
+        if kind not in KIND_METRICS:
+            raise ValueError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
+        return kind
+    tasks = {r.get("task") for r in records if r.get("status") == "completed"} or {r.get("task") for r in records}
+    if tasks and tasks <= {"train", "pipeline"}:
+        return "defences"
+    if tasks and tasks <= {"attack", "evaluate"}:
+        return "attacks"
+    return "mixed"
+
+
+def metric_columns(records: Sequence[Mapping[str, Any]], kind: str) -> list[str]:
+    """The kind's metric columns that at least one run reports."""
+    wanted = list(dict.fromkeys(KIND_METRICS[kind] if kind in KIND_METRICS else ATTACK_METRICS + DEFENCE_METRICS))
+    present = set()
+    for r in records:
+        present |= set((r.get("metrics") or {}).keys())
+        if r.get("wall_seconds") is not None:
+            present.add("wall_seconds")
+    if "wall_seconds" in present:
+        present.add("time_vs_natural")
+    return [m for m in wanted if m in present]
+
+
+def _value(record: Mapping[str, Any], metric: str) -> float | None:
+    value = (record.get("metrics") or {}).get(metric)
+    if value is None and metric == "wall_seconds":
+        value = record.get("wall_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _train_seconds(record: Mapping[str, Any]) -> float | None:
+    """Training time where the run reports it, else the run's wall time."""
+    for key in ("train_seconds", "training_seconds"):
+        value = _value(record, key)
+        if value is not None:
+            return value
+    return _value(record, "wall_seconds")
+
+
+def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics: Sequence[str] | None = None
+               ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Aggregate records into table rows; returns (setting columns, metric columns, rows).
+
+    Each completed row holds its settings, `status`, `n`, `seeds`, the run directories and
+    `<metric>: (mean, std, n)`; each run that did not complete is a row of its own with its
+    `error`. Rows are sorted by their settings; failed rows follow their group.
+    """
+    kind = resolve_kind(records, kind)
+    keys = group_keys(records)
+    columns = list(metrics) if metrics else metric_columns(records, kind)
+    groups: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for record in records:
+        settings = _settings(record)
+        ident = _hashable([settings.get(k) for k in keys])
+        status = record.get("status") or "unknown"
+        if status != "completed":
+            ident += f"|{status}|{record.get('_dir')}"
+        if ident not in groups:
+            groups[ident] = {"settings": {k: settings.get(k) for k in keys}, "status": status, "records": []}
+            order.append(ident)
+        groups[ident]["records"].append(record)
+
+    rows = []
+    for ident in order:
+        group = groups[ident]
+        recs = group["records"]
+        row: dict[str, Any] = dict(group["settings"])
+        row["status"] = group["status"]
+        row["n"] = len(recs)
+        row["seeds"] = sorted({r.get("seed") for r in recs if r.get("seed") is not None}, key=str)
+        row["dirs"] = [r.get("_dir") for r in recs]
+        row["error"] = "; ".join(str(r.get("error") or "").splitlines()[0] for r in recs if r.get("error")) or None
+        row["_records"] = recs
+        for m in columns:
+            values = [v for v in (_value(r, m) for r in recs) if v is not None] if row["status"] == "completed" else []
+            mean, std = mean_std(values)
+            row[m] = (mean, std, len(values))
+        rows.append(row)
+    if "time_vs_natural" in columns:
+        _add_time_vs_natural(rows, keys)
+    rows.sort(key=lambda r: ([_sort_key(r.get(k)) for k in keys], r["status"] != "completed", r["dirs"]))
+    return keys, columns, rows
+
+
+def _sort_key(value: Any) -> tuple:
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
+def _add_time_vs_natural(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """Each completed row's training time over that of the natural row with the same other settings."""
+    other = [k for k in keys if k != "training" and not k.startswith("training.")]
+    natural = {}
+    for row in rows:
+        if row["status"] == "completed" and row.get("training") == "natural":
+            times = [t for t in (_train_seconds(r) for r in row["_records"]) if t is not None]
+            if times:
+                natural[_hashable([row.get(k) for k in other])] = sum(times) / len(times)
+    for row in rows:
+        base = natural.get(_hashable([row.get(k) for k in other]))
+        times = [t for t in (_train_seconds(r) for r in row["_records"]) if t is not None]
+        ratios = [t / base for t in times] if base and row["status"] == "completed" else []
+        mean, std = mean_std(ratios)
+        row["time_vs_natural"] = (mean, std, len(ratios))
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _fmt_number(x: float) -> str:
+    if float(x).is_integer() and abs(x) >= 10:
+        return str(int(x))
+    return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def format_cell(cell: tuple[float | None, float | None, int], pm: str = "±") -> str:
+    """`mean ± std` (just the mean for one value, "–" for none)."""
+    mean, std, _ = cell
+    if mean is None:
+        return "–"
+    return _fmt_number(mean) if std is None else f"{_fmt_number(mean)} {pm} {_fmt_number(std)}"
+
+
+def _setting_text(value: Any) -> str:
+    if value is None:
+        return "–"
+    return _fmt_number(value) if isinstance(value, float) else str(value)
+
+
+def _display(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]], pm: str = "±"
+             ) -> tuple[list[str], list[list[str]]]:
+    """Header and text cells shared by the Markdown and LaTeX writers."""
+    show_status = any(r["status"] != "completed" for r in rows)
+    status = ["status"] if show_status else []
+    header = list(keys) + status + ["n"] + list(columns) + (["error"] if show_status else [])
+    body = []
+    for r in rows:
+        cells = [_setting_text(r.get(k)) for k in keys]
+        if show_status:
+            cells.append(str(r["status"]).upper() if r["status"] != "completed" else "ok")
+        cells.append(str(r["n"]))
+        cells += [format_cell(r[m], pm) for m in columns]
+        if show_status:
+            error = r.get("error") or ""
+            cells.append(error if len(error) <= 100 else error[:97] + "...")
+        body.append(cells)
+    return header, body
+
+
+def to_markdown(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    header, body = _display(keys, columns, rows)
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    out = [line(header), "|" + "|".join("---" for _ in header) + "|"]
+    out += [line(cells) for cells in body]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Machine-readable CSV: `<metric>_mean`, `<metric>_std`, `<metric>_n` per metric."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(list(keys) + ["status", "n", "seeds"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")]
+                    + ["error", "dirs"])
+    for r in rows:
+        cells = [("" if r.get(k) is None else r.get(k)) for k in keys]
+        cells += [r["status"], r["n"], " ".join(str(s) for s in r["seeds"])]
+        for m in columns:
+            mean, std, n = r[m]
+            cells += ["" if mean is None else repr(mean), "" if std is None else repr(std), n]
+        cells += [r.get("error") or "", " ".join(str(d) for d in r["dirs"])]
+        writer.writerow(cells)
+    return buf.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """`text` with LaTeX's special characters escaped."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def to_latex(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A booktabs `tabular` (needs `\\usepackage{booktabs}`)."""
+    header, body = _display(keys, columns, rows, pm="PLUSMINUS")
+    n_text = len(header) - len(columns) - (1 if "error" in header else 0)
+    align = "l" * n_text + "r" * len(columns) + ("l" if "error" in header else "")
+
+    def cell(text: str) -> str:
+        return latex_escape(text).replace("PLUSMINUS", r"$\pm$").replace("–", "--")
+
+    out = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(cell(h) for h in header) + r" \\", r"\midrule"]
+    out += [" & ".join(cell(c) for c in cells) + r" \\" for cells in body]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _label(row: Mapping[str, Any], keys: Sequence[str], varying: Sequence[str]) -> str:
+    parts = [f"{k}={_setting_text(row.get(k))}" if k.count(".") else _setting_text(row.get(k)) for k in varying]
+    return ", ".join(parts) or _setting_text(row.get("training") or row.get("attack") or row.get("task"))
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    with _atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
+    return path
+
+
+def make_figures(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+    """Label entropy against fooling rate (one point per run, coloured by attack) and per-class
+    robust accuracy bars (one bar per row, one figure per dataset and model). Returns the files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    done = [r for r in rows if r["status"] == "completed"]
+
+    points: dict[str, list[tuple[float, float]]] = {}
+    for row in done:
+        for rec in row["_records"]:
+            fr, ent = _value(rec, "fooling_rate"), _value(rec, "label_entropy")
+            if fr is not None and ent is not None:
+                points.setdefault(_setting_text(row.get("attack")), []).append((fr, ent))
+    if points:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for attack, xy in sorted(points.items()):
+            ax.scatter([p[0] for p in xy], [p[1] for p in xy], label=attack, alpha=0.8)
+        ax.set_xlabel("fooling rate")
+        ax.set_ylabel("label entropy (adversarial predictions)")
+        ax.set_title("Label entropy vs fooling rate")
+        ax.legend(title="attack")
+        ax.grid(alpha=0.3)
+        written.append(_save_figure(fig, out_dir / "entropy_vs_fooling.png"))
+        plt.close(fig)
+
+    varying = [k for k in keys if k not in ("dataset", "model") and len({_hashable(r.get(k)) for r in done}) > 1]
+    panels: dict[tuple[str, str], list[tuple[str, str, list[float]]]] = {}
+    for row in done:
+        for metric in PER_CLASS_KEYS:
+            lists = [(rec.get("metrics") or {}).get(metric) for rec in row["_records"]]
+            lists = [v for v in lists if isinstance(v, list) and v]
+            if lists and all(len(v) == len(lists[0]) for v in lists):
+                means = [sum(float(v[i]) for v in lists) / len(lists) for i in range(len(lists[0]))]
+                key = (_setting_text(row.get("dataset")), _setting_text(row.get("model")))
+                panels.setdefault(key, []).append((_label(row, keys, varying), metric, means))
+                break
+    for (dataset, model), bars in sorted(panels.items()):
+        num_classes = max(len(b[2]) for b in bars)
+        width = 0.8 / len(bars)
+        fig, ax = plt.subplots(figsize=(max(6, num_classes * 0.6 + 2), 4))
+        for i, (label, _, means) in enumerate(bars):
+            ax.bar([c - 0.4 + width * (i + 0.5) for c in range(len(means))], means, width=width, label=label)
+        metrics_used = sorted({b[1] for b in bars})
+        ax.set_xticks(range(num_classes))
+        ax.set_xlabel("class")
+        ax.set_ylabel(" / ".join(m.replace("per_class_", "") for m in metrics_used))
+        ax.set_ylim(0, 1)
+        ax.set_title(f"Per-class robust accuracy: {dataset}, {model}")
+        ax.legend(fontsize="small")
+        ax.grid(axis="y", alpha=0.3)
+        written.append(_save_figure(fig, out_dir / f"per_class_{dataset}_{model}.png"))
+        plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, kind: str = "auto",
+                 metrics: Sequence[str] | None = None, figures: bool = True) -> list[Path]:
+    """Read the records under `root` and write `<kind>.md/.csv/.tex` and the figures to `out_dir`."""
+    records = load_records(root)
+    if not records:
+        raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
+    kind = resolve_kind(records, kind)
+    keys, columns, rows = build_rows(records, kind, metrics)
+    out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
+    written = [
+        _write_text(out / f"{kind}.md", to_markdown(keys, columns, rows)),
+        _write_text(out / f"{kind}.csv", to_csv(keys, columns, rows)),
+        _write_text(out / f"{kind}.tex", to_latex(keys, columns, rows)),
+    ]
+    if figures:
+        written += make_figures(keys, rows, out)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="a sweep directory or outputs/ (searched recursively for run_summary.json)")
+    parser.add_argument("--out", default=None, help="where to write the tables (default: ROOT/tables)")
+    parser.add_argument("--kind", default="auto", choices=KINDS, help="which metric columns to show")
+    parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
+    parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    args = parser.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    try:
+        written = write_tables(args.root, args.out, args.kind, metrics, figures=not args.no_figures)
+    except (NoRecords, NotADirectoryError, OSError) as err:
+        print(f"make_tables: error: {err}", file=sys.stderr)
+        return 1
+    print(Path(written[0]).read_text(), end="")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

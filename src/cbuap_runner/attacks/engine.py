@@ -1,0 +1,254 @@
+"""The crafting engine: one loop for a universal δ [C,H,W], M independent starts [M,C,H,W] and
+class-wise perturbations [K,C,H,W] (METHOD.md §2 skeleton: minibatch ascent, project, decay per pass).
+
+Contract: the model is put in eval mode with parameter gradients off (both restored afterwards); δ is a
+leaf tensor updated in place through `delta.data`; x̃ = clamp(x + δ, 0, 1); the objective is mean-reduced
+over the batch, so the step does not scale with batch size; the input batch is never modified; per-pass
+statistics are accumulated on device and synchronised once per pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..schema import AttackConfig
+from .objectives import UAPObjective
+from .threat import ThreatModel, make_threat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CraftResult:
+    """What a crafting run returns."""
+
+    delta: Tensor  # [C,H,W]; [M,C,H,W] if num_starts > 1; [K,C,H,W] for cw_uap
+    converged: bool
+    passes: int
+    images_processed: int  # crafting-set images drawn by the loop (summed over steps, not × M)
+    history: list[dict] = field(default_factory=list)  # one dict per pass
+
+
+CraftFn = Callable[..., CraftResult]
+
+
+def apply_delta(x: Tensor, delta: Tensor, y: Tensor | None = None) -> Tensor:
+    """clamp(x + δ, 0, 1); a class-wise δ [K,C,H,W] needs `y` and gives sample i δ[y_i]."""
+    delta = delta.to(device=x.device, dtype=x.dtype)
+    if delta.dim() == x.dim():
+        if y is not None:
+            delta = delta[y.to(x.device)]
+        elif delta.shape[0] == 1:
+            delta = delta[0]
+        else:
+            raise ValueError(f"a stacked perturbation {tuple(delta.shape)} needs labels y (class-wise) "
+                             "or one start selected (delta[m])")
+    return (x + delta).clamp(0, 1)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside; the previous mode and requires_grad flags after."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """argmax predictions of `model` over `x`, batched, on x's device, without host syncs."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+
+
+def init_delta(threat: ThreatModel, shape: tuple[int, ...], cfg: AttackConfig, *, device: torch.device,
+               generator: torch.Generator | None, init: Tensor | None) -> Tensor:
+    """Starting δ of `shape`: the warm start `init` (broadcast to all rows), else zero or uniform."""
+    if init is not None:
+        d = init.detach().to(device=device, dtype=torch.float32)
+        if d.dim() == len(shape) - 1:
+            d = d.unsqueeze(0)
+        d = d.expand(shape).clone()
+    elif cfg.init == "uniform":
+        d = threat.random_init(shape, device=device, generator=generator)
+    else:
+        d = torch.zeros(shape, device=device)
+    return threat.project_(d)
+
+
+def _progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
+    """A tqdm bar, shown only when asked and stderr is a terminal."""
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+
+
+def batch_objective(model: nn.Module, xb: Tensor, yb: Tensor, delta: Tensor, objective: UAPObjective, *,
+                    num_classes: int, class_wise: bool = False,
+                    balance_on: bool = True) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """J [S] (mean-reduced over the batch), its parts and the logits [G,B,K] for δ [S,C,H,W] on one batch."""
+    b = xb.shape[0]
+    if class_wise:
+        xt = (xb + delta[yb]).clamp(0, 1)
+        counts = torch.zeros(num_classes, device=xb.device).scatter_add_(0, yb, torch.ones(b, device=xb.device))
+        weight = 1.0 / counts[yb]  # mean within each class, then over the classes present
+    else:
+        xt = (xb.unsqueeze(0) + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
+        weight = None
+    logits = model(xt).view(-1, b, num_classes)
+    J, parts = objective(logits, yb, balance_on=balance_on, sample_weight=weight)
+    return J, parts, logits
+
+
+def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
+               objective: UAPObjective, num_deltas: int, class_wise: bool = False,
+               generator: torch.Generator | None = None, progress: bool = False,
+               init: Tensor | None = None, max_steps: int | None = None) -> CraftResult:
+    """Maximise `objective` over δ [num_deltas,C,H,W] by minibatch ascent over the crafting set (x, y).
+
+    Stops after `cfg.passes` passes or when the pass objective improved by less than `cfg.tol` for
+    `cfg.patience` passes (converged); with `max_steps` it runs exactly that many minibatch steps instead
+    (cycling through passes, no early stop), which is what the CB-UAT pool refresh needs.
+    """
+    device = x.device
+    y = y.to(device)
+    N, K, S = x.shape[0], num_classes, num_deltas
+    G = 1 if class_wise else S  # prediction groups: one forward per sample class-wise, S otherwise
+    threat = make_threat(cfg.norm, cfg.eps)
+    delta = init_delta(threat, (S, *x.shape[1:]), cfg, device=device, generator=generator, init=init)
+    delta.requires_grad_(True)
+    alpha = cfg.step_size if cfg.step_size is not None else cfg.eps / 4
+    opt = torch.optim.Adam([delta], lr=cfg.adam_lr, maximize=True) if cfg.optimizer == "adam" else None
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    history: list[dict] = []
+    steps = images = pass_idx = stale = 0
+    best, converged = -math.inf, False
+    with frozen(model):
+        clean = predict(model, x, cfg.batch_size)
+        bar = _progress_bar(max_steps if max_steps is not None else cfg.passes, progress, cfg.name)
+        while (pass_idx < cfg.passes) if max_steps is None else (steps < max_steps):
+            balance_on = pass_idx >= cfg.balance_start
+            if objective.balanced and pass_idx == cfg.balance_start and pass_idx > 0:
+                best, stale = -math.inf, 0  # the objective changes when the balance terms switch on
+            perm = torch.randperm(N, generator=generator, device=gen_device).to(device)
+            obj_sum = torch.zeros((), device=device)
+            parts_sum: dict[str, Tensor] = {}
+            fooled = torch.zeros(G, device=device)
+            hits = torch.zeros(G, device=device)
+            batches = seen = 0
+            for start in range(0, N, cfg.batch_size):
+                if max_steps is not None and steps >= max_steps:
+                    break
+                idx = perm[start:start + cfg.batch_size]
+                xb, yb, cb = x[idx], y[idx], clean[idx]
+                b = xb.shape[0]
+                J, parts, logits = batch_objective(model, xb, yb, delta, objective, num_classes=K,
+                                                   class_wise=class_wise, balance_on=balance_on)
+                (grad,) = torch.autograd.grad(J.sum(), delta)
+                with torch.no_grad():
+                    if opt is None:
+                        threat.step_(delta.data, grad, alpha)
+                    else:
+                        delta.grad = grad
+                        opt.step()
+                        delta.grad = None
+                    threat.project_(delta.data)
+                    pred = logits.detach().argmax(-1)  # [G,b]
+                    objective.observe(pred, yb)
+                    obj_sum += J.detach().mean()
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0) + v
+                    fooled += (pred != cb).sum(1)
+                    if cfg.target is not None:
+                        hits += (pred == cfg.target).sum(1)
+                steps += 1
+                batches += 1
+                seen += b
+            objective.end_pass()
+            if batches == 0:
+                break
+            images += seen
+            pass_idx += 1
+            # one host sync per pass
+            stats = torch.cat([torch.stack([obj_sum / batches, *(v / batches for v in parts_sum.values())]),
+                               fooled / seen, hits / seen]).tolist()
+            objective_value, n_parts = stats[0], len(parts_sum)
+            rates = stats[1 + n_parts:1 + n_parts + G]
+            record = {"pass": pass_idx, "objective": objective_value, "fooling_rate": max(rates),
+                      "step_size": alpha if opt is None else opt.param_groups[0]["lr"],
+                      "images": seen, "balance_on": bool(balance_on and objective.balanced)}
+            record.update(zip(parts_sum, stats[1:1 + n_parts]))
+            if G > 1:
+                record["fooling_rates"] = rates
+            if cfg.target is not None:
+                record["target_rate"] = max(stats[1 + n_parts + G:])
+            history.append(record)
+            log.debug("%s pass %d: %s", cfg.name, pass_idx, record)
+            bar.update(batches if max_steps is not None else 1)
+            bar.set_postfix(obj=f"{objective_value:.3f}", fr=f"{record['fooling_rate']:.3f}")
+            alpha *= cfg.step_decay
+            if opt is not None:
+                opt.param_groups[0]["lr"] *= cfg.step_decay
+            if max_steps is None:
+                if objective_value > best + cfg.tol:
+                    best, stale = objective_value, 0
+                else:
+                    stale += 1
+                    if stale >= cfg.patience:
+                        converged = True
+                        break
+        bar.close()
+    out = delta.detach().clone()
+    if S == 1 and not class_wise:
+        out = out[0]
+    return CraftResult(delta=out, converged=converged, passes=pass_idx, images_processed=images, history=history)
+
+
+def _check_unbalanced(cfg: AttackConfig) -> None:
+    """Warn when balance knobs are set on an attack that ignores them."""
+    if cfg.lambda_div or cfg.lambda_conf or cfg.lambda_pen or cfg.class_reweight:
+        log.warning("attack=%s ignores the class-balance settings (lambda_*, class_reweight); use attack=cb_uap",
+                    cfg.name)
+
+
+def craft_sgd_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int,
+                  **kw) -> CraftResult:
+    """SGD-UAP (Shafahi et al. 2020): clipped CE (or CW) ascent, no balance terms."""
+    _check_unbalanced(cfg)
+    objective = UAPObjective(cfg, num_classes, balanced=False)
+    return run_engine(model, x, y, cfg, num_classes, objective=objective, num_deltas=cfg.num_starts, **kw)
+
+
+def craft_cb_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int,
+                 **kw) -> CraftResult:
+    """CB-UAP: the SGD-UAP skeleton with the class-balance terms of METHOD.md §2."""
+    objective = UAPObjective(cfg, num_classes, balanced=True)
+    return run_engine(model, x, y, cfg, num_classes, objective=objective, num_deltas=cfg.num_starts, **kw)
+
+
+# name -> crafting function; classwise.py and deepfool_uap.py add their entries (one line each)
+ATTACKS: dict[str, CraftFn] = {"sgd_uap": craft_sgd_uap, "cb_uap": craft_cb_uap}
+
+
+def craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
+          generator: torch.Generator | None = None, progress: bool = False,
+          init: Tensor | None = None, max_steps: int | None = None) -> CraftResult:
+    """Craft the perturbation named by `cfg.name` on the crafting set (x in [0,1], y int64)."""
+    if cfg.name not in ATTACKS:
+        raise KeyError(f"attack.name={cfg.name!r}: unknown attack; one of {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[cfg.name](model, x, y, cfg, num_classes, generator=generator, progress=progress,
+                             init=init, max_steps=max_steps)

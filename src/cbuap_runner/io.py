@@ -1,0 +1,69 @@
+"""Crash-safe file output: everything is written to a temporary file and renamed into place."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
+    """Append one JSON object as a line and flush it to disk."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(obj, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def safe_torch_load(path: str | os.PathLike, key: str, map_location: Any = "cpu") -> Any:
+    """torch.load with weights_only=True; every failure becomes one UserError naming `key` and the path."""
+    from .errors import UserError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{key}={str(path)!r}: no such file")
+    if p.stat().st_size == 0:
+        raise UserError(f"{key}={str(path)!r}: the file is empty")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as ex:  # torch raises many types for foreign, truncated or unsafe files
+        text = str(ex)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            reason = "refused: it holds Python objects that are not plain data (it could run code when loaded)"
+        else:
+            reason = "not a readable torch file (truncated, corrupt or of another format)"
+        raise UserError(f"{key}={str(path)!r}: {reason}") from ex

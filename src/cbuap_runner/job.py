@@ -1,0 +1,82 @@
+"""One job: validate the config, run its task, and always leave an honest run record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError, describe
+from .io import write_json
+from .progress import set_progress_mode
+from .runinfo import git_commit, resolve_device, seed_everything, versions
+from .schema import Config, to_plain, validate
+
+log = logging.getLogger(__name__)
+
+
+def to_config(dcfg: DictConfig) -> Config:
+    """The composed DictConfig as a validated `Config` dataclass (interpolations resolved)."""
+    cfg = OmegaConf.to_object(dcfg)
+    if not isinstance(cfg, Config):
+        raise UserError("config: the root config must extend base_config")
+    validate(cfg)
+    return cfg
+
+
+def _summary_base(dcfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    def pick(path: str) -> Any:
+        return OmegaConf.select(dcfg, path, default=None, throw_on_resolution_failure=False)
+
+    return {"status": "running", "task": pick("task"), "dataset": pick("dataset.name"), "model": pick("model.name"),
+            "attack": pick("attack.name"), "training": pick("training.name"), "seed": pick("seed"),
+            "overrides": overrides, "git_commit": git_commit(), "versions": versions()}
+
+
+def _resolved_config(dcfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(dcfg, resolve=True)
+    except Exception:  # an unresolvable value is reported by validation; keep the raw form here
+        return OmegaConf.to_container(dcfg, resolve=False)
+
+
+def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str]) -> Optional[dict]:
+    """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun."""
+    from .tasks import TASKS, Context
+    from .tracking import make_tracker
+
+    t0 = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg)}
+    write_json(run_dir / "run_summary.json", summary)
+    tracker, status = None, "failed"
+    try:
+        cfg = to_config(dcfg)
+        set_progress_mode(cfg.progress)
+        seed_everything(cfg.seed, cfg.deterministic)
+        device = resolve_device(cfg.device)
+        job_name = f"{cfg.task}-{cfg.dataset.name}-{cfg.model.name}-{cfg.attack.name if cfg.task == 'attack' else cfg.training.name}"
+        tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group)
+        log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,
+                 device, run_dir)
+        metrics = TASKS[cfg.task](Context(cfg, run_dir, device, tracker))
+        summary.update(status="completed", metrics=metrics, device=str(device))
+        tracker.set_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+        status = "completed"
+        return metrics
+    except BaseException as ex:
+        line = describe(ex)
+        summary.update(status="failed", error=line)
+        (run_dir / "error.txt").write_text(line + "\n")
+        if multirun and isinstance(ex, Exception):
+            log.error("job failed: %s", line)
+            return None
+        raise
+    finally:
+        summary["wall_seconds"] = round(time.time() - t0, 3)
+        write_json(run_dir / "run_summary.json", summary)
+        if tracker is not None:
+            tracker.finish(status)

@@ -1,0 +1,206 @@
+"""Evaluation metrics of METHOD.md §5, accumulated on device in one pass (counts only; one host sync).
+
+Definitions (the contract): c_i clean prediction, a_i adversarial prediction, y_i label.
+- clean_acc = mean[c = y]; adv_acc = mean[a = y]
+- fooling_rate = mean[a ≠ c] over all samples (Moosavi-Dezfooli)
+- attack_success_rate = mean[a ≠ y] over samples with c = y (Benz)
+- label_hist h_k = mean[a = k]; label_entropy = H(h)/log K; dominant_label_ratio = max h;
+  num_target_labels = #{k: h_k > 1%}
+- per-class adv_acc (over samples of true class k) and attack success rate (over correctly classified
+  samples of class k); their population std over the classes that have samples; worst class = lowest
+  per-class adv_acc. Classes without samples get null.
+- fooled_label_entropy (extra): H/log K of the adversarial labels of the fooled samples only; unlike
+  label_entropy it does not reach 1 merely because the attack fools nobody.
+- transition_matrix[c][a]: counts of clean prediction c → adversarial prediction a (sums to N).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+TARGET_LABEL_THRESHOLD = 0.01
+
+
+class _Counts:
+    """Device-side counters for G perturbations evaluated on the same samples."""
+
+    def __init__(self, num_classes: int, groups: int, device: torch.device) -> None:
+        K = num_classes
+        self.K, self.G = K, groups
+        self.n_y = torch.zeros(K, dtype=torch.long, device=device)
+        self.clean_ok_y = torch.zeros(K, dtype=torch.long, device=device)
+        self.adv_ok_y = torch.zeros(groups, K, dtype=torch.long, device=device)
+        self.success_y = torch.zeros(groups, K, dtype=torch.long, device=device)  # c = y and a ≠ y
+        self.transition = torch.zeros(groups, K, K, dtype=torch.long, device=device)
+
+    def add(self, clean_pred: Tensor, adv_pred: Tensor, y: Tensor) -> None:
+        """Count one batch; adv_pred is [B] or [G,B]. No host sync."""
+        K = self.K
+        adv = adv_pred.view(self.G, -1)
+        g = torch.arange(self.G, device=y.device).view(-1, 1)
+        clean_ok = clean_pred == y
+        self.n_y.scatter_add_(0, y, torch.ones_like(y))
+        self.clean_ok_y.scatter_add_(0, y, clean_ok.long())
+        self.adv_ok_y.view(-1).scatter_add_(0, (g * K + y).view(-1), (adv == y).long().view(-1))
+        self.success_y.view(-1).scatter_add_(0, (g * K + y).view(-1), (clean_ok & (adv != y)).long().view(-1))
+        flat = (g * K * K + clean_pred * K + adv).view(-1)
+        self.transition.view(-1).scatter_add_(0, flat, torch.ones_like(flat))
+
+    def finalize(self, group: int) -> dict[str, Any]:
+        """The metric dict of perturbation `group` as plain Python values."""
+        return _metrics_from_counts(self.n_y.cpu(), self.clean_ok_y.cpu(), self.adv_ok_y[group].cpu(),
+                                    self.success_y[group].cpu(), self.transition[group].cpu())
+
+    def fooling_rates(self) -> list[float]:
+        """Fooling rate of every group."""
+        t = self.transition.cpu().double()
+        n = max(int(self.n_y.sum()), 1)
+        return [float((t[g].sum() - t[g].trace()) / n) for g in range(self.G)]
+
+
+def _ratio(num: Tensor, den: Tensor) -> list[float | None]:
+    """Elementwise num/den with None where den = 0."""
+    return [float(a) / float(b) if b > 0 else None for a, b in zip(num.tolist(), den.tolist())]
+
+
+def _norm_entropy(counts: Tensor) -> float:
+    """H(p)/log K of the distribution proportional to `counts` (0 when empty)."""
+    total = float(counts.sum())
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0].double() / total
+    return max(0.0, float(-(p * p.log()).sum() / math.log(counts.numel())))
+
+
+def _std(values: list[float | None]) -> float | None:
+    """Population std of the defined values."""
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    m = sum(v) / len(v)
+    return math.sqrt(sum((x - m) ** 2 for x in v) / len(v))
+
+
+def _metrics_from_counts(n_y: Tensor, clean_ok_y: Tensor, adv_ok_y: Tensor, success_y: Tensor,
+                         transition: Tensor) -> dict[str, Any]:
+    """All §5 metrics from the per-class counters and the K×K transition counts."""
+    K = n_y.numel()
+    N = int(n_y.sum())
+    n = max(N, 1)
+    t = transition.double()
+    adv_hist = (t.sum(0) / n)
+    clean_hist = (t.sum(1) / n)
+    fooled_hist = t.sum(0) - t.diagonal()  # adversarial labels of the fooled samples (a ≠ c)
+    per_class_adv = _ratio(adv_ok_y, n_y)
+    per_class_asr = _ratio(success_y, clean_ok_y)
+    defined = [(a, k) for k, a in enumerate(per_class_adv) if a is not None]
+    worst_acc, worst = min(defined) if defined else (None, None)
+    n_ok = int(clean_ok_y.sum())
+    return {
+        "num_images": N,
+        "clean_acc": int(clean_ok_y.sum()) / n,
+        "adv_acc": int(adv_ok_y.sum()) / n,
+        "fooling_rate": float((t.sum() - t.trace()) / n),
+        "attack_success_rate": int(success_y.sum()) / n_ok if n_ok else 0.0,
+        "label_hist": adv_hist.tolist(),
+        "clean_label_hist": clean_hist.tolist(),
+        "label_entropy": _norm_entropy(adv_hist),
+        "fooled_label_entropy": _norm_entropy(fooled_hist),
+        "dominant_label_ratio": float(adv_hist.max()),
+        "dominant_label": int(adv_hist.argmax()),
+        "num_target_labels": int((adv_hist > TARGET_LABEL_THRESHOLD).sum()),
+        "per_class_clean_acc": _ratio(clean_ok_y, n_y),
+        "per_class_adv_acc": per_class_adv,
+        "per_class_attack_success_rate": per_class_asr,
+        "per_class_adv_acc_std": _std(per_class_adv),
+        "per_class_attack_success_rate_std": _std(per_class_asr),
+        "worst_class_adv_acc": worst_acc,
+        "worst_class": worst,
+        "transition_matrix": transition.long().tolist(),
+    }
+
+
+def metrics_from_predictions(clean_pred: Tensor, adv_pred: Tensor, y: Tensor, num_classes: int) -> dict[str, Any]:
+    """The §5 metric dict from prediction tensors [N] (pure; the reference for the batched path)."""
+    counts = _Counts(num_classes, 1, y.device)
+    counts.add(clean_pred.long(), adv_pred.long().view(1, -1), y.long())
+    return counts.finalize(0)
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    """The device of the model's first parameter (or buffer), else `fallback`."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return fallback
+
+
+def _as_float(xb: Tensor, device: torch.device) -> Tensor:
+    """A batch on `device` as float in [0,1] (uint8 is divided by 255)."""
+    xb = xb.to(device, non_blocking=True)
+    return xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
+
+
+def _batches(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device):
+    """Yield (x_batch float on device, y_batch, clean_pred)."""
+    for i in range(0, x.shape[0], batch_size):
+        xb = _as_float(x[i:i + batch_size], device)
+        yb = y[i:i + batch_size].to(device, non_blocking=True).long()
+        yield xb, yb, model(xb).argmax(-1)
+
+
+def evaluate_perturbation(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor, num_classes: int,
+                          batch_size: int = 500, class_wise: bool = False) -> dict[str, Any]:
+    """§5 metrics of δ on (x, y); δ [M,C,H,W] reports the strongest start plus `fooling_rates` per start."""
+    device = _model_device(model, delta.device)
+    delta = delta.detach().to(device, torch.float32)
+    stacked = delta.dim() == 4 and not class_wise
+    groups = delta.shape[0] if stacked else 1
+    counts = _Counts(num_classes, groups, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for xb, yb, clean in _batches(model, x, y, batch_size, device):
+                if class_wise:
+                    adv = model((xb + delta[yb]).clamp(0, 1)).argmax(-1).view(1, -1)
+                elif stacked:
+                    adv = torch.stack([model((xb + delta[g]).clamp(0, 1)).argmax(-1) for g in range(groups)])
+                else:
+                    adv = model((xb + delta).clamp(0, 1)).argmax(-1).view(1, -1)
+                counts.add(clean, adv, yb)
+    finally:
+        model.train(was_training)
+    rates = counts.fooling_rates()
+    best = max(range(groups), key=lambda g: rates[g])
+    out = counts.finalize(best)
+    if stacked:
+        out.update(best_start=best, fooling_rates=rates, num_starts=groups)
+    return out
+
+
+def evaluate_clean(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int = 500) -> dict[str, Any]:
+    """Clean accuracy overall and per class, the worst class and the clean label histogram."""
+    device = _model_device(model, torch.device("cpu"))
+    counts = _Counts(num_classes, 1, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for _, yb, clean in _batches(model, x, y, batch_size, device):
+                counts.add(clean, clean.view(1, -1), yb)
+    finally:
+        model.train(was_training)
+    m = counts.finalize(0)
+    per_class = m["per_class_clean_acc"]
+    defined = [(a, k) for k, a in enumerate(per_class) if a is not None]
+    worst_acc, worst = min(defined) if defined else (None, None)
+    return {"num_images": m["num_images"], "clean_acc": m["clean_acc"], "per_class_acc": per_class,
+            "per_class_acc_std": _std(per_class), "worst_class_acc": worst_acc, "worst_class": worst,
+            "clean_label_hist": m["clean_label_hist"]}

@@ -1,0 +1,86 @@
+"""Model registry; every model takes [0,1] images and normalises inside itself."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..io import safe_torch_load, torch_save
+from .resnet import ResNet18
+from .resnet_cifar import ResNet20
+from .small_cnn import SmallCNN
+from .vgg import VGG16
+from .wrn import WideResNet
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[int, int, int], nn.Module]  # (num_classes, channels, image_size) -> network
+MODELS: dict[str, Builder] = {
+    "small_cnn": lambda k, c, s: SmallCNN(k, c, s),
+    "resnet20": lambda k, c, s: ResNet20(k, c),
+    "resnet18": lambda k, c, s: ResNet18(k, c),
+    "preact_resnet18": lambda k, c, s: ResNet18(k, c, preact=True),
+    "wrn28_10": lambda k, c, s: WideResNet(k, c, 28, 10),
+    "vgg16": lambda k, c, s: VGG16(k, c),
+}
+
+
+class Normalized(nn.Module):
+    """(x - mean) / std in front of a network, so that callers work in [0,1] pixel space."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int],
+                mean: Optional[list[float]] = None, std: Optional[list[float]] = None) -> Normalized:
+    """A fresh network of architecture `name` wrapped with its input normalisation."""
+    if name not in MODELS:
+        raise UserError(f"model.name={name!r}: unknown model; choose one of {', '.join(MODELS)}")
+    channels, size, _ = input_shape
+    net = MODELS[name](num_classes, channels, size)
+    return Normalized(net, mean or [0.0] * channels, std or [1.0] * channels)
+
+
+def save_model(path: str, model: nn.Module, model_cfg: dict, dataset: str, num_classes: int,
+               input_shape: tuple[int, int, int], metrics: Optional[dict] = None) -> None:
+    """Write the model.pt contract: weights plus what is needed to rebuild the network."""
+    net = getattr(model, "module", model)  # unwrap DDP
+    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch_save({"state_dict": state, "model": dict(model_cfg), "dataset": dataset, "num_classes": int(num_classes),
+                "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {})}, path)
+
+
+def read_model_file(path: str, key: str = "model.checkpoint") -> dict[str, Any]:
+    """Load and check a model.pt; a perturbation file or a foreign file is refused with a clear line."""
+    blob = safe_torch_load(path, key)
+    if isinstance(blob, dict) and "delta" in blob and "state_dict" not in blob:
+        raise UserError(f"{key}={path!r}: this is a perturbation file, not a model; pass it as perturbation=<path>")
+    required = ("state_dict", "model", "num_classes", "input_shape")
+    if not isinstance(blob, dict) or any(k not in blob for k in required):
+        raise UserError(f"{key}={path!r}: not a cbuap-runner model file (needs {', '.join(required)})")
+    return blob
+
+
+def load_model(path: str, device: str | torch.device = "cpu", key: str = "model.checkpoint") -> Normalized:
+    """Rebuild the network stored in `path` and return it in eval mode on `device`."""
+    blob = read_model_file(path, key)
+    name = blob["model"].get("name")
+    channels = int(blob["input_shape"][0])
+    model = build_model(name, int(blob["num_classes"]), tuple(blob["input_shape"]), [0.0] * channels, [1.0] * channels)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as ex:
+        raise UserError(f"{key}={path!r}: weights do not fit model {name} ({str(ex).splitlines()[0]})") from ex
+    return model.to(device).eval()

@@ -1,0 +1,287 @@
+"""Structured-config schema: key names and types are checked by OmegaConf, ranges and
+cross-field rules by `validate` once at start-up."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+from .errors import UserError
+
+TASKS = ("train", "attack", "evaluate", "pipeline")
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "image_folder", "synthetic")
+MODELS = ("small_cnn", "resnet20", "resnet18", "preact_resnet18", "wrn28_10", "vgg16")
+ATTACKS = ("sgd_uap", "cb_uap", "uap", "cw_uap")
+DEFENCES = ("natural", "pgd_at", "uat", "fast_uat", "sat", "cw_uat", "cb_uat")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = True
+    num_classes: int = MISSING
+    channels: int = MISSING
+    image_size: int = MISSING
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+    eps: float = MISSING  # this dataset's default attack budget (L-inf, [0,1] pixels)
+    crop_padding: int = 0  # random-crop augmentation padding; 0 = no crop
+    hflip: bool = False
+    train_subset: Optional[int] = None  # seeded, class-balanced subset of the training split
+    synthetic_size: int = 512  # dataset=synthetic only
+    classes: Optional[List[str]] = None  # class names for figures and tables
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    checkpoint: Optional[str] = None
+    channels_last: bool = False
+    compile: bool = False
+
+
+@dataclass
+class AttackConfig:
+    name: str = "sgd_uap"
+    eps: float = II("dataset.eps")
+    norm: str = "linf"  # linf | l2
+    passes: int = 10  # passes over the crafting set
+    crafting_images: Optional[int] = 5000  # null = the whole training split
+    batch_size: int = 128
+    optimizer: str = "sign"  # sign | adam
+    step_size: Optional[float] = None  # sign step; null = eps / 4 (L2: eps / 4 along the unit gradient)
+    step_decay: float = 0.8  # multiplies the step after every pass
+    adam_lr: float = 5e-3
+    init: str = "zero"  # zero | uniform
+    num_starts: int = 1  # M independent perturbations crafted as one [M,C,H,W] tensor
+    loss: str = "ce"  # ce | cw
+    beta: float = 12.0  # clip of the cross-entropy
+    kappa: float = 10.0  # clip of the CW margin
+    target: Optional[int] = None  # targeted attack towards this class
+    tol: float = 1e-3  # early stop when the pass objective improves less than this
+    patience: int = 2  # ... for this many passes
+    # class balance (cb_uap); all three weights at zero reproduce sgd_uap exactly
+    calibration: str = "exclude_true"  # none | exclude_true | temperature
+    temperature: float = 1.0
+    lambda_div: float = 0.0
+    lambda_conf: float = 0.0
+    lambda_pen: float = 0.0
+    penalty: str = "none"  # none | hinge | frequency
+    penalty_weights: str = "indicator"  # indicator | histogram (hinge only)
+    ema: bool = False
+    ema_decay: float = 0.9
+    balance_start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
+    class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
+    # DeepFool UAP (uap)
+    fooling_target: float = 0.8  # stop once the crafting-set fooling rate reaches 1 - delta
+    overshoot: float = 0.02
+    deepfool_iters: int = 10
+    deepfool_candidates: int = 10
+
+
+@dataclass
+class TrainingConfig:
+    name: str = "natural"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"  # cosine | step | constant
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
+    gamma: float = 0.1
+    amp: bool = False  # bf16 autocast on CUDA
+    # adversaries
+    eps: float = II("dataset.eps")
+    step_size: Optional[float] = None  # null = the defence's convention
+    steps: int = 10  # pgd_at / sat inner steps
+    sigma: float = 1.0  # weight of the adversarial loss: (1 - sigma) CE(clean) + sigma CE(adv)
+    heap_size: int = 5  # sat: batches that share one perturbation
+    pool_size: int = 4  # cb_uat: M perturbations in the pool
+    refresh_every: int = 1  # cb_uat: refresh the pool every k units
+    refresh_unit: str = "epoch"  # epoch | iter
+    refresh_steps: int = 20  # cb_uat: S minibatch steps per refresh
+    init_checkpoint: Optional[str] = None  # start from these weights (e.g. a natural model)
+    adversary: AttackConfig = field(default_factory=lambda: AttackConfig(eps=II("training.eps")))  # cb_uat stage 1
+
+
+@dataclass
+class EvalConfig:
+    num_images: Optional[int] = None  # null = the whole test split
+    batch_size: int = 500
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "local"  # local | wandb
+    mode: str = "offline"  # online | offline | disabled
+    project: str = "cbuap-runner"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    job_type: Optional[str] = None
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # null = the run directory
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    attack: AttackConfig = MISSING
+    training: TrainingConfig = MISSING
+    logger: LoggerConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    task: str = "attack"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    perturbation: Optional[str] = None  # task=evaluate: a perturbation.pt to evaluate
+    resume: bool = False
+    cache_dir: str = "outputs/cache"
+    progress: str = "auto"  # auto | on | off
+    deterministic: bool = False
+
+
+_CHOICES = {
+    ("task",): TASKS,
+    ("dataset", "name"): DATASETS,
+    ("model", "name"): MODELS,
+    ("attack", "name"): ATTACKS,
+    ("training", "name"): DEFENCES,
+    ("device",): None,
+    ("progress",): ("auto", "on", "off"),
+    ("logger", "name"): ("local", "wandb"),
+    ("logger", "mode"): ("online", "offline", "disabled"),
+}
+
+
+def _fail(key: str, value: Any, rule: str) -> None:
+    raise UserError(f"{key}={value!r}: {rule}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        _fail(key, value, "must be a finite number > 0")
+
+
+def _non_negative(key: str, value: Any) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        _fail(key, value, "must be a finite number >= 0")
+
+
+def _one_of(key: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        _fail(key, value, f"must be one of {', '.join(options)}")
+
+
+def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
+    """Range and cross-field checks of one attack configuration."""
+    _one_of(f"{prefix}.name", a.name, ATTACKS)
+    _one_of(f"{prefix}.norm", a.norm, ("linf", "l2"))
+    _positive(f"{prefix}.eps", a.eps)
+    if a.norm == "linf" and a.eps > 1:
+        _fail(f"{prefix}.eps", a.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
+    for key in ("passes", "batch_size", "num_starts", "deepfool_iters", "deepfool_candidates", "patience"):
+        _positive(f"{prefix}.{key}", getattr(a, key))
+    if a.crafting_images is not None:
+        _positive(f"{prefix}.crafting_images", a.crafting_images)
+    if a.step_size is not None:
+        _positive(f"{prefix}.step_size", a.step_size)
+    for key in ("adam_lr", "beta", "kappa", "temperature"):
+        _positive(f"{prefix}.{key}", getattr(a, key))
+    if a.temperature < 1:
+        _fail(f"{prefix}.temperature", a.temperature, "must be >= 1")
+    for key in ("lambda_div", "lambda_conf", "lambda_pen", "overshoot", "tol", "balance_start"):
+        _non_negative(f"{prefix}.{key}", getattr(a, key))
+    for key in ("step_decay", "ema_decay", "fooling_target"):
+        value = getattr(a, key)
+        if not (0 < value <= 1):
+            _fail(f"{prefix}.{key}", value, "must lie in (0, 1]")
+    _one_of(f"{prefix}.optimizer", a.optimizer, ("sign", "adam"))
+    _one_of(f"{prefix}.init", a.init, ("zero", "uniform"))
+    _one_of(f"{prefix}.loss", a.loss, ("ce", "cw"))
+    _one_of(f"{prefix}.calibration", a.calibration, ("none", "exclude_true", "temperature"))
+    _one_of(f"{prefix}.penalty", a.penalty, ("none", "hinge", "frequency"))
+    _one_of(f"{prefix}.penalty_weights", a.penalty_weights, ("indicator", "histogram"))
+    if a.target is not None and not (0 <= a.target < num_classes):
+        _fail(f"{prefix}.target", a.target, f"must be a class index in [0, {num_classes - 1}]")
+    if a.target is not None and a.name in ("uap", "cw_uap"):
+        _fail(f"{prefix}.target", a.target, f"targeted mode is not defined for attack={a.name}; use sgd_uap or cb_uap")
+
+
+def validate_training(t: TrainingConfig) -> None:
+    """Range and cross-field checks of the training configuration."""
+    _one_of("training.name", t.name, DEFENCES)
+    for key in ("epochs", "batch_size", "lr", "steps", "heap_size", "pool_size", "refresh_every", "refresh_steps", "eps"):
+        _positive(f"training.{key}", getattr(t, key))
+    if t.eps > 1:
+        _fail("training.eps", t.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
+    for key in ("momentum", "weight_decay", "gamma"):
+        _non_negative(f"training.{key}", getattr(t, key))
+    if t.step_size is not None:
+        _positive("training.step_size", t.step_size)
+    if not (0 <= t.sigma <= 1):
+        _fail("training.sigma", t.sigma, "must lie in [0, 1]")
+    _one_of("training.schedule", t.schedule, ("cosine", "step", "constant"))
+    _one_of("training.refresh_unit", t.refresh_unit, ("epoch", "iter"))
+    for m in t.milestones:
+        if not (0 < m < 1):
+            _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
+
+
+def validate(cfg: Config) -> None:
+    """All start-up checks; raises UserError naming the first offending key."""
+    for path, options in _CHOICES.items():
+        value = cfg
+        for part in path:
+            value = getattr(value, part)
+        if options is not None:
+            _one_of(".".join(path), value, options)
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    d = cfg.dataset
+    for key in ("num_classes", "channels", "image_size", "eps", "synthetic_size"):
+        _positive(f"dataset.{key}", getattr(d, key))
+    if d.num_classes < 2:
+        _fail("dataset.num_classes", d.num_classes, "must be at least 2")
+    if d.train_subset is not None:
+        _positive("dataset.train_subset", d.train_subset)
+    if len(d.mean) != d.channels or len(d.std) != d.channels:
+        _fail("dataset.mean", list(d.mean), f"mean and std need one value per channel ({d.channels})")
+    for s in d.std:
+        _positive("dataset.std", s)
+    validate_attack(cfg.attack, "attack", d.num_classes)
+    validate_training(cfg.training)
+    validate_attack(cfg.training.adversary, "training.adversary", d.num_classes)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    if cfg.eval.num_images is not None:
+        _positive("eval.num_images", cfg.eval.num_images)
+    if cfg.task == "evaluate" and cfg.model.checkpoint is None and cfg.perturbation is None:
+        pass  # evaluates the cached natural model
+
+
+def to_plain(obj: Any) -> Any:
+    """A dataclass config as plain dicts and lists (for JSON, torch.save and wandb)."""
+    if is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def register_configs() -> None:
+    """Register the schemas so that YAML files extend them (`defaults: [base_<group>]`)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="dataset", name="base_dataset", node=DatasetConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="attack", name="base_attack", node=AttackConfig)
+    cs.store(group="training", name="base_training", node=TrainingConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)

@@ -1,0 +1,262 @@
+"""The four tasks (train, attack, evaluate, pipeline) on top of data, models, attacks and defences."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import figures
+from .attacks import apply_delta, craft
+from .data import DataBundle, Split, balanced_subset, load_data
+from .errors import UserError
+from .io import safe_torch_load, torch_save
+from .metrics import evaluate_clean, evaluate_perturbation
+from .progress import progress_enabled
+from .models import build_model, load_model, read_model_file, save_model
+from .schema import AttackConfig, Config, to_plain
+from .training import make_adversary
+from .training.loop import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """What every task needs: the validated config, where to write, the device and the tracker."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    tracker: Any
+
+    def data(self) -> DataBundle:
+        return load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device)
+
+
+# ---------------------------------------------------------------- models
+
+
+def _model_cache_path(cfg: Config) -> Path:
+    """Cache slot of the model that cfg's dataset + model + training + seed would train."""
+    dataset = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download", "classes")}
+    model = {"name": cfg.model.name}
+    training = {k: v for k, v in to_plain(cfg.training).items() if k != "amp"}
+    key = json.dumps({"dataset": dataset, "model": model, "training": training, "seed": cfg.seed}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.dataset.name}-{cfg.model.name}-{cfg.training.name}-{digest}" / "model.pt"
+
+
+def _check_model_fits(path: str, data: DataBundle, key: str) -> None:
+    blob = read_model_file(path, key)
+    if tuple(blob["input_shape"]) != tuple(data.input_shape) or int(blob["num_classes"]) != data.num_classes:
+        raise UserError(
+            f"{key}={path!r}: model takes {tuple(blob['input_shape'])} with {blob['num_classes']} classes, "
+            f"the dataset has {tuple(data.input_shape)} with {data.num_classes}")
+
+
+def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, Any]]:
+    """Train cfg.training's defence on the data; writes checkpoint.pt every epoch and model.pt at the end."""
+    cfg = ctx.cfg
+    model = build_model(cfg.model.name, data.num_classes, data.input_shape, list(cfg.dataset.mean),
+                        list(cfg.dataset.std)).to(ctx.device)
+    if cfg.training.init_checkpoint:
+        _check_model_fits(cfg.training.init_checkpoint, data, "training.init_checkpoint")
+        model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device)
+    result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
+                 lambda row: ctx.tracker.log(row, step=row["epoch"]), resume=cfg.resume,
+                 eval_batch_size=cfg.eval.batch_size)
+    history = result.pop("history")
+    save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
+               data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)})
+    ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
+                             type="model", metadata={"training": cfg.training.name, **_scalars(result)})
+    return model.eval(), {**result, "final_train_acc": history[-1]["train_acc"] if history else None}
+
+
+def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
+    """model.checkpoint if given; else the cached model for this config, trained once on first use."""
+    cfg = ctx.cfg
+    if cfg.model.checkpoint:
+        _check_model_fits(cfg.model.checkpoint, data, "model.checkpoint")
+        return load_model(cfg.model.checkpoint, ctx.device), cfg.model.checkpoint
+    cached = _model_cache_path(cfg)
+    if cached.is_file():
+        log.info("using the cached model %s", cached)
+        return load_model(str(cached), ctx.device, key="cache_dir"), str(cached)
+    log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
+             cfg.training.name)
+    model, _ = train_model(ctx, data)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    shutil.copyfile(ctx.run_dir / "model.pt", tmp)
+    tmp.replace(cached)
+    return model, str(cached)
+
+
+# ---------------------------------------------------------------- perturbations
+
+
+def eval_split(ctx: Context, data: DataBundle) -> Split:
+    """The test split, or a seeded class-balanced part of it (eval.num_images)."""
+    n = ctx.cfg.eval.num_images
+    return data.test if n is None else data.test.subset(balanced_subset(data.test.y, n, ctx.cfg.seed))
+
+
+def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
+    """A seeded class-balanced sample of the training split (attack.crafting_images; null = all)."""
+    n = attack.crafting_images
+    return data.train if n is None else data.train.subset(balanced_subset(data.train.y, n, seed))
+
+
+def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,
+                       prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
+    """Craft `attack` on training images, evaluate it on the test split; returns metrics and δ."""
+    crafting = crafting_split(attack, data, ctx.cfg.seed)
+    g = torch.Generator().manual_seed(ctx.cfg.seed)
+    t0 = time.perf_counter()
+    result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g, progress=progress_enabled())
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize()
+    craft_seconds = time.perf_counter() - t0
+    if not torch.isfinite(result.delta).all():
+        raise UserError(f"{prefix or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
+    for row in result.history:
+        ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
+    test = eval_split(ctx, data)
+    metrics = evaluate_perturbation(model, test.x, test.y, result.delta, data.num_classes, ctx.cfg.eval.batch_size,
+                                    class_wise=attack.name == "cw_uap")
+    metrics.update(craft_seconds=round(craft_seconds, 4), craft_images_processed=int(result.images_processed),
+                   craft_passes=int(result.passes), converged=bool(result.converged),
+                   craft_images_per_second=round(result.images_processed / max(craft_seconds, 1e-9), 1))
+    return metrics, result.delta
+
+
+def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model_path: str,
+                      data: DataBundle, metrics: dict[str, Any], stem: str = "perturbation") -> None:
+    """perturbation.pt plus its figures (δ with examples, label histogram, transition matrix)."""
+    run_dir = ctx.run_dir
+    torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": attack.norm, "attack": attack.name,
+                "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
+                "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                "config": to_plain(attack)}, run_dir / f"{stem}.pt")
+    test = eval_split(ctx, data)
+    examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
+    x = examples.float_x()
+    adv = apply_delta(x, delta if delta.dim() == 3 or attack.name == "cw_uap" else delta[0],
+                      examples.y if attack.name == "cw_uap" else None)
+    figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
+    figures.save_label_hist_png(run_dir / "label_hist.png" if stem == "perturbation" else run_dir / f"{stem}_label_hist.png",
+                                metrics["clean_label_hist"], metrics["label_hist"], data.class_names)
+    figures.save_transition_png(run_dir / ("transition.png" if stem == "perturbation" else f"{stem}_transition.png"),
+                                metrics["transition_matrix"], data.class_names)
+    ctx.tracker.log_images({f"{stem}": run_dir / f"{stem}.png"})
+    ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
+                             type="perturbation", metadata={"eps": attack.eps, "norm": attack.norm,
+                                                            "attack": attack.name, **_scalars(metrics)})
+
+
+def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
+    """A perturbation.pt checked against the dataset's input shape."""
+    blob = safe_torch_load(path, "perturbation")
+    if isinstance(blob, dict) and "state_dict" in blob:
+        raise UserError(f"perturbation={path!r}: this is a model file; pass it as model.checkpoint=<path>")
+    if not isinstance(blob, dict) or not isinstance(blob.get("delta"), torch.Tensor):
+        raise UserError(f"perturbation={path!r}: not a perturbation file (needs a 'delta' tensor)")
+    delta = blob["delta"]
+    if tuple(delta.shape[-3:]) != tuple(data.input_shape) or delta.dim() not in (3, 4):
+        raise UserError(f"perturbation={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
+                        f"{tuple(data.input_shape)}")
+    if blob.get("attack") == "cw_uap" and delta.shape[0] != data.num_classes:
+        raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, dataset has {data.num_classes}")
+    return blob
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool, str)) or v is None}
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def task_train(ctx: Context) -> dict[str, Any]:
+    data = ctx.data()
+    _, metrics = train_model(ctx, data)
+    return metrics
+
+
+def task_evaluate(ctx: Context) -> dict[str, Any]:
+    data = ctx.data()
+    model, model_path = obtain_model(ctx, data)
+    test = eval_split(ctx, data)
+    if ctx.cfg.perturbation is None:
+        return evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+    blob = load_perturbation(ctx.cfg.perturbation, data)
+    delta = blob["delta"].to(ctx.device)
+    metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
+                                    class_wise=blob.get("attack") == "cw_uap")
+    metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
+                   source_model=blob.get("model_checkpoint"), target_model=model_path)
+    return metrics
+
+
+def task_attack(ctx: Context) -> dict[str, Any]:
+    data = ctx.data()
+    model, model_path = obtain_model(ctx, data)
+    metrics, delta = craft_and_evaluate(ctx, model, data, ctx.cfg.attack)
+    save_perturbation(ctx, delta, ctx.cfg.attack, model_path, data, metrics)
+    return metrics
+
+
+PIPELINE_ATTACKS = ("sgd_uap", "uap", "cb_uap")
+
+
+def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
+    """SGD-UAP (the CB-UAP settings with zero balance weights), DeepFool UAP and CB-UAP at one ε."""
+    if base.name != "cb_uap":
+        raise UserError(f"attack={base.name}: task=pipeline crafts sgd_uap, uap and cb_uap from attack=cb_uap's "
+                        "settings; drop the attack= override")
+    return {
+        "sgd_uap": dataclasses.replace(base, name="sgd_uap", lambda_div=0.0, lambda_conf=0.0, lambda_pen=0.0),
+        "uap": dataclasses.replace(base, name="uap"),
+        "cb_uap": base,
+    }
+
+
+def task_pipeline(ctx: Context) -> dict[str, Any]:
+    """Train a defence, then attack the final model white-box with each UAP; report each and the worst."""
+    data = ctx.data()
+    model, train_metrics = train_model(ctx, data)
+    model_path = str(ctx.run_dir / "model.pt")
+    out: dict[str, Any] = {"clean_acc": train_metrics["clean_acc"], "train_seconds": train_metrics["train_seconds"],
+                           "per_class_clean_acc": train_metrics.get("per_class_acc")}
+    per_attack = {}
+    for name, attack in pipeline_attacks(ctx.cfg.attack).items():
+        metrics, delta = craft_and_evaluate(ctx, model, data, attack, prefix=f"{name}/")
+        save_perturbation(ctx, delta, attack, model_path, data, metrics, stem=f"perturbation_{name}")
+        per_attack[name] = metrics
+        out[f"adv_acc_{name}"] = metrics["adv_acc"]
+        out[f"fooling_rate_{name}"] = metrics["fooling_rate"]
+        out[f"label_entropy_{name}"] = metrics["label_entropy"]
+    worst = min(per_attack, key=lambda n: per_attack[n]["adv_acc"])
+    out.update(worst_attack=worst, worst_adv_acc=per_attack[worst]["adv_acc"],
+               worst_class_adv_acc=per_attack[worst]["worst_class_adv_acc"],
+               per_class_worst_adv_acc=per_attack[worst]["per_class_adv_acc"], attacks=per_attack)
+    return out
+
+
+TASKS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "train": task_train, "attack": task_attack, "evaluate": task_evaluate, "pipeline": task_pipeline,
+}

@@ -1,0 +1,55 @@
+"""The adversary interface of the training loop: one subclass per defence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..schema import TrainingConfig
+
+
+class Adversary:
+    """Turns a clean batch into the training loss and keeps the defence's state (δ, a pool, ...)."""
+
+    def __init__(self, cfg: TrainingConfig, num_classes: int, input_shape: tuple[int, int, int], device: torch.device):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+        self.device = device
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
+                       generator: torch.Generator) -> None:
+        """Called before every epoch with the model in train mode."""
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss of one batch and the logits used for train accuracy."""
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def after_backward(self) -> None:
+        """Called after loss.backward(), before the optimiser step (FastUAT reads ∇δ here)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def finite(self) -> bool:
+        """False when the adversary's state went non-finite."""
+        return True
+
+
+class Natural(Adversary):
+    """Plain empirical risk minimisation on clean images."""
+
+
+def mixed_loss(logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(1 - σ)·CE(clean) + σ·CE(adv); the clean term is skipped when σ = 1."""
+    loss = sigma * F.cross_entropy(logits_adv, y)
+    if logits_clean is not None and sigma < 1:
+        loss = loss + (1 - sigma) * F.cross_entropy(logits_clean, y)
+    return loss

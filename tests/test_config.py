@@ -1,0 +1,59 @@
+"""Every config option composes and validates; the schema rejects bad values at start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from cbuap_runner.errors import UserError
+from cbuap_runner.schema import ATTACKS, DATASETS, DEFENCES, MODELS, TASKS
+
+from conftest import compose_config
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_composes(dataset, validated):
+    extra = ["dataset.root=/tmp/folders", "dataset.num_classes=5"] if dataset == "image_folder" else []
+    cfg = validated([f"dataset={dataset}", *extra])
+    assert cfg.dataset.name == dataset
+    assert cfg.attack.eps == cfg.dataset.eps  # the dataset carries the default budget
+
+
+@pytest.mark.parametrize("group,options", [("model", MODELS), ("attack", ATTACKS), ("training", DEFENCES)])
+def test_every_option_composes(group, options, validated):
+    for option in options:
+        cfg = validated([f"{group}={option}"])
+        assert getattr(cfg, group).name == option
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_composes(task, validated):
+    assert validated([f"task={task}"]).task == task
+
+
+@pytest.mark.parametrize("logger", ["local", "wandb"])
+def test_loggers_compose(logger, validated):
+    assert validated([f"logger={logger}"]).logger.name == logger
+
+
+def test_hydra_settings():
+    cfg = compose_config([])
+    assert cfg.task == "attack" and cfg.dataset.name == "fashion_mnist" and cfg.attack.name == "cb_uap"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("attack.eps=-1", "attack.eps"),
+    ("attack.eps=0", "attack.eps"),
+    ("attack.eps=1.5", "attack.eps"),
+    ("training.epochs=0", "training.epochs"),
+    ("training.batch_size=0", "training.batch_size"),
+    ("training.lr=nan", "training.lr"),
+    ("attack.norm=l3", "attack.norm"),
+    ("attack.target=10", "attack.target"),
+    ("attack.step_decay=1.5", "attack.step_decay"),
+    ("training.sigma=2", "training.sigma"),
+    ("device=tpu", "device"),
+    ("eval.num_images=0", "eval.num_images"),
+])
+def test_out_of_range_values_name_the_key(override, key, validated):
+    with pytest.raises(UserError, match=f"^{key.replace('.', '[.]')}="):
+        validated([override])
