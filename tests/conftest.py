@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -16,6 +17,11 @@ from cbuap_runner.job import to_config
 from cbuap_runner.schema import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One thread per process: the suite runs subprocesses and parallel sweep jobs on small machines, where
+# several multi-threaded BLAS pools competing for the same cores slow every step down by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 FAST = ["progress=off", "device=cpu"]
 TINY = ["dataset=synthetic", "model=small_cnn", "training.epochs=1", "training.batch_size=32", "attack.passes=2",
         "attack.crafting_images=64", "attack.batch_size=32", "eval.num_images=64"]

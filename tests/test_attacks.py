@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cbuap_runner.attacks import ATTACKS, L2Threat, LinfThreat, apply_delta, craft
-from cbuap_runner.attacks.engine import batch_objective
+from cbuap_runner.attacks.engine import BalanceSchedule, batch_objective
 from cbuap_runner.attacks.objectives import UAPObjective, attack_loss
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.schema import AttackConfig
@@ -186,7 +186,8 @@ def test_sgd_uap_beats_random_noise(task):
 
 def test_cb_uap_with_zero_weights_is_sgd_uap_bit_for_bit(task):
     model, x, y, *_ = task
-    for extra in ({}, {"init": "uniform", "num_starts": 2, "penalty": "hinge", "ema": True}):
+    for extra in ({}, {"init": "uniform", "num_starts": 2, "penalty": "hinge", "ema": True},
+                  {"lambda_ramp": 3, "fooling_guard": 0.05, "balance_start": 1}):
         a = craft(model, x, y, cfg_(**extra), K, generator=gen(7))
         b = craft(model, x, y, cfg_(name="cb_uap", **extra), K, generator=gen(7))
         assert torch.equal(a.delta, b.delta)
@@ -265,6 +266,8 @@ def test_deepfool_uap_reaches_target_and_converges(task):
     dict(lambda_div=1.0, ema=True, ema_decay=0.5, calibration="temperature", temperature=2.0),
     dict(lambda_pen=10.0, penalty="hinge", penalty_weights="histogram", calibration="none"),
     dict(lambda_pen=10.0, penalty="frequency", class_reweight=True, balance_start=1),
+    dict(lambda_div=1.0, lambda_pen=1.0, penalty="hinge", balance_start=1, lambda_ramp=2, fooling_guard=0.05,
+         num_starts=2, init="uniform"),
 ])
 def test_cb_uap_variants_run_and_stay_in_budget(task, extra):
     model, x, y, *_ = task
@@ -291,6 +294,47 @@ def test_balance_terms_pull_mass_off_the_dominant_label():
             assert parts["r_pen"] > 0
     assert (grads["cb"][0, :, 0] < grads["sgd"][0, :, 0]).all()
     assert (grads["cb"][0, :, 0] < 0).all()  # J is pushed to move mass off the dominant class
+
+
+def test_balance_scale_multiplies_only_the_balance_terms():
+    torch.manual_seed(0)
+    y = torch.tensor([1, 2, 3, 0])
+    z = torch.randn(2, 4, K)
+    obj = UAPObjective(cfg_(lambda_div=1.0, lambda_pen=5.0, penalty="hinge"), K, balanced=True)
+    j_full, parts = obj(z, y)
+    j_none, _ = obj(z, y, scale=torch.zeros(2))
+    j_half, _ = obj(z, y, scale=torch.tensor([0.5, 1.0]))
+    assert torch.allclose(j_none, torch.full((2,), float(parts["l_atk"])) * 0 + attack_loss(z, y, obj.cfg).mean(-1))
+    assert torch.allclose(j_half[1], j_full[1])
+    assert torch.allclose(j_half[0], 0.5 * (j_full[0] + j_none[0]))
+
+
+def test_balance_schedule_ramp_and_fooling_guard():
+    sched = BalanceSchedule(cfg_(lambda_ramp=4, balance_start=2), 1, torch.device("cpu"))
+    assert [float(sched.factor(p)) for p in (2, 3, 5, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert BalanceSchedule(cfg_(), 1, torch.device("cpu")).factor(0) is None  # unscheduled: objective unchanged
+    g = BalanceSchedule(cfg_(fooling_guard=0.1), 2, torch.device("cpu"))
+    assert torch.equal(g.factor(0), torch.ones(2))  # no fooling rate seen yet
+    g.observe(torch.tensor([0.8, 0.8]))  # first batch sets the EMA and the best
+    assert torch.allclose(g.factor(0), torch.ones(2))
+    for _ in range(50):  # start 0 keeps its fooling rate, start 1 loses 0.2: full weight vs none
+        g.observe(torch.tensor([0.8, 0.6]))
+    f = g.factor(0)
+    assert torch.allclose(f[0], torch.tensor(1.0)) and float(f[1]) == 0.0
+    g.observe(torch.tensor([0.8, 0.8 + 0.95 * 0.0]))  # start 1 recovers part of the way: a partial weight
+    assert 0 <= float(g.factor(0)[1]) <= 1
+
+
+def test_fooling_guard_keeps_crafting_fooling_rate(task):
+    """With a large diversity weight the guard keeps the crafting fooling rate near the plain SGD-UAP one."""
+    model, x, y, *_ = task
+    plain = craft(model, x, y, cfg_(passes=6), K, generator=gen())
+    strong = dict(name="cb_uap", passes=6, lambda_div=20.0, lambda_pen=20.0, penalty="hinge", balance_start=2)
+    free = craft(model, x, y, cfg_(**strong), K, generator=gen())
+    guarded = craft(model, x, y, cfg_(**strong, fooling_guard=0.05), K, generator=gen())
+    fr = {k: r.history[-1]["fooling_rate"] for k, r in (("plain", plain), ("free", free), ("guard", guarded))}
+    assert fr["guard"] >= fr["free"] and fr["guard"] >= fr["plain"] - 0.1, fr
+    assert 0 <= guarded.history[-1]["balance_scale"] <= 1
 
 
 def test_registry_and_unknown_attack(task):

@@ -16,6 +16,7 @@ from .schema import register_configs
 
 _PACKAGED = Path(__file__).resolve().parent / "conf"
 CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+_failures: list[Exception] = []  # a single run's failure, handed from the job to main() past Hydra's own report
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -25,7 +26,10 @@ def _hydra_main(dcfg: DictConfig) -> None:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    run_job(dcfg, Path(hc.runtime.output_dir), list(hc.overrides.task), multirun, default_group(hc))
+    try:
+        run_job(dcfg, Path(hc.runtime.output_dir), list(hc.overrides.task), multirun, default_group(hc))
+    except Exception as ex:  # Hydra would print "Error executing job with overrides: ..." before our one line
+        _failures.append(ex)
 
 
 def main() -> None:
@@ -33,8 +37,11 @@ def main() -> None:
     register_configs()
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's multi-line report
+    _failures.clear()
     try:
         _hydra_main()
+        if _failures:
+            raise _failures.pop()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)

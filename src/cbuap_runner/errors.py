@@ -8,10 +8,13 @@ class UserError(Exception):
 def describe(ex: BaseException) -> str:
     """One line for the user: the key or path at fault and what to do."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
     if isinstance(ex, UserError):
-        return str(ex)
+        return _one_line(str(ex))
+    if isinstance(ex, OverrideParseException):
+        return (f"{ex.override!r}: cannot parse this override ({_first_line(ex.message)}); write it as key=value, "
+                "quoting values with special characters")
     if isinstance(ex, MissingConfigException):
         missing = (ex.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")
@@ -22,14 +25,26 @@ def describe(ex: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)
         msg = _first_line(getattr(cause, "msg", None) or str(cause))
+        if key and isinstance(cause, MissingMandatoryValue):
+            return f"{key}: no value given; set it on the command line ({key}=...)"
         if key and "not in" in msg:
             return f"{key}: unknown config key ({msg}); check the spelling, or list the keys with --cfg job"
+        if key and isinstance(cause, ValidationError):
+            return f"{key}: {msg}; give a value of that type"
         if key:
             return f"{key}: {msg}"
         return msg
-    if isinstance(ex, (ConfigCompositionException, OverrideParseException)):
+    if isinstance(ex, ConfigCompositionException):
         return _first_line(str(ex))
+    if isinstance(ex, OSError) and ex.filename:
+        return (f"{ex.filename}: {ex.strerror or _first_line(str(ex))}; choose a path that can be read and written "
+                "(hydra.run.dir=..., cache_dir=...)")
     return f"{type(ex).__name__}: {_first_line(str(ex))} (set HYDRA_FULL_ERROR=1 for the traceback)"
+
+
+def _one_line(text: str) -> str:
+    """All of `text` on one line (a message may quote a multi-line error from a library)."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip()) or "unknown error"
 
 
 def _first_line(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError, describe
-from .io import write_json
+from .io import write_json, write_text
 from .progress import set_progress_mode
 from .runinfo import git_commit, resolve_device, seed_everything, versions
 from .schema import Config, to_plain, validate
@@ -43,6 +44,18 @@ def _resolved_config(dcfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(dcfg, resolve=False)
 
 
+_NO_EARLIER_RUN = "resume=true"
+
+
+def _earlier_run(run_dir: Path) -> bool:
+    """Whether run_dir holds the record of an earlier attempt (not merely a refused resume)."""
+    try:
+        earlier = json.loads((run_dir / "run_summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return not str(earlier.get("error", "")).startswith(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run")
+
+
 def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str]) -> Optional[dict]:
     """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun."""
     from .tasks import TASKS, Context
@@ -50,11 +63,16 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
 
     t0 = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
+    earlier_run = _earlier_run(run_dir)
+    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure; this attempt writes its own
     summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg)}
     write_json(run_dir / "run_summary.json", summary)
     tracker, status = None, "failed"
     try:
         cfg = to_config(dcfg)
+        if cfg.resume and not earlier_run:
+            raise UserError(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run to resume; "
+                            "pass hydra.run.dir=<the interrupted run's directory>")
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
         device = resolve_device(cfg.device)
@@ -70,7 +88,7 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     except BaseException as ex:
         line = describe(ex)
         summary.update(status="failed", error=line)
-        (run_dir / "error.txt").write_text(line + "\n")
+        write_text(run_dir / "error.txt", line + "\n")
         if multirun and isinstance(ex, Exception):
             log.error("job failed: %s", line)
             return None

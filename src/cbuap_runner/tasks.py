@@ -19,7 +19,7 @@ from . import figures
 from .attacks import apply_delta, craft
 from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
-from .io import safe_torch_load, torch_save
+from .io import atomic_path, safe_torch_load, torch_save
 from .metrics import evaluate_clean, evaluate_perturbation
 from .progress import progress_enabled
 from .models import build_model, load_model, read_model_file, save_model
@@ -61,7 +61,7 @@ def _check_model_fits(path: str, data: DataBundle, key: str) -> None:
     if tuple(blob["input_shape"]) != tuple(data.input_shape) or int(blob["num_classes"]) != data.num_classes:
         raise UserError(
             f"{key}={path!r}: model takes {tuple(blob['input_shape'])} with {blob['num_classes']} classes, "
-            f"the dataset has {tuple(data.input_shape)} with {data.num_classes}")
+            f"the dataset has {tuple(data.input_shape)} with {data.num_classes}; give a model trained on this dataset")
 
 
 def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, Any]]:
@@ -99,10 +99,8 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
     log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
              cfg.training.name)
     model, _ = train_model(ctx, data)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    shutil.copyfile(ctx.run_dir / "model.pt", tmp)
-    tmp.replace(cached)
+    with atomic_path(cached) as tmp:  # concurrent sweep jobs may fill the same slot: each renames a whole file
+        shutil.copyfile(ctx.run_dir / "model.pt", tmp)
     return model, str(cached)
 
 
@@ -174,13 +172,15 @@ def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
     if isinstance(blob, dict) and "state_dict" in blob:
         raise UserError(f"perturbation={path!r}: this is a model file; pass it as model.checkpoint=<path>")
     if not isinstance(blob, dict) or not isinstance(blob.get("delta"), torch.Tensor):
-        raise UserError(f"perturbation={path!r}: not a perturbation file (needs a 'delta' tensor)")
+        raise UserError(f"perturbation={path!r}: not a perturbation file (needs a 'delta' tensor); give a "
+                        "perturbation.pt written by task=attack")
     delta = blob["delta"]
     if tuple(delta.shape[-3:]) != tuple(data.input_shape) or delta.dim() not in (3, 4):
         raise UserError(f"perturbation={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
-                        f"{tuple(data.input_shape)}")
+                        f"{tuple(data.input_shape)}; give a perturbation crafted on this dataset")
     if blob.get("attack") == "cw_uap" and delta.shape[0] != data.num_classes:
-        raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, dataset has {data.num_classes}")
+        raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, the dataset has "
+                        f"{data.num_classes}; give a perturbation crafted on this dataset")
     return blob
 
 

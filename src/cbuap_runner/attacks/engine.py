@@ -99,8 +99,11 @@ def _progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
 
 def batch_objective(model: nn.Module, xb: Tensor, yb: Tensor, delta: Tensor, objective: UAPObjective, *,
                     num_classes: int, class_wise: bool = False,
-                    balance_on: bool = True) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """J [S] (mean-reduced over the batch), its parts and the logits [G,B,K] for δ [S,C,H,W] on one batch."""
+                    balance_on: bool = True, schedule: "BalanceSchedule | None" = None, pass_idx: int = 0,
+                    clean: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """J [S] (mean-reduced over the batch), its parts and the logits [G,B,K] for δ [S,C,H,W] on one batch.
+    With a `schedule` (and the batch's `clean` predictions) the batch's fooled fraction at the current δ
+    updates it first, and its factor then multiplies the balance terms (the λ schedule)."""
     b = xb.shape[0]
     if class_wise:
         xt = (xb + delta[yb]).clamp(0, 1)
@@ -110,8 +113,48 @@ def batch_objective(model: nn.Module, xb: Tensor, yb: Tensor, delta: Tensor, obj
         xt = (xb.unsqueeze(0) + delta.unsqueeze(1)).clamp(0, 1).flatten(0, 1)
         weight = None
     logits = model(xt).view(-1, b, num_classes)
-    J, parts = objective(logits, yb, balance_on=balance_on, sample_weight=weight)
+    scale = None
+    if schedule is not None:
+        if clean is not None:
+            schedule.observe((logits.detach().argmax(-1) != clean).float().mean(1))
+        if balance_on:
+            scale = schedule.factor(pass_idx)
+    J, parts = objective(logits, yb, balance_on=balance_on, sample_weight=weight, scale=scale)
     return J, parts, logits
+
+
+class BalanceSchedule:
+    """The factor on the balance part of J (objectives.py docstring): a linear ramp over the first
+    `lambda_ramp` balanced passes times, with `fooling_guard` = g, clamp((f − (f* − g)) / g, 0, 1) where f
+    is an EMA (decay 0.8, over batches, the current batch at the current δ included) of each start's
+    crafting fooling rate and f* its running maximum. `factor` is None when neither is configured, so the
+    objective runs its unscaled ops. No host syncs."""
+
+    EMA_DECAY = 0.8
+
+    def __init__(self, cfg: AttackConfig, groups: int, device: torch.device) -> None:
+        self.ramp, self.guard = cfg.lambda_ramp, cfg.fooling_guard
+        self.start = cfg.balance_start
+        self.active = self.ramp > 0 or self.guard is not None
+        self.fr: Tensor | None = None  # [G] EMA of the batch fooling rate
+        self.best = torch.zeros(groups, device=device)
+
+    def factor(self, pass_idx: int) -> Tensor | None:
+        """The scale for the next batch ([G] tensor, or None = unscaled)."""
+        if not self.active:
+            return None
+        ramp = min(1.0, (pass_idx - self.start + 1) / self.ramp) if self.ramp > 0 else 1.0
+        if self.guard is None or self.fr is None:
+            return torch.full_like(self.best, ramp)
+        return ramp * ((self.fr - (self.best - self.guard)) / self.guard).clamp(0, 1)
+
+    def observe(self, fooled_fraction: Tensor) -> None:
+        """Update the fooling-rate EMA [G] and its running maximum with one batch's fooled fraction."""
+        if self.guard is None:
+            return
+        f = fooled_fraction.float()
+        self.fr = f if self.fr is None else self.EMA_DECAY * self.fr + (1 - self.EMA_DECAY) * f
+        torch.maximum(self.best, self.fr, out=self.best)
 
 
 def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
@@ -137,6 +180,9 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
     history: list[dict] = []
     steps = images = pass_idx = stale = 0
     best, converged = -math.inf, False
+    schedule = BalanceSchedule(cfg, G, device) if objective.use_terms else None
+    if schedule is not None and not schedule.active:
+        schedule = None
     with frozen(model):
         clean = predict(model, x, cfg.batch_size)
         bar = _progress_bar(max_steps if max_steps is not None else cfg.passes, progress, cfg.name)
@@ -157,7 +203,8 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
                 xb, yb, cb = x[idx], y[idx], clean[idx]
                 b = xb.shape[0]
                 J, parts, logits = batch_objective(model, xb, yb, delta, objective, num_classes=K,
-                                                   class_wise=class_wise, balance_on=balance_on)
+                                                   class_wise=class_wise, balance_on=balance_on,
+                                                   schedule=schedule, pass_idx=pass_idx, clean=cb)
                 (grad,) = torch.autograd.grad(J.sum(), delta)
                 with torch.no_grad():
                     if opt is None:

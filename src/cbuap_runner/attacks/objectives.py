@@ -17,6 +17,12 @@ Choices where METHOD.md is silent (all documented in the README table of switche
 - class_reweight: after each pass, the per-class attack success rate s_k (prediction ≠ true label, over
   all starts) sets w_k ∝ (1 − s_k + 0.05), normalised to mean 1 over classes; the attack loss becomes
   Σ_i w_{y_i}ℓ_i / Σ_i w_{y_i}, so classes that resist most get most weight. The first pass is unweighted.
+- balance schedule (`lambda_ramp`, `fooling_guard`, set by the engine through `scale` [S]): the balance
+  part of J is multiplied by a factor in [0, 1]. `lambda_ramp` = R ramps it linearly over the first R
+  balanced passes; `fooling_guard` = g makes it a fooling-rate constraint: with f the running (EMA over
+  batches) crafting fooling rate of a start and f* its best value so far (plain passes included), the
+  factor is clamp((f − (f* − g)) / g, 0, 1): full balance weights while the attack is as strong as it
+  has been, none once it has lost g, linear in between. scale = None is exactly the unscaled objective.
 - targeted CE: ℓ = −max(CE(z, t), c) with c = −log(1 − e^{−β}), the analogue of clipping CE at β: a sample
   stops contributing once all but e^{−β} of its mass sits on t. Targeted CW: min(z_t − max_{k≠t} z_k, κ).
 """
@@ -86,8 +92,10 @@ class UAPObjective:
         return self.use_terms or self.use_reweight
 
     def __call__(self, logits: Tensor, y: Tensor, *, balance_on: bool = True,
-                 sample_weight: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """J [S] and its detached parts (means over S) for logits [S,B,K] and labels y [B]."""
+                 sample_weight: Tensor | None = None,
+                 scale: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """J [S] and its detached parts (means over S) for logits [S,B,K] and labels y [B]; `scale` [S]
+        (or a scalar tensor) multiplies the balance part of J (the λ schedule; None = 1)."""
         loss = attack_loss(logits, y, self.cfg)
         weight = sample_weight
         if balance_on and self.use_reweight and self.class_weight is not None:
@@ -102,8 +110,11 @@ class UAPObjective:
             return l_atk, parts
         l_div, l_conf, r_pen = self._balance_terms(logits, y)
         c = self.cfg
-        J = l_atk + c.lambda_div * l_div - c.lambda_conf * l_conf - c.lambda_pen * r_pen
+        balance = c.lambda_div * l_div - c.lambda_conf * l_conf - c.lambda_pen * r_pen
+        J = l_atk + (balance if scale is None else scale * balance)
         parts.update(l_div=l_div.detach().mean(), l_conf=l_conf.detach().mean(), r_pen=r_pen.detach().mean())
+        if scale is not None:
+            parts["balance_scale"] = scale.detach().float().mean()
         return J, parts
 
     def _calibrated(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

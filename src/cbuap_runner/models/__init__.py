@@ -69,14 +69,17 @@ def read_model_file(path: str, key: str = "model.checkpoint") -> dict[str, Any]:
         raise UserError(f"{key}={path!r}: this is a perturbation file, not a model; pass it as perturbation=<path>")
     required = ("state_dict", "model", "num_classes", "input_shape")
     if not isinstance(blob, dict) or any(k not in blob for k in required):
-        raise UserError(f"{key}={path!r}: not a cbuap-runner model file (needs {', '.join(required)})")
+        raise UserError(f"{key}={path!r}: not a cbuap-runner model file (needs {', '.join(required)}); give a model.pt "
+                        "written by task=train")
     return blob
 
 
 def load_model(path: str, device: str | torch.device = "cpu", key: str = "model.checkpoint") -> Normalized:
     """Rebuild the network stored in `path` and return it in eval mode on `device`."""
     blob = read_model_file(path, key)
-    name = blob["model"].get("name")
+    name = blob["model"].get("name") if isinstance(blob["model"], dict) else None
+    if name not in MODELS:  # the stored config is data: only its name is read, and only a registered one is built
+        raise UserError(f"{key}={path!r}: holds an unknown architecture {name!r}; give a model.pt this tool wrote")
     channels = int(blob["input_shape"][0])
     model = build_model(name, int(blob["num_classes"]), tuple(blob["input_shape"]), [0.0] * channels, [1.0] * channels)
     try:

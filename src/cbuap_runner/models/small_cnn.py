@@ -12,14 +12,16 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """Three conv-BN-ReLU-pool blocks (32, 64, 128 channels) and a two-layer head."""
+    """Three conv-BN-ReLU-pool blocks and a two-layer head (default widths 16-32-64, 128 hidden)."""
 
-    def __init__(self, num_classes: int, channels: int = 1, image_size: int = 28):
+    def __init__(self, num_classes: int, channels: int = 1, image_size: int = 28,
+                 widths: tuple[int, int, int] = (16, 32, 64), hidden: int = 128):
         super().__init__()
-        self.features = nn.Sequential(_block(channels, 32), _block(32, 64), _block(64, 128))
+        w1, w2, w3 = widths
+        self.features = nn.Sequential(_block(channels, w1), _block(w1, w2), _block(w2, w3))
         side = image_size // 8
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 256), nn.ReLU(inplace=True),
-                                  nn.Linear(256, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(w3 * side * side, hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -6,21 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class _WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + skip
+from .resnet import PreActBlock
 
 
 class WideResNet(nn.Module):
@@ -32,7 +18,7 @@ class WideResNet(nn.Module):
         layers, cin = [], widths[0]
         for cout, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                layers.append(_WideBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(PreActBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
         self.final = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True))

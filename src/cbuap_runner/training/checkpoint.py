@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -31,11 +31,31 @@ def save_checkpoint(run_dir: Path, **state: Any) -> None:
     torch_save({**state, "rng": rng_states()}, run_dir / CHECKPOINT)
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+def load_checkpoint(run_dir: Path) -> Optional[dict[str, Any]]:
+    """The run's checkpoint.pt (plain data only), or None when the run never finished an epoch."""
     path = run_dir / CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"resume=true: no {CHECKPOINT} in {run_dir}; pass hydra.run.dir=<the interrupted run's directory>")
+    if not path.exists():
+        return None
     blob = safe_torch_load(path, "resume")
-    if not isinstance(blob, dict) or "model" not in blob or "epoch" not in blob:
-        raise UserError(f"resume=true: {path} is not a training checkpoint")
+    required = ("model", "optimizer", "scheduler", "adversary", "rng", "epoch", "history", "train_seconds")
+    if not isinstance(blob, dict) or any(k not in blob for k in required):
+        raise UserError(f"resume=true: {path} is not a training checkpoint of this tool; "
+                        "resume in the interrupted run's own directory, or start a new run")
     return blob
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def check_same_config(stored: Optional[dict[str, Any]], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume under settings that differ from those the checkpoint was trained with."""
+    if stored is None:  # a checkpoint from before configs were recorded
+        return
+    old, new = _flatten(stored), _flatten(current)
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise UserError(f"{key}={new.get(key)!r}: {path} was trained with {key}={old.get(key)!r}; "
+                            "resume with the same settings, or start a new run")

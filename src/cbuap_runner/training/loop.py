@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -15,12 +16,15 @@ from ..data import DataBundle, batches, num_batches
 from ..errors import UserError
 from ..metrics import evaluate_clean
 from ..progress import progress_bar
-from ..schema import DatasetConfig, TrainingConfig
+from ..io import atomic_path
+from ..schema import DatasetConfig, TrainingConfig, to_plain
 from .adversary import Adversary
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_states
+from .checkpoint import CHECKPOINT, check_same_config, load_checkpoint, save_checkpoint, set_rng_states
 from .schedule import make_optimizer
 
 log = logging.getLogger(__name__)
+
+METRICS = "metrics.jsonl"  # the local tracker's record in the run directory (DESIGN.md, contract 2)
 
 
 class NonFiniteError(UserError):
@@ -66,38 +70,100 @@ def train_one_epoch(model: nn.Module, adversary: Adversary, data: DataBundle, dc
     return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1)}
 
 
+def resume_config(dcfg: DatasetConfig, cfg: TrainingConfig, seed: int) -> dict[str, Any]:
+    """What must not change between a checkpoint and the run that resumes from it (plain data)."""
+    dataset = {k: v for k, v in to_plain(dcfg).items() if k not in ("root", "download", "classes")}
+    return {"seed": seed, "dataset": dataset, "training": to_plain(cfg)}
+
+
+def rewind_metrics(path: Path, epoch: int) -> set[int]:
+    """Cut metrics.jsonl back to what checkpoint `epoch` covers; returns the epochs whose rows remain.
+
+    A run killed after appending rows the checkpoint does not cover (a later epoch, the attack that
+    followed training, a half-written line) would otherwise repeat them when it resumes.
+    """
+    if not path.is_file():
+        return set()
+    kept, epochs, end = [], set(), 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break  # a line cut short by the kill: nothing after it is trusted
+        is_epoch_row = isinstance(row, dict) and "epoch" in row and "train_loss" in row
+        if is_epoch_row and (row["epoch"] > epoch or row["epoch"] in epochs):
+            break
+        kept.append(line)
+        if is_epoch_row:
+            epochs.add(row["epoch"])
+            end = len(kept)
+    kept = kept[:end]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+    return epochs
+
+
 def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetConfig, cfg: TrainingConfig,
         run_dir: Path, seed: int, device: torch.device, log_metrics: Callable[[dict], None],
         resume: bool = False, eval_batch_size: int = 500, stop_after: Optional[int] = None) -> dict[str, Any]:
-    """Train for cfg.epochs with a checkpoint after every epoch; returns the final metrics."""
+    """Train for cfg.epochs with a checkpoint after every epoch; returns the final metrics.
+
+    `stop_after` (a test hook) raises KeyboardInterrupt after that many iterations of this call, as a
+    Ctrl-C in the middle of an epoch would.
+    """
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
-    if resume:
-        ckpt = load_checkpoint(run_dir)
-        model.load_state_dict(ckpt["model"])
+    config = resume_config(dcfg, cfg, seed)
+    ckpt = load_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None:
+        log.warning("resume=true: no %s in %s (interrupted before the first epoch ended); starting from epoch 1",
+                    CHECKPOINT, run_dir)
+    if ckpt is not None:
+        check_same_config(ckpt.get("config"), config, run_dir / CHECKPOINT)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as ex:
+            raise UserError(f"resume=true: {run_dir / CHECKPOINT} holds the weights of another model; "
+                            "resume with the same model=, or start a new run") from ex
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         adversary.load_state_dict(ckpt["adversary"])
         set_rng_states(ckpt["rng"])
         start_epoch, history, elapsed = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["train_seconds"])
         log.info("resuming from epoch %d of %d in %s", start_epoch, cfg.epochs, run_dir)
+    if resume:
+        logged = rewind_metrics(run_dir / METRICS, start_epoch)
+        for row in history:  # killed between the checkpoint and its metrics row
+            if row["epoch"] not in logged:
+                log_metrics(row)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        row = train_one_epoch(model, adversary, data, dcfg, cfg, opt, sched, epoch, seed, device, stop_after)
+        budget = None if stop_after is None else stop_after - (epoch - start_epoch) * steps
+        row = train_one_epoch(model, adversary, data, dcfg, cfg, opt, sched, epoch, seed, device, budget)
         elapsed += time.perf_counter() - t0
-        if not math.isfinite(row["train_loss"]) or not adversary.finite():
-            raise NonFiniteError(
-                f"training.lr={cfg.lr}: the loss became non-finite in epoch {epoch + 1}; the last good checkpoint "
-                f"is kept in {run_dir}; lower training.lr or check the data")
+        _check_finite(row["train_loss"], adversary, cfg, epoch, run_dir)
         test = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)
         row = {"epoch": epoch + 1, **row, "test_acc": test["clean_acc"], "lr": sched.get_last_lr()[0],
                "epoch_seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         save_checkpoint(run_dir, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        adversary=adversary.state_dict(), epoch=epoch + 1, history=history, train_seconds=elapsed)
+                        adversary=adversary.state_dict(), epoch=epoch + 1, history=history, train_seconds=elapsed,
+                        config=config)
         log_metrics(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_acc"], row["test_acc"], row["epoch_seconds"])
     final = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)
     return {**final, "train_seconds": round(elapsed, 3), "epochs": cfg.epochs, "history": history}
+
+
+def _check_finite(loss: float, adversary: Adversary, cfg: TrainingConfig, epoch: int, run_dir: Path) -> None:
+    """Stop with one line when the loss or the defence's perturbation went NaN/inf (checkpoint.pt is untouched)."""
+    kept = (f"{run_dir / CHECKPOINT} keeps epoch {epoch}" if epoch else "no epoch finished, so no checkpoint was kept")
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"training.lr={cfg.lr}: the training loss became non-finite in epoch {epoch + 1} "
+                             f"({kept}); start a new run with a lower training.lr, or check the data")
+    if not adversary.finite():
+        raise NonFiniteError(f"training.step_size={cfg.step_size}: training={cfg.name}'s perturbation became "
+                             f"non-finite in epoch {epoch + 1} ({kept}); start a new run with a smaller step size "
+                             "or training.lr")

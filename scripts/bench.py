@@ -1,0 +1,307 @@
+"""Performance suite: prints a table and writes a JSON record (default outputs/bench.json).
+
+Per model and device: raw forward+backward-to-input throughput, UAP crafting throughput and its ratio to
+the raw figure, natural training throughput, each defence's epoch time relative to natural training, peak
+memory, and (with the `crosscheck` extra installed) ART's UniversalPerturbation on the same model, ε and
+images. All ratios come from one run of this script on one machine.
+
+    python scripts/bench.py                                   # small_cnn + resnet20, CPU-sized
+    python scripts/bench.py --models resnet18 --dataset cifar10 --device cuda --amp
+    python scripts/bench.py --only craft,defences --defence-images 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from cbuap_runner.attacks import craft
+from cbuap_runner.data import DataBundle, Split, balanced_subset, load_data
+from cbuap_runner.metrics import evaluate_perturbation
+from cbuap_runner.models import build_model
+from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
+from cbuap_runner.training import DEFENCES, make_adversary
+from cbuap_runner.training.loop import fit
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = {  # shapes and statistics of the configs in conf/dataset
+    "fashion_mnist": dict(num_classes=10, channels=1, image_size=28, mean=[0.2860], std=[0.3530], eps=0.2,
+                          root="data/fashion_mnist"),
+    "cifar10": dict(num_classes=10, channels=3, image_size=32, mean=[0.4914, 0.4822, 0.4465],
+                    std=[0.2470, 0.2435, 0.2616], eps=8 / 255, root="data/cifar10", crop_padding=4, hflip=True),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_rate(step: Callable[[], int], device: torch.device, seconds: float, warmup: int = 2) -> float:
+    """Images per second of `step` (which returns the images it processed), run for about `seconds`."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0, images = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        images += step()
+    sync(device)
+    return images / (time.perf_counter() - t0)
+
+
+def raw_input_gradient_rate(model, x, y, device, seconds, amp) -> float:
+    """The ceiling for crafting: forward + backward to the input only, parameters frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+
+    def step() -> int:
+        xb = x.clone().requires_grad_(True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+            loss = F.cross_entropy(model(xb), y)
+        torch.autograd.grad(loss, xb)
+        return x.shape[0]
+
+    rate = timed_rate(step, device, seconds)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return rate
+
+
+def crafting_rate(model, data: DataBundle, eps: float, batch: int, images: int, device) -> tuple[float, dict]:
+    """SGD-UAP crafting throughput (images through the crafting loop per second)."""
+    crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
+    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=3, batch_size=batch, crafting_images=None, tol=0.0)
+    x = crafting.float_x()
+    craft(model, x[: batch * 2], crafting.y[: batch * 2], dataclasses.replace(cfg, passes=1), data.num_classes)
+    sync(device)
+    t0 = time.perf_counter()
+    result = craft(model, x, crafting.y, cfg, data.num_classes, generator=torch.Generator().manual_seed(0))
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return result.images_processed / seconds, {"delta": result.delta, "seconds": seconds}
+
+
+def natural_training_rate(model, x, y, device, seconds, amp) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step() -> int:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp and device.type == "cuda"):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return x.shape[0]
+
+    return timed_rate(step, device, seconds)
+
+
+def defence_epoch_times(name: str, data: DataBundle, dcfg: DatasetConfig, batch: int, images: int, device,
+                        defences: list[str], amp: bool) -> dict[str, float]:
+    """Seconds of one training epoch on `images` training images, per defence (conf/training defaults)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from cbuap_runner.__main__ import CONF_DIR
+    from cbuap_runner.schema import register_configs
+
+    register_configs()
+    subset = DataBundle(data.train.subset(balanced_subset(data.train.y, images, 0)), data.test.subset(
+        torch.arange(min(len(data.test), 512), device=data.test.y.device)), data.num_classes, data.input_shape,
+        data.class_names)
+    times = {}
+    for defence in defences:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            node = compose("config", overrides=[f"training={defence}", "training.epochs=1",
+                                                f"training.batch_size={batch}", f"dataset.eps={dcfg.eps}"])
+        tcfg: TrainingConfig = OmegaConf.to_object(node).training
+        tcfg = dataclasses.replace(tcfg, amp=amp)
+        torch.manual_seed(0)
+        model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+        adversary = make_adversary(defence, tcfg, data.num_classes, data.input_shape, device)
+        with tempfile_dir() as tmp:
+            result = fit(model, adversary, subset, dcfg, tcfg, tmp, 0, device, lambda row: None)
+        times[defence] = result["train_seconds"]
+    return times
+
+
+class tempfile_dir:
+    def __enter__(self) -> Path:
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory()
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+
+def art_comparison(model, data: DataBundle, eps: float, images: int, device, ours_batch: int) -> dict[str, Any]:
+    """ART's UniversalPerturbation (DeepFool and FGSM inner attacks) against ours on the same images."""
+    try:
+        import numpy as np
+        from art.attacks.evasion import UniversalPerturbation
+        from art.estimators.classification import PyTorchClassifier
+    except ImportError:
+        return {"skipped": "adversarial-robustness-toolbox not installed (pip install -e '.[crosscheck]')"}
+    crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
+    x = crafting.float_x()
+    classifier = PyTorchClassifier(model=model.eval(), loss=torch.nn.CrossEntropyLoss(), input_shape=data.input_shape,
+                                   nb_classes=data.num_classes, clip_values=(0.0, 1.0),
+                                   device_type="gpu" if device.type == "cuda" else "cpu")
+    x_np = x.cpu().numpy()
+    out: dict[str, Any] = {}
+    runs = {"art_deepfool": ("deepfool", {}), "art_fgsm": ("fgsm", {"eps": eps / 10, "norm": np.inf})}
+    for key, (attacker, params) in runs.items():
+        attack = UniversalPerturbation(classifier, attacker=attacker, attacker_params=params, delta=0.2, max_iter=20,
+                                       eps=eps, norm=np.inf, batch_size=32, verbose=False)
+        t0 = time.perf_counter()
+        attack.generate(x_np)
+        seconds = time.perf_counter() - t0
+        delta = torch.from_numpy(attack.noise[0]).float().to(device)
+        m = evaluate_perturbation(model, data.test.x, data.test.y, delta, data.num_classes)
+        out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": round(m["fooling_rate"], 4)}
+    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=10, batch_size=ours_batch, crafting_images=None)
+    sync(device)
+    t0 = time.perf_counter()
+    result = craft(model, x, crafting.y, cfg, data.num_classes, generator=torch.Generator().manual_seed(0))
+    sync(device)
+    seconds = time.perf_counter() - t0
+    m = evaluate_perturbation(model, data.test.x, data.test.y, result.delta, data.num_classes)
+    out["ours_sgd_uap"] = {"seconds": round(seconds, 3), "test_fooling_rate": round(m["fooling_rate"], 4)}
+    for key in ("art_deepfool", "art_fgsm"):
+        out[f"speedup_vs_{key}"] = round(out[key]["seconds"] / seconds, 1)
+    return out
+
+
+def main_job_figures() -> dict[str, Any]:
+    """Wall time and peak memory of the default main job (what `make run` runs), in a fresh process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "cbuap_runner", "progress=off", "hydra.run.dir=outputs/bench_main_job",
+                           "cache_dir=outputs/bench_cache"], cwd=REPO, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"returncode": proc.returncode, "wall_seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb, 1),
+            "note": "includes training the natural model when outputs/bench_cache has none"}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch = data.train.subset(torch.arange(args.batch, device=data.train.y.device))
+    x, y = batch.float_x(), batch.y
+    row: dict[str, Any] = {"model": name}
+    if "craft" in args.only:
+        # interleaved rounds, median of each: a shared machine's load then hits both figures alike
+        raws, crafts = [], []
+        for _ in range(args.rounds):
+            raws.append(raw_input_gradient_rate(model, x, y, device, args.seconds, args.amp))
+            crafts.append(crafting_rate(model, data, dcfg.eps, args.batch, args.craft_images, device)[0])
+        raw, crafting = statistics.median(raws), statistics.median(crafts)
+        row.update(raw_fwd_bwd_input_img_s=round(raw, 1), crafting_img_s=round(crafting, 1),
+                   crafting_over_raw=round(crafting / raw, 3))
+    if "train" in args.only:
+        row["natural_train_img_s"] = round(natural_training_rate(model, x, y, device, args.seconds, args.amp), 1)
+    if "defences" in args.only:
+        times = defence_epoch_times(name, data, dcfg, args.batch, args.defence_images, device, args.defences, args.amp)
+        row["defence_epoch_seconds"] = {k: round(v, 3) for k, v in times.items()}
+        row["defence_cost_vs_natural"] = {k: round(v / times["natural"], 2) for k, v in times.items()}
+    if "art" in args.only:
+        row["art"] = art_comparison(model.eval(), data, dcfg.eps, args.art_images, device, args.batch)
+    row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    return row
+
+
+def print_table(record: dict[str, Any]) -> None:
+    print(f"\ndevice: {record['device']}  threads: {record['threads']}  dataset: {record['dataset']}")
+    for row in record["models"]:
+        print(f"\n== {row['model']}")
+        for key, value in row.items():
+            if key == "model":
+                continue
+            if isinstance(value, dict):
+                print(f"  {key}:")
+                for k, v in value.items():
+                    print(f"    {k:28s} {v}")
+            else:
+                print(f"  {key:30s} {value}")
+    if "main_job" in record:
+        print(f"\n== default main job: {record['main_job']}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="small_cnn,resnet20")
+    p.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS))
+    p.add_argument("--root", default=None, help="dataset root (default: the dataset config's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seconds", type=float, default=5.0, help="timing window of each throughput figure")
+    p.add_argument("--craft-images", type=int, default=2048)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the raw and crafting figures")
+    p.add_argument("--defence-images", type=int, default=2048)
+    p.add_argument("--defences", default=",".join(DEFENCES))
+    p.add_argument("--art-images", type=int, default=1000)
+    p.add_argument("--only", default="craft,train,defences,art,main_job",
+                   help="comma list of: craft, train, defences, art, main_job")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", default="outputs/bench.json")
+    args = p.parse_args(argv)
+    args.only = set(args.only.split(","))
+    args.defences = [d for d in args.defences.split(",") if d]
+    if "natural" not in args.defences:
+        args.defences.insert(0, "natural")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    spec = dict(DATASETS[args.dataset])
+    if args.root:
+        spec["root"] = args.root
+    dcfg = DatasetConfig(name=args.dataset, download=False, **spec)
+    data = load_data(dcfg, "outputs/cache", 0, device)
+    record: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "threads": torch.get_num_threads(), "dataset": args.dataset, "batch": args.batch, "amp": args.amp,
+        "torch": torch.__version__, "models": [],
+    }
+    for name in args.models.split(","):
+        record["models"].append(bench_model(name, args, data, dcfg, device))
+    if "main_job" in args.only:
+        record["main_job"] = main_job_figures()
+    out = REPO / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print_table(record)
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Datasets as in-memory uint8 tensors, batched and augmented with tensor ops on the device."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..progress import progress_enabled
+from ..schema import DatasetConfig
+from .sources import load_split
+from .synthetic import make_synthetic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """One split: uint8 images [N,C,H,W] and int64 labels [N], on some device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        index = index.to(self.y.device)
+        return Split(self.x[index], self.y[index])
+
+    def float_x(self) -> torch.Tensor:
+        """Images as float32 in [0, 1]."""
+        return self.x.float().div_(255)
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+
+
+def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded sample of `n` items spread evenly over the classes (never "the first n")."""
+    if n >= y.shape[0]:
+        return torch.arange(y.shape[0], device=y.device)
+    g = torch.Generator().manual_seed(seed)
+    y_cpu = y.cpu()
+    classes = torch.unique(y_cpu)
+    per_class = [torch.nonzero(y_cpu == c).flatten() for c in classes]
+    per_class = [idx[torch.randperm(idx.numel(), generator=g)] for idx in per_class]
+    base, extra = divmod(n, len(classes))
+    order = torch.randperm(len(classes), generator=g)
+    chosen = []
+    for rank, c in enumerate(order.tolist()):
+        chosen.append(per_class[c][: base + (1 if rank < extra else 0)])
+    picked = torch.cat(chosen)
+    if picked.numel() < n:  # some classes were too small: top up from the rest
+        rest = torch.ones(y_cpu.shape[0], dtype=torch.bool)
+        rest[picked] = False
+        pool = torch.nonzero(rest).flatten()
+        picked = torch.cat([picked, pool[torch.randperm(pool.numel(), generator=g)[: n - picked.numel()]]])
+    return picked.sort().values.to(y.device)
+
+
+def _check_shape(split: Split, cfg: DatasetConfig, what: str) -> None:
+    expected = (cfg.channels, cfg.image_size, cfg.image_size)
+    if tuple(split.x.shape[1:]) != expected:
+        raise UserError(
+            f"dataset.root={cfg.root!r}: {what} images are {tuple(split.x.shape[1:])} but dataset={cfg.name} "
+            f"expects {expected}; set dataset.channels / dataset.image_size"
+        )
+    if split.y.numel() and int(split.y.max()) >= cfg.num_classes:
+        top = int(split.y.max())
+        raise UserError(f"dataset.num_classes={cfg.num_classes}: the {what} split has {top + 1} classes (labels up to "
+                        f"{top}); set dataset.num_classes={top + 1}")
+
+
+def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.device) -> DataBundle:
+    """Load both splits into memory (uint8) and move them to `device` whole."""
+    if cfg.name == "synthetic":
+        shape = (cfg.num_classes, cfg.channels, cfg.image_size)
+        train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
+        test = Split(*make_synthetic(max(cfg.synthetic_size // 4, cfg.num_classes), *shape, seed=seed + 1))
+        names = None
+    else:
+        root, cache = Path(cfg.root).expanduser(), Path(cache_dir).expanduser()
+        read = [load_split(cfg.name, root, split, cfg.download, cfg.channels, cfg.image_size, cache,
+                           progress_enabled()) for split in ("train", "test")]
+        train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])
+        names = read[0][2]
+    for split, what in ((train, "train"), (test, "test")):
+        _check_shape(split, cfg, what)
+    if cfg.train_subset is not None:
+        train = train.subset(balanced_subset(train.y, cfg.train_subset, seed))
+    log.info("dataset %s: %d train / %d test images of shape %s", cfg.name, len(train), len(test), tuple(train.x.shape[1:]))
+    names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
+    return DataBundle(train.to(device), test.to(device), cfg.num_classes,
+                      (cfg.channels, cfg.image_size, cfg.image_size), names)
+
+
+def augment(x: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, batched on x's device."""
+    n, _, h, w = x.shape
+    if crop_padding > 0:
+        p = crop_padding
+        padded = F.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])  # [n,h]
+        cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])  # [n,w]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None],
+                   torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+                   rows[:, None, :, None], cols[:, None, None, :]]
+    if hflip:
+        flip = (torch.rand((n,), generator=generator) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None,
+            crop_padding: int = 0, hflip: bool = False, drop_last: bool = False
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Float [0,1] batches of a device-resident split; shuffling and augmentation use `generator`."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        if order is None:
+            xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            xb, yb = split.x[idx], split.y[idx]
+        xb = xb.float().div_(255)
+        if crop_padding or hflip:
+            xb = augment(xb, crop_padding, hflip, generator)
+        yield xb, yb
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)

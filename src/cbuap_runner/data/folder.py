@@ -1,0 +1,82 @@
+"""ImageFolder layout (`<root>/<split>/<class>/<image>`) decoded once into uint8 tensors and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from ..errors import UserError
+from ..io import torch_save
+from ..progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def has_folder_layout(root: Path) -> bool:
+    """True when `root/train` and `root/test` both hold class folders."""
+    return all((root / s).is_dir() and any(p.is_dir() for p in (root / s).iterdir()) for s in ("train", "test"))
+
+
+def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted folder names) and (file, label) pairs."""
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    files = [
+        (f, label)
+        for label, name in enumerate(classes)
+        for f in sorted((split_dir / name).iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    return classes, files
+
+
+def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int) -> str:
+    stat = split_dir.stat()
+    text = f"{split_dir.resolve()}|{len(files)}|{files[-1][0].name if files else ''}|{stat.st_mtime_ns}|{channels}|{size}"
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _decode(files: list[tuple[Path, int]], channels: int, size: int, progress: bool) -> torch.Tensor:
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
+    for i, (path, _) in enumerate(progress_bar(files, desc=f"decoding {path_parent(files)}", enabled=progress)):
+        try:
+            image = decode_image(read_file(str(path)), mode=mode)
+        except RuntimeError as ex:
+            raise UserError(f"{path}: cannot decode image ({ex}); remove or replace the file") from ex
+        if image.shape[1:] != (size, size):
+            raise UserError(f"{path}: image is {tuple(image.shape[1:])}, dataset.image_size expects {size}x{size}")
+        out[i] = image
+    return out
+
+
+def path_parent(files: list[tuple[Path, int]]) -> str:
+    return str(files[0][0].parent.parent) if files else ""
+
+
+def load_folder_split(
+    root: Path, split: str, channels: int, size: int, cache_dir: Path, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode (or load from cache) one split: uint8 [N,C,H,W], int64 [N], class names."""
+    split_dir = root / split
+    classes, files = list_images(split_dir)
+    if not files:
+        raise UserError(f"{split_dir}: no images in its class folders; put the images in {split_dir}/<class>/ "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    cache = cache_dir / "folders" / f"{_cache_key(split_dir, files, channels, size)}.pt"
+    if cache.is_file():
+        try:
+            blob = torch.load(cache, weights_only=True)
+            return blob["x"], blob["y"], list(blob["classes"])
+        except Exception as ex:  # a damaged cache is rebuilt, never trusted
+            log.warning("ignoring unreadable cache %s (%s)", cache, ex)
+    log.info("decoding %d images under %s (cached afterwards in %s)", len(files), split_dir, cache)
+    x = _decode(files, channels, size, progress)
+    y = torch.tensor([label for _, label in files], dtype=torch.long)
+    torch_save({"x": x, "y": y, "classes": classes}, cache)
+    return x, y, classes

@@ -1,0 +1,318 @@
+"""Crash safety: a training run interrupted anywhere (Ctrl-C in-process, SIGKILL of the real CLI) and resumed with
+`resume=true` in the same directory ends with the same weights, bit for bit on CPU, as a run never interrupted;
+metrics.jsonl holds each epoch once; a non-finite loss stops the run and keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import cbuap_runner.tasks as tasks
+from cbuap_runner.data import load_data
+from cbuap_runner.job import run_job
+from cbuap_runner.models import build_model
+from cbuap_runner.training import Natural
+from cbuap_runner.training.loop import NonFiniteError, fit, rewind_metrics
+from conftest import FAST, REPO, compose_config, run_cli
+
+EPOCHS = 3
+STEPS = 8  # synthetic_size 256 / batch 32
+TRAIN = ["task=train", "dataset=synthetic", "model=small_cnn", f"training.epochs={EPOCHS}", "training.batch_size=32",
+         "eval.num_images=64", "eval.batch_size=64"]
+DEFENCES = {
+    "natural": [],
+    "uat": [],
+    "cb_uat": ["training.refresh_steps=2", "training.pool_size=2", "training.adversary.batch_size=32"],
+}
+
+
+# One thread, here and in the subprocesses: on a loaded machine two OpenMP threads can be 50x slower, and one
+# thread count for every run keeps CPU results comparable bit for bit.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs"
+
+
+def epoch_rows(run_dir: Path) -> list[int]:
+    if not (run_dir / "metrics.jsonl").exists():
+        return []
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["epoch"] for r in rows if "train_loss" in r]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run_summary.json").read_text())
+
+
+def assert_completed(run_dir: Path) -> None:
+    assert summary(run_dir)["status"] == "completed"
+    assert not (run_dir / "error.txt").exists()
+    assert epoch_rows(run_dir) == list(range(1, EPOCHS + 1))
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == EPOCHS
+
+
+@pytest.fixture
+def job(compose_cfg, tmp_path):
+    """run_job in-process, as the CLI would call it (caches under tmp_path)."""
+
+    def _run(run_dir: Path, overrides: list[str]):
+        overrides = [*FAST, f"cache_dir={tmp_path / 'cache'}", *overrides]
+        return run_job(compose_cfg(overrides), run_dir, overrides, False, None)
+
+    return _run
+
+
+def interrupt_after(monkeypatch, iterations: int) -> None:
+    """Make the next training call stop (KeyboardInterrupt, as Ctrl-C) after `iterations` optimiser steps."""
+    monkeypatch.setattr(tasks, "fit", functools.partial(fit, stop_after=iterations))
+
+
+# ---------------------------------------------------------------- in-process interruption
+
+
+@pytest.mark.parametrize("defence", list(DEFENCES))
+def test_interrupted_mid_epoch_resumes_to_identical_weights(defence, job, tmp_path, monkeypatch):
+    args = [*TRAIN, f"training={defence}", *DEFENCES[defence]]
+    job(tmp_path / "ref", args)
+
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_after(m, STEPS + 3)  # in the middle of epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            job(run_dir, args)
+    assert summary(run_dir)["status"] == "failed" and (run_dir / "error.txt").is_file()
+    assert not (run_dir / "model.pt").exists()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    job(run_dir, [*args, "resume=true"])
+    assert_completed(run_dir)
+    assert_same_weights(tmp_path / "ref" / "model.pt", run_dir / "model.pt")
+
+
+def test_interrupted_in_first_epoch_resumes_from_the_start(job, tmp_path, monkeypatch):
+    """No checkpoint yet: resume=true in the run's directory starts again from epoch 1."""
+    job(tmp_path / "ref", TRAIN)
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            job(run_dir, TRAIN)
+    assert not (run_dir / "checkpoint.pt").exists()
+    job(run_dir, [*TRAIN, "resume=true"])
+    assert_completed(run_dir)
+    assert_same_weights(tmp_path / "ref" / "model.pt", run_dir / "model.pt")
+
+
+def test_metrics_rows_past_the_checkpoint_are_not_duplicated(job, tmp_path, monkeypatch):
+    """Rows the checkpoint does not cover (a later epoch, a cut line) are dropped; a missing row is restored."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_after(m, 2 * STEPS + 3)  # checkpoint after epoch 2, killed in epoch 3
+        with pytest.raises(KeyboardInterrupt):
+            job(run_dir, TRAIN)
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    assert epoch_rows(run_dir) == [1, 2]
+    # as if killed after appending epoch 3's row (written by hand, marked) and half of another line,
+    # and as if epoch 2's row had never been appended (killed between the checkpoint and the append)
+    fake = {**json.loads(lines[-1]), "epoch": 3, "step": 3, "fake": True}
+    metrics.write_text("\n".join([lines[0], json.dumps(fake), '{"epoch": 4, "train_lo']))
+
+    job(run_dir, [*TRAIN, "resume=true"])
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert not any(r.get("fake") for r in rows)
+    assert_completed(run_dir)
+
+
+def test_rewind_metrics_keeps_only_what_the_checkpoint_covers(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.9}, {"pass": 1, "objective": 0.3},
+            {"epoch": 3, "train_loss": 0.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 4, "tr')
+    assert rewind_metrics(path, 2) == {1, 2}
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+    assert rewind_metrics(path, 0) == set() and path.read_text() == ""
+
+
+def test_resumed_run_of_a_finished_training_only_writes_the_model(job, tmp_path):
+    """Killed after the last checkpoint: resuming trains nothing more and writes the same model.pt."""
+    run_dir = tmp_path / "run"
+    job(run_dir, TRAIN)
+    first = weights(run_dir / "model.pt")
+    (run_dir / "model.pt").unlink()
+    job(run_dir, [*TRAIN, "resume=true"])
+    assert_completed(run_dir)
+    assert all(torch.equal(first[k], v) for k, v in weights(run_dir / "model.pt").items())
+
+
+# ---------------------------------------------------------------- non-finite values
+
+
+class _NaNFromEpoch2(Natural):
+    def loss(self, model, x, y, step):
+        loss, logits = super().loss(model, x, y, step)
+        return (loss * float("nan") if step >= STEPS else loss), logits
+
+
+class _DeltaNaNFromEpoch2(Natural):
+    epoch = 0
+
+    def on_epoch_start(self, model, epoch, *args):
+        self.epoch = epoch
+
+    def finite(self) -> bool:
+        return self.epoch < 1
+
+
+@pytest.mark.parametrize("adversary,needle", [(_NaNFromEpoch2, "training.lr="),
+                                              (_DeltaNaNFromEpoch2, "training.step_size=")])
+def test_non_finite_value_stops_and_keeps_the_last_good_checkpoint(adversary, needle, validated, tmp_path):
+    cfg = validated(TRAIN)
+    data = load_data(cfg.dataset, str(tmp_path), cfg.seed, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model("small_cnn", data.num_classes, data.input_shape)
+    rows = []
+    with pytest.raises(NonFiniteError) as info:
+        fit(model, adversary(cfg.training, data.num_classes, data.input_shape, torch.device("cpu")), data,
+            cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), rows.append)
+    message = str(info.value)
+    assert needle in message and "epoch 2" in message and "keeps epoch 1" in message and "\n" not in message
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and [r["epoch"] for r in rows] == [1]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_huge_learning_rate_fails_cleanly(job, tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteError):
+        job(run_dir, [*TRAIN, "training.lr=1e30"])
+    record = summary(run_dir)
+    assert record["status"] == "failed" and record["error"].startswith("training.lr=1e+30: ")
+    assert "no epoch finished" in record["error"]
+    assert not (run_dir / "model.pt").exists() and not (run_dir / "checkpoint.pt").exists()
+
+
+# ---------------------------------------------------------------- SIGKILL of the real command line
+
+# Runs the CLI and kills itself (SIGKILL: no handler, no cleanup) at the point named by CBUAP_KILL:
+#   step:N        after the N-th optimiser step
+#   checkpoint:E  right after checkpoint.pt of epoch E is in place (before its metrics row)
+#   rename:E      while checkpoint.pt of epoch E is written: temp file complete, not yet renamed
+KILLER = r"""
+import os, signal, sys
+what, _, n = os.environ["CBUAP_KILL"].partition(":")
+n = int(n)
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if what == "step":
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    count = [0]
+    def hook(opt, args, kwargs):
+        count[0] += 1
+        if count[0] == n:
+            die()
+    register_optimizer_step_post_hook(hook)
+elif what == "checkpoint":
+    import cbuap_runner.training.loop as loop
+    save = loop.save_checkpoint
+    def save_then_die(run_dir, **state):
+        save(run_dir, **state)
+        if state["epoch"] == n:
+            die()
+    loop.save_checkpoint = save_then_die
+elif what == "rename":
+    replace, seen = os.replace, [0]
+    def replace_or_die(src, dst, *a, **k):
+        if str(dst).endswith("checkpoint.pt"):
+            seen[0] += 1
+            if seen[0] == n:
+                die()
+        return replace(src, dst, *a, **k)
+    os.replace = replace_or_die
+from cbuap_runner.__main__ import main
+sys.argv[0] = "cbuap"
+main()
+"""
+
+
+def run_killed(args: list[str], run_dir: Path, kill: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", KILLER, *FAST, f"hydra.run.dir={run_dir}", f"cache_dir={run_dir.parent / 'cache'}",
+           *args]
+    env = {**os.environ, "WANDB_MODE": "disabled", "CBUAP_KILL": kill, **ONE_THREAD}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """model.pt of an uninterrupted run of TRAIN (in-process: the same numbers as the CLI on one thread)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    overrides = [*FAST, f"cache_dir={tmp / 'cache'}", *TRAIN]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_job(compose_config(overrides), tmp / "run", overrides, False, None)
+    finally:
+        torch.set_num_threads(before)
+    return tmp / "run" / "model.pt"
+
+
+def kill_and_resume(kill: str, tmp_path: Path, reference: Path, checkpoint_epoch, rows: list[int]) -> Path:
+    run_dir = tmp_path / "run"
+    proc = run_killed(TRAIN, run_dir, kill)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    # what the kill left: the last complete checkpoint, the rows appended so far, no result, an honest record
+    ckpt = run_dir / "checkpoint.pt"
+    assert (torch.load(ckpt, weights_only=True)["epoch"] if ckpt.exists() else None) == checkpoint_epoch
+    assert epoch_rows(run_dir) == rows
+    assert not (run_dir / "model.pt").exists()
+    assert summary(run_dir)["status"] == "running"  # a killed run's record does not claim completion
+
+    proc = run_cli([*TRAIN, "resume=true"], run_dir, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr
+    assert_completed(run_dir)
+    assert_same_weights(reference, run_dir / "model.pt")
+    return run_dir
+
+
+def test_sigkill_mid_epoch_2_resumes_to_identical_weights(tmp_path, reference):
+    kill_and_resume(f"step:{STEPS + 3}", tmp_path, reference, 1, [1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill,checkpoint_epoch,rows", [
+    ("step:3", None, []),
+    ("checkpoint:1", 1, []),  # the checkpoint is in place, its metrics row is not
+    ("rename:2", 1, [1]),
+    (f"checkpoint:{EPOCHS}", EPOCHS, list(range(1, EPOCHS))),
+], ids=["during_epoch_1", "right_after_checkpoint_1", "while_writing_checkpoint_2", "after_the_last_checkpoint"])
+def test_sigkill_resumes_to_identical_weights(kill, checkpoint_epoch, rows, tmp_path, reference):
+    run_dir = kill_and_resume(kill, tmp_path, reference, checkpoint_epoch, rows)
+    if kill.startswith("rename"):  # the interrupted write left only its hidden temp file, never a half checkpoint
+        assert [p.name for p in run_dir.glob("*.tmp")] and all(
+            p.name.startswith(".checkpoint.pt.") for p in run_dir.glob("*.tmp"))
