@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from . import dist
 from .errors import describe
 from .schema import register_configs
 
@@ -39,6 +40,8 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's multi-line report
     _failures.clear()
     try:
+        dist.setup_from_env()
+        sys.argv = [sys.argv[0], *dist.shared_run_args(sys.argv[1:])]
         _hydra_main()
         if _failures:
             raise _failures.pop()
@@ -50,6 +53,8 @@ def main() -> None:
             raise
         sys.stderr.write(f"error: {describe(ex)}\n")
         sys.exit(1)
+    finally:
+        dist.teardown()
 
 
 if __name__ == "__main__":

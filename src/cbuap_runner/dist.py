@@ -84,3 +84,15 @@ def shared_run_args(argv: list[str]) -> list[str]:
     if not is_main():
         argv = [*argv, "hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     return argv
+
+
+def teardown() -> None:
+    if enabled():
+        tdist.destroy_process_group()
+
+
+def broadcast_buffers_(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, so that eval-mode models agree."""
+    if enabled():
+        for buffer in module.buffers():
+            tdist.broadcast(buffer, src=0)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import dist
 from .errors import UserError, describe
 from .io import write_json, write_text
 from .progress import set_progress_mode
@@ -57,16 +58,21 @@ def _earlier_run(run_dir: Path) -> bool:
 
 
 def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str]) -> Optional[dict]:
-    """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun."""
+    """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun.
+
+    Under torchrun every rank runs the job and only rank 0 writes the record.
+    """
     from .tasks import TASKS, Context
     from .tracking import make_tracker
 
     t0 = time.time()
+    writes = dist.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
     earlier_run = _earlier_run(run_dir)
-    (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure; this attempt writes its own
     summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg)}
-    write_json(run_dir / "run_summary.json", summary)
+    if writes:
+        (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure; this attempt writes its own
+        write_json(run_dir / "run_summary.json", summary)
     tracker, status = None, "failed"
     try:
         cfg = to_config(dcfg)
@@ -75,26 +81,28 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
                             "pass hydra.run.dir=<the interrupted run's directory>")
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
-        device = resolve_device(cfg.device)
+        device = dist.local_device(resolve_device(cfg.device))
         job_name = f"{cfg.task}-{cfg.dataset.name}-{cfg.model.name}-{cfg.attack.name if cfg.task == 'attack' else cfg.training.name}"
-        tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group)
+        tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group, rank=dist.rank())
         log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,
                  device, run_dir)
         metrics = TASKS[cfg.task](Context(cfg, run_dir, device, tracker))
-        summary.update(status="completed", metrics=metrics, device=str(device))
+        summary.update(status="completed", metrics=metrics, device=str(device), world_size=dist.world_size())
         tracker.set_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
         status = "completed"
         return metrics
     except BaseException as ex:
         line = describe(ex)
         summary.update(status="failed", error=line)
-        write_text(run_dir / "error.txt", line + "\n")
+        if writes:
+            write_text(run_dir / "error.txt", line + "\n")
         if multirun and isinstance(ex, Exception):
             log.error("job failed: %s", line)
             return None
         raise
     finally:
         summary["wall_seconds"] = round(time.time() - t0, 3)
-        write_json(run_dir / "run_summary.json", summary)
+        if writes:
+            write_json(run_dir / "run_summary.json", summary)
         if tracker is not None:
             tracker.finish(status)

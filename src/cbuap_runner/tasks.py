@@ -18,6 +18,7 @@ from torch import nn
 from . import figures
 from .attacks import apply_delta, craft
 from .data import DataBundle, Split, balanced_subset, load_data
+from . import dist
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .metrics import evaluate_clean, evaluate_perturbation
@@ -79,10 +80,14 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
                  lambda row: ctx.tracker.log(row, step=row["epoch"]), resume=cfg.resume,
                  eval_batch_size=cfg.eval.batch_size)
     history = result.pop("history")
-    save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
-               data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)})
-    ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
-                             type="model", metadata={"training": cfg.training.name, **_scalars(result)})
+    if dist.world_size() > 1:
+        result["ddp_world_size"] = dist.world_size()
+        result["ddp_weights_identical"] = dist.same_on_all_ranks(list(model.state_dict().values()))
+    if dist.is_main():
+        save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
+                   data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)})
+        ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
+                                 type="model", metadata={"training": cfg.training.name, **_scalars(result)})
     return model.eval(), {**result, "final_train_acc": history[-1]["train_acc"] if history else None}
 
 
@@ -99,6 +104,8 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
     log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
              cfg.training.name)
     model, _ = train_model(ctx, data)
+    if not dist.is_main():
+        return model, str(cached)
     with atomic_path(cached) as tmp:  # concurrent sweep jobs may fill the same slot: each renames a whole file
         shutil.copyfile(ctx.run_dir / "model.pt", tmp)
     return model, str(cached)
@@ -123,6 +130,8 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
                        prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
     """Craft `attack` on training images, evaluate it on the test split; returns metrics and δ."""
     crafting = crafting_split(attack, data, ctx.cfg.seed)
+    if attack.name != "uap":  # gradient attacks split the crafting set over the ranks and average ∇δ
+        crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
     g = torch.Generator().manual_seed(ctx.cfg.seed)
     t0 = time.perf_counter()
     result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g, progress=progress_enabled())
@@ -136,7 +145,10 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     test = eval_split(ctx, data)
     metrics = evaluate_perturbation(model, test.x, test.y, result.delta, data.num_classes, ctx.cfg.eval.batch_size,
                                     class_wise=attack.name == "cw_uap")
-    metrics.update(craft_seconds=round(craft_seconds, 4), craft_images_processed=int(result.images_processed),
+    if dist.world_size() > 1:
+        metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([result.delta]))
+    metrics.update(craft_seconds=round(craft_seconds, 4),
+                   craft_images_processed=int(result.images_processed) * dist.world_size(),
                    craft_passes=int(result.passes), converged=bool(result.converged),
                    craft_images_per_second=round(result.images_processed / max(craft_seconds, 1e-9), 1))
     return metrics, result.delta
@@ -144,7 +156,9 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
 
 def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model_path: str,
                       data: DataBundle, metrics: dict[str, Any], stem: str = "perturbation") -> None:
-    """perturbation.pt plus its figures (δ with examples, label histogram, transition matrix)."""
+    """perturbation.pt plus its figures (δ with examples, label histogram, transition matrix); rank 0 only."""
+    if not dist.is_main():
+        return
     run_dir = ctx.run_dir
     torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": attack.norm, "attack": attack.name,
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
@@ -156,10 +170,10 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     adv = apply_delta(x, delta if delta.dim() == 3 or attack.name == "cw_uap" else delta[0],
                       examples.y if attack.name == "cw_uap" else None)
     figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
-    figures.save_label_hist_png(run_dir / "label_hist.png" if stem == "perturbation" else run_dir / f"{stem}_label_hist.png",
-                                metrics["clean_label_hist"], metrics["label_hist"], data.class_names)
-    figures.save_transition_png(run_dir / ("transition.png" if stem == "perturbation" else f"{stem}_transition.png"),
-                                metrics["transition_matrix"], data.class_names)
+    prefix = "" if stem == "perturbation" else f"{stem}_"  # pipeline runs hold one set per attack
+    figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
+                                metrics["label_hist"], data.class_names)
+    figures.save_transition_png(run_dir / f"{prefix}transition.png", metrics["transition_matrix"], data.class_names)
     ctx.tracker.log_images({f"{stem}": run_dir / f"{stem}.png"})
     ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
                              type="perturbation", metadata={"eps": attack.eps, "norm": attack.norm,
@@ -241,7 +255,8 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
     model, train_metrics = train_model(ctx, data)
     model_path = str(ctx.run_dir / "model.pt")
     out: dict[str, Any] = {"clean_acc": train_metrics["clean_acc"], "train_seconds": train_metrics["train_seconds"],
-                           "per_class_clean_acc": train_metrics.get("per_class_acc")}
+                           "per_class_clean_acc": train_metrics.get("per_class_acc"),
+                           **{k: v for k, v in train_metrics.items() if k.startswith("ddp_")}}
     per_attack = {}
     for name, attack in pipeline_attacks(ctx.cfg.attack).items():
         metrics, delta = craft_and_evaluate(ctx, model, data, attack, prefix=f"{name}/")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..dist import all_reduce_mean_
 from ..schema import AttackConfig
 from .objectives import UAPObjective
 from .threat import ThreatModel, make_threat
@@ -206,6 +207,7 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
                                                    class_wise=class_wise, balance_on=balance_on,
                                                    schedule=schedule, pass_idx=pass_idx, clean=cb)
                 (grad,) = torch.autograd.grad(J.sum(), delta)
+                all_reduce_mean_(grad)  # under torchrun: every rank steps with the same ∇δ
                 with torch.no_grad():
                     if opt is None:
                         threat.step_(delta.data, grad, alpha)
@@ -231,8 +233,8 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
             images += seen
             pass_idx += 1
             # one host sync per pass
-            stats = torch.cat([torch.stack([obj_sum / batches, *(v / batches for v in parts_sum.values())]),
-                               fooled / seen, hits / seen]).tolist()
+            stats = all_reduce_mean_(torch.cat([torch.stack([obj_sum / batches, *(v / batches for v in parts_sum.values())]),
+                               fooled / seen, hits / seen])).tolist()
             objective_value, n_parts = stats[0], len(parts_sum)
             rates = stats[1 + n_parts:1 + n_parts + G]
             record = {"pass": pass_idx, "objective": objective_value, "fooling_rate": max(rates),

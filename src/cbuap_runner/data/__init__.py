@@ -129,17 +129,22 @@ def augment(x: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Ge
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None,
-            crop_padding: int = 0, hflip: bool = False, drop_last: bool = False
+            crop_padding: int = 0, hflip: bool = False, drop_last: bool = False, rank: int = 0, world: int = 1
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float [0,1] batches of a device-resident split; shuffling and augmentation use `generator`."""
+    """Float [0,1] batches of a device-resident split; shuffling and augmentation use `generator`.
+
+    With world > 1 every global batch is split over the ranks, each taking every world-th sample.
+    """
     n = len(split)
     order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for start in range(0, stop, batch_size):
-        if order is None:
+        if order is None and world == 1:
             xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
         else:
-            idx = order[start:start + batch_size]
+            idx = order[start:start + batch_size] if order is not None else torch.arange(
+                start, min(start + batch_size, n), device=split.y.device)
+            idx = idx[rank::world]
             xb, yb = split.x[idx], split.y[idx]
         xb = xb.float().div_(255)
         if crop_padding or hflip:

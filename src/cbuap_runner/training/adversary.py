@@ -29,7 +29,7 @@ class Adversary:
         logits = model(x)
         return F.cross_entropy(logits, y), logits
 
-    def after_backward(self) -> None:
+    def after_backward(self) -> None:  # noqa: B027 (an optional hook)
         """Called after loss.backward(), before the optimiser step (FastUAT reads ∇δ here)."""
 
     def state_dict(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .. import dist
 from ..data import DataBundle, batches, num_batches
 from ..errors import UserError
 from ..metrics import evaluate_clean
@@ -43,17 +44,20 @@ def _autocast(device: torch.device, enabled: bool):
 def train_one_epoch(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetConfig,
                     cfg: TrainingConfig, opt, sched, epoch: int, seed: int, device: torch.device,
                     stop_after: Optional[int] = None) -> dict[str, float]:
-    """One pass over the training split; returns the mean loss and train accuracy (one host sync)."""
+    """One pass over the training split; returns the mean loss and train accuracy (one host sync).
+
+    Under torchrun `model` is the DDP wrapper: each rank trains on its share of every global batch.
+    """
     model.train()
     g = epoch_generator(seed, epoch)
-    adversary.on_epoch_start(model, epoch, data.train.x, data.train.y, g)
+    adversary.on_epoch_start(unwrap(model), epoch, data.train.x, data.train.y, g)
     model.train()
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     it = batches(data.train, cfg.batch_size, shuffle=True, generator=g, crop_padding=dcfg.crop_padding,
-                 hflip=dcfg.hflip, drop_last=True)
+                 hflip=dcfg.hflip, drop_last=True, rank=dist.rank(), world=dist.world_size())
     for i, (x, y) in enumerate(progress_bar(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=steps)):
         if stop_after is not None and i >= stop_after:
             raise KeyboardInterrupt(f"stopped after {stop_after} iterations (test hook)")
@@ -67,7 +71,23 @@ def train_one_epoch(model: nn.Module, adversary: Adversary, data: DataBundle, dc
         loss_sum += loss.detach().float() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
-    return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1)}
+    totals = dist.all_reduce_mean_(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=device)]))
+    loss_total, correct_total, seen_total = totals.tolist()
+    return {"train_loss": loss_total / max(seen_total, 1), "train_acc": correct_total / max(seen_total, 1)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (inner attacks run on it, not through DDP)."""
+    return getattr(model, "module", model)
+
+
+def distribute(model: nn.Module, device: torch.device) -> nn.Module:
+    """Wrap in DistributedDataParallel under torchrun; the model itself otherwise."""
+    if dist.world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def resume_config(dcfg: DatasetConfig, cfg: TrainingConfig, seed: int) -> dict[str, Any]:
@@ -132,25 +152,28 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetC
         set_rng_states(ckpt["rng"])
         start_epoch, history, elapsed = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["train_seconds"])
         log.info("resuming from epoch %d of %d in %s", start_epoch, cfg.epochs, run_dir)
-    if resume:
+    if resume and dist.is_main():
         logged = rewind_metrics(run_dir / METRICS, start_epoch)
         for row in history:  # killed between the checkpoint and its metrics row
             if row["epoch"] not in logged:
                 log_metrics(row)
+    trained = distribute(model, device)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         budget = None if stop_after is None else stop_after - (epoch - start_epoch) * steps
-        row = train_one_epoch(model, adversary, data, dcfg, cfg, opt, sched, epoch, seed, device, budget)
+        row = train_one_epoch(trained, adversary, data, dcfg, cfg, opt, sched, epoch, seed, device, budget)
         elapsed += time.perf_counter() - t0
+        dist.broadcast_buffers_(model)  # each rank's BatchNorm statistics saw only its own shard
         _check_finite(row["train_loss"], adversary, cfg, epoch, run_dir)
         test = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)
         row = {"epoch": epoch + 1, **row, "test_acc": test["clean_acc"], "lr": sched.get_last_lr()[0],
                "epoch_seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
-        save_checkpoint(run_dir, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        adversary=adversary.state_dict(), epoch=epoch + 1, history=history, train_seconds=elapsed,
-                        config=config)
-        log_metrics(row)
+        if dist.is_main():
+            save_checkpoint(run_dir, model=model.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), adversary=adversary.state_dict(), epoch=epoch + 1,
+                            history=history, train_seconds=elapsed, config=config)
+            log_metrics(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_acc"], row["test_acc"], row["epoch_seconds"])
     final = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)

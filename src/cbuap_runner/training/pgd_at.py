@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adversary import Adversary, mixed_loss
+from .loop import unwrap
 
 
 def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step: float, steps: int,
@@ -40,7 +41,7 @@ class PGDAT(Adversary):
 
     def loss(self, model, x, y, step):
         cfg = self.cfg
-        x_adv = pgd_linf(model, x, y, cfg.eps, cfg.step_size or cfg.eps / 4, cfg.steps, self.group_size)
+        x_adv = pgd_linf(unwrap(model), x, y, cfg.eps, cfg.step_size or cfg.eps / 4, cfg.steps, self.group_size)
         logits_adv = model(x_adv)
         logits_clean = model(x) if cfg.sigma < 1 else None
         return mixed_loss(logits_clean, logits_adv, y, cfg.sigma), logits_adv

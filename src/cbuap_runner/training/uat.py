@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from ..attacks.objectives import attack_loss
+from .. import dist
 from .adversary import Adversary, mixed_loss
+from .loop import unwrap
 
 
 class UAT(Adversary):
@@ -31,12 +33,14 @@ class UAT(Adversary):
         return (x + delta).clamp(0, 1)
 
     def _ascend(self, grad: torch.Tensor) -> None:
+        """One signed step with the gradient averaged over the ranks, so that every rank keeps the same δ."""
+        dist.all_reduce_mean_(grad)
         with torch.no_grad():
             self.delta.add_(self.step * grad.sign()).clamp_(-self.cfg.eps, self.cfg.eps)
 
     def _delta_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         delta = self.delta.clone().requires_grad_(True)
-        logits = model(self._perturbed(x, y, delta))
+        logits = unwrap(model)(self._perturbed(x, y, delta))
         loss = attack_loss(logits.unsqueeze(0), y, self.attack_cfg).mean()
         (grad,) = torch.autograd.grad(loss, delta)
         return grad

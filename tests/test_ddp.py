@@ -1,0 +1,32 @@
+"""torchrun: two CPU processes (gloo) train and craft as one job, with one run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+@pytest.mark.slow
+def test_two_ranks_agree_and_share_one_run_directory(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "cbuap_runner", "task=attack", "attack=sgd_uap", "dataset=synthetic", "training.epochs=2",
+           "training.batch_size=32", "attack.crafting_images=64", "attack.passes=2", "eval.num_images=64",
+           "progress=off", "device=cpu", f"cache_dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [p for p in (tmp_path / "outputs" / "runs").glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    summary = json.loads((run_dirs[0] / "run_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2
+    assert summary["metrics"]["ddp_delta_identical"] is True
+    model = torch.load(run_dirs[0] / "model.pt", weights_only=True)
+    assert model["metrics"]["ddp_weights_identical"] is True
+    assert (run_dirs[0] / "perturbation.pt").is_file()
+    assert summary["metrics"]["craft_images_processed"] == 64 * 2  # 2 passes over 64 images, split over 2 ranks
