@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from cbuap_runner.attacks import craft
-from cbuap_runner.data import DataBundle, Split, balanced_subset, load_data
+from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.models import build_model
 from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig

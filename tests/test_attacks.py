@@ -337,6 +337,25 @@ def test_fooling_guard_keeps_crafting_fooling_rate(task):
     assert 0 <= guarded.history[-1]["balance_scale"] <= 1
 
 
+def test_balance_stop_switches_the_terms_off_again(task):
+    model, x, y, *_ = task
+    res = craft(model, x, y, cfg_(name="cb_uap", passes=4, lambda_div=1.0, balance_start=1, balance_stop=3), K,
+                generator=gen())
+    assert [h["balance_on"] for h in res.history] == [False, True, True, False]
+    assert "l_div" in res.history[1] and "l_div" not in res.history[3]
+
+
+def test_schedule_settings_are_validated():
+    from cbuap_runner.errors import UserError
+    from cbuap_runner.schema import validate_attack
+    for bad in (dict(balance_start=2, balance_stop=2), dict(fooling_guard=0.0), dict(fooling_guard=1.5),
+                dict(lambda_ramp=-1)):
+        with pytest.raises(UserError):
+            validate_attack(cfg_(name="cb_uap", **bad), "attack", K)
+    validate_attack(cfg_(name="cb_uap", balance_start=1, balance_stop=3, fooling_guard=0.05, lambda_ramp=2),
+                    "attack", K)
+
+
 def test_registry_and_unknown_attack(task):
     model, x, y, *_ = task
     assert set(ATTACKS) == {"sgd_uap", "cb_uap", "uap", "cw_uap"}

@@ -6,7 +6,6 @@ import pytest
 
 from cbuap_runner.errors import UserError
 from cbuap_runner.schema import ATTACKS, DATASETS, DEFENCES, MODELS, TASKS
-
 from conftest import compose_config
 
 

@@ -15,13 +15,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from conftest import FAST, REPO, TINY, compose_config
 from cbuap_runner.gpu_assign import assign_gpu
 from cbuap_runner.job import to_config
+from conftest import FAST, REPO, TINY, compose_config
 
 CONF = REPO / "conf"
 TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+VARIANTS = sorted(p.stem for p in (CONF / "table" / "variant").glob("*.yaml"))
+DEFAULTS_ROW = "+table/variant=5_cb_uap_defaults"  # may equal row 4 if cb_uap's defaults add nothing to it
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def multirun(args: list[str], sweep_dir: Path, cache: Path, timeout: int = 240) 
            f"cache_dir={cache}", *(a for a in args if not a.startswith("-"))]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def summaries(sweep_dir: Path) -> dict[str, dict]:
@@ -47,7 +49,7 @@ def summaries(sweep_dir: Path) -> dict[str, dict]:
 def make_table(sweep_dir: Path, kind: str = "attacks") -> list[dict]:
     """Run scripts/make_tables.py on the sweep; the CSV rows it wrote."""
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(sweep_dir), "--kind", kind,
-                           "--no-figures"], capture_output=True, text=True, timeout=60)
+                           "--no-figures"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     with open(sweep_dir / "tables" / f"{kind}.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -90,17 +92,34 @@ def test_a_failed_job_does_not_stop_the_others_and_is_marked(tmp_path, cache_dir
 
 
 def test_experiment_config_launches_its_own_multirun(tmp_path, cache_dir):
-    """`experiment=cb_ablation` without -m: hydra.mode=MULTIRUN in the file launches the four ablation rows."""
+    """`experiment=cb_ablation` without -m: hydra.mode=MULTIRUN in the file launches the ablation rows."""
     sweep = tmp_path / "sweep"
     proc = multirun(["experiment=cb_ablation", "dataset=synthetic"], sweep, cache_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = summaries(sweep)
-    assert len(runs) == 4 and all(r["status"] == "completed" for r in runs.values())
-    lambdas = sorted((r["config"]["attack"]["lambda_div"], r["config"]["attack"]["calibration"],
-                      r["config"]["attack"]["lambda_pen"]) for r in runs.values())
-    assert lambdas == [(0.0, "none", 0.0), (1.0, "exclude_true", 0.0), (1.0, "exclude_true", 1.0), (1.0, "none", 0.0)]
+    assert len(runs) == len(VARIANTS) and all(r["status"] == "completed" for r in runs.values())
     rows = make_table(sweep, "ablation")
-    assert [r["table/variant"] for r in rows] == ["1_sgd_uap", "2_diversity", "3_calibration", "4_penalty"]
+    assert [r["table/variant"] for r in rows] == VARIANTS
+
+
+def ablation_attack(variant: str) -> dict:
+    cfg = compose_config(["attack=cb_uap", f"+table/variant={variant}"])
+    return OmegaConf.to_container(cfg.attack, resolve=True)
+
+
+def test_ablation_rows_add_one_ingredient_each():
+    """SGD-UAP; + diversity; + calibration; + penalty (METHOD §2); then cb_uap's defaults."""
+    sgd, div, cal, pen, full = (ablation_attack(v) for v in VARIANTS)
+    defaults = OmegaConf.to_container(compose_config(["attack=cb_uap"]).attack, resolve=True)
+    assert full == defaults
+    assert (sgd["lambda_div"], sgd["lambda_conf"], sgd["lambda_pen"], sgd["class_reweight"]) == (0, 0, 0, False)
+    assert div["lambda_div"] == defaults["lambda_div"] > 0 and div["calibration"] == "none"
+    assert div["lambda_pen"] == 0 and div["class_reweight"] is False
+    assert {k: v for k, v in cal.items() if k != "calibration"} == {k: v for k, v in div.items() if k != "calibration"}
+    assert cal["calibration"] == "exclude_true"
+    changed = {k for k in pen if pen[k] != cal[k]}
+    assert changed == {"lambda_pen", "penalty"} and pen["lambda_pen"] == defaults["lambda_pen"] > 0
+    assert pen["penalty"] == "hinge"
 
 
 # ---------------------------------------------------------------- composition only
@@ -132,16 +151,17 @@ def test_every_table_and_experiment_composes_as_a_self_launching_sweep(group, na
     params = dict(cfg.hydra.sweeper.params)
     assert params, f"{group}={name} sweeps nothing"
     assert cfg.hydra.sweep.dir.startswith(f"outputs/{'tables' if group == 'table' else 'experiments'}/{name}/")
-    seen = set()
+    seen, jobs = set(), [j for j in sweep_jobs(params) if DEFAULTS_ROW not in j]
     for job in sweep_jobs(params):
         dcfg = compose_config([f"{group}={name}", *job])
         cfg_obj = to_config(dcfg)  # schema and start-up checks of every job of the sweep
         with open_dict(dcfg):
             dcfg.pop("seed")
-        seen.add(json.dumps(OmegaConf.to_container(dcfg, resolve=True), sort_keys=True))
+        if job in jobs:
+            seen.add(json.dumps(OmegaConf.to_container(dcfg, resolve=True), sort_keys=True))
         if name.startswith("defences"):
             assert cfg_obj.task == "pipeline" and cfg_obj.attack.name == "cb_uap"
-    assert len(seen) == len(sweep_jobs(params)), "two jobs of the sweep compose to the same experiment"
+    assert len(seen) == len(jobs), "two jobs of the sweep compose to the same experiment"
 
 
 def test_small_tables_stay_small():
@@ -180,7 +200,8 @@ def test_slurm_launcher_writes_a_requeueable_sbatch_script(tmp_path):
         main()
     """)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")), None)
     assert line, proc.stderr[-2000:]
     result = json.loads(line[len("RESULT"):])

@@ -28,7 +28,8 @@ def _hydra_main(dcfg: DictConfig) -> None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        run_job(dcfg, Path(hc.runtime.output_dir), list(hc.overrides.task), multirun, default_group(hc))
+        run_job(dcfg, Path(hc.runtime.output_dir), list(hc.overrides.task), multirun, default_group(hc),
+                hc.job.num if multirun else None)
     except Exception as ex:  # Hydra would print "Error executing job with overrides: ..." before our one line
         _failures.append(ex)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import torch
 
 log = logging.getLogger(__name__)
 
 
-def assign_gpu(job_num: Optional[int], device: str) -> str:
+def assign_gpu(job_num: int | None, device: str) -> str:
     """The device string that multirun job `job_num` should use.
 
     `device=auto` (or a bare `cuda`) with more than one visible CUDA device becomes `cuda:<job_num mod count>`,

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import dist
 from .errors import UserError, describe
+from .gpu_assign import assign_gpu
 from .io import write_json, write_text
 from .progress import set_progress_mode
 from .runinfo import git_commit, resolve_device, seed_everything, versions
@@ -57,7 +58,8 @@ def _earlier_run(run_dir: Path) -> bool:
     return not str(earlier.get("error", "")).startswith(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run")
 
 
-def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str]) -> Optional[dict]:
+def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str],
+            job_num: Optional[int] = None) -> Optional[dict]:
     """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun.
 
     Under torchrun every rank runs the job and only rank 0 writes the record.
@@ -81,7 +83,7 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
                             "pass hydra.run.dir=<the interrupted run's directory>")
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
-        device = dist.local_device(resolve_device(cfg.device))
+        device = dist.local_device(resolve_device(assign_gpu(job_num, cfg.device)))
         job_name = f"{cfg.task}-{cfg.dataset.name}-{cfg.model.name}-{cfg.attack.name if cfg.task == 'attack' else cfg.training.name}"
         tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group, rank=dist.rank())
         log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,

@@ -91,7 +91,6 @@ def _std(values: list[float | None]) -> float | None:
 def _metrics_from_counts(n_y: Tensor, clean_ok_y: Tensor, adv_ok_y: Tensor, success_y: Tensor,
                          transition: Tensor) -> dict[str, Any]:
     """All §5 metrics from the per-class counters and the K×K transition counts."""
-    K = n_y.numel()
     N = int(n_y.sum())
     n = max(N, 1)
     t = transition.double()

@@ -77,6 +77,7 @@ class AttackConfig:
     ema_decay: float = 0.9
     balance_start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
     class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
+    balance_stop: Optional[int] = None  # switch the balance terms off again from this pass on (null = never)
     lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
     fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
     # DeepFool UAP (uap)
@@ -200,6 +201,8 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
         _fail(f"{prefix}.temperature", a.temperature, "must be >= 1")
     for key in ("lambda_div", "lambda_conf", "lambda_pen", "overshoot", "tol", "balance_start", "lambda_ramp"):
         _non_negative(f"{prefix}.{key}", getattr(a, key))
+    if a.balance_stop is not None and a.balance_stop <= a.balance_start:
+        _fail(f"{prefix}.balance_stop", a.balance_stop, "must exceed balance_start (or be null)")
     if a.fooling_guard is not None and not (0 < a.fooling_guard <= 1):
         _fail(f"{prefix}.fooling_guard", a.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
     for key in ("step_decay", "ema_decay", "fooling_target"):

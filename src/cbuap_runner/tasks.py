@@ -15,15 +15,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import figures
+from . import dist, figures
 from .attacks import apply_delta, craft
 from .data import DataBundle, Split, balanced_subset, load_data
-from . import dist
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .metrics import evaluate_clean, evaluate_perturbation
-from .progress import progress_enabled
 from .models import build_model, load_model, read_model_file, save_model
+from .progress import progress_enabled
 from .schema import AttackConfig, Config, to_plain
 from .training import make_adversary
 from .training.loop import fit
@@ -243,7 +242,8 @@ def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
         raise UserError(f"attack={base.name}: task=pipeline crafts sgd_uap, uap and cb_uap from attack=cb_uap's "
                         "settings; drop the attack= override")
     return {
-        "sgd_uap": dataclasses.replace(base, name="sgd_uap", lambda_div=0.0, lambda_conf=0.0, lambda_pen=0.0),
+        "sgd_uap": dataclasses.replace(base, name="sgd_uap", lambda_div=0.0, lambda_conf=0.0, lambda_pen=0.0,
+                                       class_reweight=False),
         "uap": dataclasses.replace(base, name="uap"),
         "cb_uap": base,
     }

@@ -188,9 +188,10 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
         clean = predict(model, x, cfg.batch_size)
         bar = _progress_bar(max_steps if max_steps is not None else cfg.passes, progress, cfg.name)
         while (pass_idx < cfg.passes) if max_steps is None else (steps < max_steps):
-            balance_on = pass_idx >= cfg.balance_start
-            if objective.balanced and pass_idx == cfg.balance_start and pass_idx > 0:
-                best, stale = -math.inf, 0  # the objective changes when the balance terms switch on
+            stop = cfg.balance_stop if cfg.balance_stop is not None else math.inf
+            balance_on = cfg.balance_start <= pass_idx < stop
+            if objective.balanced and pass_idx in (cfg.balance_start, stop) and pass_idx > 0:
+                best, stale = -math.inf, 0  # the objective changes when the balance terms switch on or off
             perm = torch.randperm(N, generator=generator, device=gen_device).to(device)
             obj_sum = torch.zeros((), device=device)
             parts_sum: dict[str, Tensor] = {}

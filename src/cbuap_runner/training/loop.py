@@ -15,9 +15,9 @@ from torch import nn
 from .. import dist
 from ..data import DataBundle, batches, num_batches
 from ..errors import UserError
+from ..io import atomic_path
 from ..metrics import evaluate_clean
 from ..progress import progress_bar
-from ..io import atomic_path
 from ..schema import DatasetConfig, TrainingConfig, to_plain
 from .adversary import Adversary
 from .checkpoint import CHECKPOINT, check_same_config, load_checkpoint, save_checkpoint, set_rng_states

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attacks.objectives import attack_loss
 from .. import dist
+from ..attacks.objectives import attack_loss
 from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
