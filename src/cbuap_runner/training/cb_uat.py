@@ -21,7 +21,10 @@ class CBUAT(Adversary):
 
     def __init__(self, cfg, num_classes, input_shape, device):
         super().__init__(cfg, num_classes, input_shape, device)
-        self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool_size)
+        # init="uniform": the first refresh starts every member from its own random point in the ε-ball. The
+        # pool used to start as M zeros and be warm-started from itself, and since all members see the same
+        # batches, M identical zeros gave M identical CB-UAPs forever (the pool collapsed to one δ).
+        self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool_size, init="uniform")
         self.pool = torch.zeros((cfg.pool_size, *input_shape), device=device)
         self.refreshes = 0
         self._train = None
@@ -38,8 +41,9 @@ class CBUAT(Adversary):
         n = min(len(y), self.cfg.refresh_steps * self.attack_cfg.batch_size)
         idx = balanced_subset(y, n, seed=seed * 7919 + self.refreshes)
         g = torch.Generator().manual_seed(seed * 104729 + self.refreshes)
+        init = self.pool if self.refreshes > 0 else None  # None: independent uniform starts (see __init__)
         result = craft(model, x[idx].float().div_(255), y[idx], self.attack_cfg, self.num_classes, generator=g,
-                       init=self.pool, max_steps=self.cfg.refresh_steps)
+                       init=init, max_steps=self.cfg.refresh_steps)
         self.pool.copy_(result.delta.detach().view_as(self.pool))
         self.refreshes += 1
         model.train()
