@@ -80,10 +80,11 @@ def raw_input_gradient_rate(model, x, y, device, seconds, amp) -> float:
     return rate
 
 
-def crafting_rate(model, data: DataBundle, eps: float, batch: int, images: int, device) -> tuple[float, dict]:
+def crafting_rate(model, data: DataBundle, eps: float, batch: int, images: int, device,
+                  passes: int = 3) -> tuple[float, dict]:
     """SGD-UAP crafting throughput (images through the crafting loop per second)."""
     crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
-    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=3, batch_size=batch, crafting_images=None, tol=0.0)
+    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=passes, batch_size=batch, crafting_images=None, tol=0.0)
     x = crafting.float_x()
     craft(model, x[: batch * 2], crafting.y[: batch * 2], dataclasses.replace(cfg, passes=1), data.num_classes)
     sync(device)
@@ -189,6 +190,24 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
     return out
 
 
+def cost_curves(data: DataBundle, dcfg: DatasetConfig, batch: int, device, sizes: list[int],
+                models: list[str]) -> dict[str, Any]:
+    """Seconds of one SGD-UAP crafting pass against the crafting-set size and against the model size."""
+    def one_pass(model_name: str, n: int) -> float:
+        torch.manual_seed(0)
+        model = build_model(model_name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+        _, info = crafting_rate(model, data, dcfg.eps, batch, n, device, passes=1)
+        return round(info["seconds"], 3)
+
+    by_size = {n: one_pass(models[0], n) for n in sizes}
+    by_model = {}
+    for name in models:
+        params = sum(p.numel() for p in build_model(name, data.num_classes, data.input_shape).parameters())
+        by_model[name] = {"parameters": params, "seconds": one_pass(name, sizes[0])}
+    return {"craft_seconds_by_images": by_size, "model": models[0], "craft_seconds_by_model": by_model,
+            "images_for_model_curve": sizes[0]}
+
+
 def main_job_figures() -> dict[str, Any]:
     """Wall time and peak memory of the default main job (what `make run` runs), in a fresh process."""
     t0 = time.perf_counter()
@@ -248,6 +267,8 @@ def print_table(record: dict[str, Any]) -> None:
                     print(f"    {k:28s} {v}")
             else:
                 print(f"  {key:30s} {value}")
+    if "curves" in record:
+        print(f"\n== cost curves: {json.dumps(record['curves'])}")
     if "main_job" in record:
         print(f"\n== default main job: {record['main_job']}")
 
@@ -265,8 +286,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--defence-images", type=int, default=2048)
     p.add_argument("--defences", default=",".join(DEFENCES))
     p.add_argument("--art-images", type=int, default=1000)
-    p.add_argument("--only", default="craft,train,defences,art,main_job",
-                   help="comma list of: craft, train, defences, art, main_job")
+    p.add_argument("--only", default="craft,train,defences,art,curves,main_job",
+                   help="comma list of: craft, train, defences, art, curves, main_job")
+    p.add_argument("--curve-sizes", default="512,1024,2048,4096", help="crafting-set sizes of the cost curve")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--out", default="outputs/bench.json")
@@ -292,8 +314,12 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(), "dataset": args.dataset, "batch": args.batch, "amp": args.amp,
         "torch": torch.__version__, "models": [],
     }
-    for name in args.models.split(","):
-        record["models"].append(bench_model(name, args, data, dcfg, device))
+    if args.only & {"craft", "train", "defences", "art"}:
+        for name in args.models.split(","):
+            record["models"].append(bench_model(name, args, data, dcfg, device))
+    if "curves" in args.only:
+        record["curves"] = cost_curves(data, dcfg, args.batch, device, [int(v) for v in args.curve_sizes.split(",")],
+                                       args.models.split(","))
     if "main_job" in args.only:
         record["main_job"] = main_job_figures()
     out = REPO / args.out

@@ -19,7 +19,8 @@ def describe(ex: BaseException) -> str:
         missing = (ex.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")
         if group and ex.options:
-            return f"{group}={option}: no such option; choose one of {', '.join(sorted(o for o in ex.options if not o.startswith('base_')))}"
+            options = sorted(o for o in ex.options if not o.startswith("base_"))  # schemas are not options
+            return f"{group}={option}: no such option; choose one of {', '.join(options)}"
         return _first_line(str(ex))
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
     if isinstance(cause, OmegaConfBaseException):
