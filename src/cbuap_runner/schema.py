@@ -42,7 +42,6 @@ class ModelConfig:
     name: str = MISSING
     checkpoint: Optional[str] = None
     channels_last: bool = False
-    compile: bool = False
 
 
 @dataclass
