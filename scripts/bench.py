@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from cbuap_runner.attacks import craft
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.metrics import evaluate_perturbation
-from cbuap_runner.models import build_model
+from cbuap_runner.models import build_model, load_model
 from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
 from cbuap_runner.training import DEFENCES, make_adversary
 from cbuap_runner.training.loop import fit
@@ -152,7 +152,8 @@ class tempfile_dir:
         self._tmp.cleanup()
 
 
-def art_comparison(model, data: DataBundle, eps: float, images: int, device, ours_batch: int) -> dict[str, Any]:
+def art_comparison(model, data: DataBundle, eps: float, images: int, device, ours_batch: int,
+                   inner: tuple[str, ...] = ("deepfool", "fgsm")) -> dict[str, Any]:
     """ART's UniversalPerturbation (DeepFool and FGSM inner attacks) against ours on the same images."""
     try:
         import numpy as np
@@ -168,6 +169,7 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
     x_np = x.cpu().numpy()
     out: dict[str, Any] = {}
     runs = {"art_deepfool": ("deepfool", {}), "art_fgsm": ("fgsm", {"eps": eps / 10, "norm": np.inf})}
+    runs = {k: v for k, v in runs.items() if v[0] in inner}
     for key, (attacker, params) in runs.items():
         attack = UniversalPerturbation(classifier, attacker=attacker, attacker_params=params, delta=0.2, max_iter=20,
                                        eps=eps, norm=np.inf, batch_size=32, verbose=False)
@@ -185,7 +187,7 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
     seconds = time.perf_counter() - t0
     m = evaluate_perturbation(model, data.test.x, data.test.y, result.delta, data.num_classes)
     out["ours_sgd_uap"] = {"seconds": round(seconds, 3), "test_fooling_rate": round(m["fooling_rate"], 4)}
-    for key in ("art_deepfool", "art_fgsm"):
+    for key in runs:
         out[f"speedup_vs_{key}"] = round(out[key]["seconds"] / seconds, 1)
     return out
 
@@ -228,6 +230,8 @@ def peak_memory_mb(device: torch.device) -> float:
 def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+    if args.checkpoint:  # a trained model: needed for meaningful fooling rates (throughput does not care)
+        model = load_model(args.checkpoint, device).train()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     batch = data.train.subset(torch.arange(args.batch, device=data.train.y.device))
@@ -249,7 +253,8 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
         row["defence_epoch_seconds"] = {k: round(v, 3) for k, v in times.items()}
         row["defence_cost_vs_natural"] = {k: round(v / times["natural"], 2) for k, v in times.items()}
     if "art" in args.only:
-        row["art"] = art_comparison(model.eval(), data, dcfg.eps, args.art_images, device, args.batch)
+        row["art"] = art_comparison(model.eval(), data, dcfg.eps, args.art_images, device, args.batch,
+                                    tuple(args.art_inner.split(",")))
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     return row
 
@@ -285,7 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the raw and crafting figures")
     p.add_argument("--defence-images", type=int, default=2048)
     p.add_argument("--defences", default=",".join(DEFENCES))
+    p.add_argument("--checkpoint", default=None, help="a trained model.pt of the first --models entry (ART comparison)")
     p.add_argument("--art-images", type=int, default=1000)
+    p.add_argument("--art-inner", default="deepfool,fgsm", help="ART inner attacks to time: deepfool, fgsm")
     p.add_argument("--only", default="craft,train,defences,art,curves,main_job",
                    help="comma list of: craft, train, defences, art, curves, main_job")
     p.add_argument("--curve-sizes", default="512,1024,2048,4096", help="crafting-set sizes of the cost curve")
