@@ -152,43 +152,67 @@ class tempfile_dir:
         self._tmp.cleanup()
 
 
+def _timed_craft(model, x, y, cfg: AttackConfig, num_classes: int, device) -> tuple[Any, float]:
+    """Our crafting run on (x, y) with seed 0 and its wall time."""
+    sync(device)
+    t0 = time.perf_counter()
+    result = craft(model, x, y, cfg, num_classes, generator=torch.Generator().manual_seed(0))
+    sync(device)
+    return result, time.perf_counter() - t0
+
+
+def _test_fooling_rate(model, data: DataBundle, delta: torch.Tensor) -> float:
+    return round(evaluate_perturbation(model, data.test.x, data.test.y, delta, data.num_classes)["fooling_rate"], 4)
+
+
 def art_comparison(model, data: DataBundle, eps: float, images: int, device, ours_batch: int,
-                   inner: tuple[str, ...] = ("deepfool", "fgsm")) -> dict[str, Any]:
-    """ART's UniversalPerturbation (DeepFool and FGSM inner attacks) against ours on the same images."""
+                   inner: tuple[str, ...] = ("deepfool", "fgsm"), passes: int = 10, norm: str = "linf") -> dict[str, Any]:
+    """ART's UniversalPerturbation against ours on the same model, crafting images, ε, norm and passes.
+
+    deepfool: ART with attacker="deepfool" (DeepFool max_iter 10, overshoot 0.02, 10 candidate classes) against
+    our reference `uap` (the same DeepFool settings); fgsm: ART with attacker="fgsm". Our SGD-UAP runs on the same
+    images alongside. Neither side stops early: ours has no stopping rule set and ART gets delta = 0 (it stops only
+    once every crafting image is fooled, after which no pass can change its perturbation, nor ours).
+    """
     try:
+        import random
+
         import numpy as np
         from art.attacks.evasion import UniversalPerturbation
         from art.estimators.classification import PyTorchClassifier
     except ImportError:
         return {"skipped": "adversarial-robustness-toolbox not installed (pip install -e '.[crosscheck]')"}
     crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
-    x = crafting.float_x()
+    x, y = crafting.float_x(), crafting.y
     classifier = PyTorchClassifier(model=model.eval(), loss=torch.nn.CrossEntropyLoss(), input_shape=data.input_shape,
                                    nb_classes=data.num_classes, clip_values=(0.0, 1.0),
                                    device_type="gpu" if device.type == "cuda" else "cpu")
-    x_np = x.cpu().numpy()
-    out: dict[str, Any] = {}
-    runs = {"art_deepfool": ("deepfool", {}), "art_fgsm": ("fgsm", {"eps": eps / 10, "norm": np.inf})}
-    runs = {k: v for k, v in runs.items() if v[0] in inner}
-    for key, (attacker, params) in runs.items():
-        attack = UniversalPerturbation(classifier, attacker=attacker, attacker_params=params, delta=0.2, max_iter=20,
-                                       eps=eps, norm=np.inf, batch_size=32, verbose=False)
+    art_norm = np.inf if norm == "linf" else 2
+    out: dict[str, Any] = {"settings": f"{images} crafting images, {passes} passes, eps {eps:g} ({norm}), "
+                                       f"test fooling rate on {len(data.test)} test images"}
+    arts = {"deepfool": ("art_uap_deepfool", {"max_iter": 10, "epsilon": 0.02, "nb_grads": 10, "verbose": False}),
+            "fgsm": ("art_uap_fgsm", {"eps": eps / 10, "norm": art_norm})}
+    ours = {"deepfool": ("ours_uap", "uap"), "fgsm": ("ours_sgd_uap", "sgd_uap")}
+    for attacker in inner:
+        key, params = arts[attacker]
+        random.seed(0)  # ART shuffles with Python's random
+        attack = UniversalPerturbation(classifier, attacker=attacker, attacker_params=params, delta=0.0, max_iter=passes,
+                                       eps=eps, norm=art_norm, batch_size=ours_batch, verbose=False)
         t0 = time.perf_counter()
-        attack.generate(x_np)
+        attack.generate(x.cpu().numpy())
         seconds = time.perf_counter() - t0
         delta = torch.from_numpy(attack.noise[0]).float().to(device)
-        m = evaluate_perturbation(model, data.test.x, data.test.y, delta, data.num_classes)
-        out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": round(m["fooling_rate"], 4)}
-    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=10, batch_size=ours_batch, crafting_images=None)
-    sync(device)
-    t0 = time.perf_counter()
-    result = craft(model, x, crafting.y, cfg, data.num_classes, generator=torch.Generator().manual_seed(0))
-    sync(device)
-    seconds = time.perf_counter() - t0
-    m = evaluate_perturbation(model, data.test.x, data.test.y, result.delta, data.num_classes)
-    out["ours_sgd_uap"] = {"seconds": round(seconds, 3), "test_fooling_rate": round(m["fooling_rate"], 4)}
-    for key in runs:
-        out[f"speedup_vs_{key}"] = round(out[key]["seconds"] / seconds, 1)
+        out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": _test_fooling_rate(model, data, delta),
+                    "crafting_fooling_rate": round(float(attack.fooling_rate), 4)}
+    for attacker in dict.fromkeys([*inner, "fgsm"]):  # our SGD-UAP always runs alongside
+        key, name = ours[attacker]
+        cfg = AttackConfig(name=name, eps=eps, norm=norm, passes=passes, batch_size=ours_batch, crafting_images=None)
+        result, seconds = _timed_craft(model, x, y, cfg, data.num_classes, device)
+        out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": _test_fooling_rate(model, data, result.delta),
+                    "crafting_fooling_rate": round(result.history[-1]["fooling_rate"], 4)}
+    for attacker in inner:
+        art_key, ours_key = arts[attacker][0], ours[attacker][0]
+        out[f"speedup_{ours_key}_vs_{art_key}"] = round(out[art_key]["seconds"] / out[ours_key]["seconds"], 1)
     return out
 
 
@@ -230,7 +254,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
-    if args.checkpoint:  # a trained model: needed for meaningful fooling rates (throughput does not care)
+    if args.checkpoint and name == args.models.split(",")[0]:  # trained weights: meaningful fooling rates
         model = load_model(args.checkpoint, device).train()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -253,8 +277,8 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
         row["defence_epoch_seconds"] = {k: round(v, 3) for k, v in times.items()}
         row["defence_cost_vs_natural"] = {k: round(v / times["natural"], 2) for k, v in times.items()}
     if "art" in args.only:
-        row["art"] = art_comparison(model.eval(), data, dcfg.eps, args.art_images, device, args.batch,
-                                    tuple(args.art_inner.split(",")))
+        row["art"] = art_comparison(model.eval(), data, args.art_eps or dcfg.eps, args.art_images, device, args.batch,
+                                    tuple(args.art_inner.split(",")), args.art_passes, args.art_norm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     return row
 
@@ -268,8 +292,14 @@ def print_table(record: dict[str, Any]) -> None:
                 continue
             if isinstance(value, dict):
                 print(f"  {key}:")
+                runs = {k: v for k, v in value.items() if isinstance(v, dict)}
+                if runs:  # side by side: the ART comparison
+                    print(f"    {'':28s} {'seconds':>10s} {'test FR':>9s} {'crafting FR':>12s}")
+                    for k, v in runs.items():
+                        print(f"    {k:28s} {v['seconds']:10.2f} {v['test_fooling_rate']:9.4f} {v['crafting_fooling_rate']:12.4f}")
                 for k, v in value.items():
-                    print(f"    {k:28s} {v}")
+                    if k not in runs:
+                        print(f"    {k:28s} {v}")
             else:
                 print(f"  {key:30s} {value}")
     if "curves" in record:
@@ -292,7 +322,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--defences", default=",".join(DEFENCES))
     p.add_argument("--checkpoint", default=None, help="a trained model.pt of the first --models entry (ART comparison)")
     p.add_argument("--art-images", type=int, default=1000)
-    p.add_argument("--art-inner", default="deepfool,fgsm", help="ART inner attacks to time: deepfool, fgsm")
+    p.add_argument("--art-inner", default="deepfool,fgsm",
+                   help="ART inner attacks: deepfool (against our uap), fgsm (against our sgd_uap, which always runs)")
+    p.add_argument("--art-passes", type=int, default=10, help="passes over the crafting images, both sides (ART max_iter)")
+    p.add_argument("--art-norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--art-eps", type=float, default=None, help="the budget of the ART comparison (default: the dataset's)")
     p.add_argument("--only", default="craft,train,defences,art,curves,main_job",
                    help="comma list of: craft, train, defences, art, curves, main_job")
     p.add_argument("--curve-sizes", default="512,1024,2048,4096", help="crafting-set sizes of the cost curve")

@@ -39,6 +39,15 @@ ATTACK_METRICS = (
     "dominant_label_ratio",
     "num_target_labels",
     "worst_class_adv_acc",
+    "min_class_attack_success_rate",
+    "mean_class_attack_success_rate",
+    "craft_seconds",
+)
+TUNING_METRICS = (
+    "val_fooling_rate",
+    "val_label_entropy",
+    "val_dominant_label_ratio",
+    "val_min_class_attack_success_rate",
     "craft_seconds",
 )
 DEFENCE_METRICS = (
@@ -51,7 +60,11 @@ DEFENCE_METRICS = (
     "wall_seconds",
     "time_vs_natural",
 )
-KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS}
+KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS,
+                "tuning": TUNING_METRICS}
+# tuning: the CB-UAP setting with the highest validation label entropy among those whose validation fooling
+# rate is within this of SGD-UAP's (the paper's goal: spread the labels without losing strength)
+TUNING_FOOLING_MARGIN = 0.02
 KINDS = ("auto", *KIND_METRICS)
 # Settings that differ between runs without defining a different experiment.
 IGNORED_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "perturbation"}
@@ -307,6 +320,22 @@ def _add_time_vs_natural(rows: list[dict[str, Any]], keys: Sequence[str]) -> Non
         row["time_vs_natural"] = (mean, std, len(ratios))
 
 
+def choose_tuned(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mark and return the tuning row chosen on the validation split (TUNING_FOOLING_MARGIN), or None."""
+    done = [r for r in rows if r["status"] == "completed" and r.get("val_fooling_rate", (None,))[0] is not None]
+    reference = [r["val_fooling_rate"][0] for r in done if r.get("attack") == "sgd_uap"]
+    candidates = [r for r in done if r.get("attack") == "cb_uap"]
+    if not reference or not candidates:
+        return None
+    floor = max(reference) - TUNING_FOOLING_MARGIN
+    strong = [r for r in candidates if r["val_fooling_rate"][0] >= floor]
+    chosen = (max(strong, key=lambda r: r["val_label_entropy"][0]) if strong
+              else max(candidates, key=lambda r: r["val_fooling_rate"][0]))
+    for r in rows:
+        r["chosen"] = r is chosen
+    return chosen
+
+
 # ----------------------------------------------------------------------------- formats
 
 
@@ -317,7 +346,8 @@ def _fmt_number(x: float) -> str:
 
 
 def format_cell(cell: tuple[float | None, float | None, int], pm: str = "±") -> str:
-    """`mean ± std` (just the mean for one value, "–" for none)."""
+    """`mean ± std` (just the mean for one value, "–" for none); the table's n column (or a "(n=k)"
+    after a cell whose count differs from its row's) says over how many runs."""
     mean, std, _ = cell
     if mean is None:
         return "–"
@@ -335,14 +365,18 @@ def _display(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping
     """Header and text cells shared by the Markdown and LaTeX writers."""
     show_status = any(r["status"] != "completed" for r in rows)
     status = ["status"] if show_status else []
-    header = list(keys) + status + ["n"] + list(columns) + (["error"] if show_status else [])
+    chosen = ["chosen"] if any("chosen" in r for r in rows) else []
+    header = list(keys) + status + chosen + ["n"] + list(columns) + (["error"] if show_status else [])
     body = []
     for r in rows:
         cells = [_setting_text(r.get(k)) for k in keys]
+        if chosen:
+            cells.append("yes" if r.get("chosen") else "")
         if show_status:
             cells.append(str(r["status"]).upper() if r["status"] != "completed" else "ok")
         cells.append(str(r["n"]))
-        cells += [format_cell(r[m], pm) for m in columns]
+        cells += [format_cell(r[m], pm) + (f" (n={r[m][2]})" if r[m][0] is not None and r[m][2] != r["n"] else "")
+                  for m in columns]
         if show_status:
             error = r.get("error") or ""
             cells.append(error if len(error) <= 100 else error[:97] + "...")
@@ -488,6 +522,8 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
         raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
     kind = resolve_kind(records, kind)
     keys, columns, rows = build_rows(records, kind, metrics)
+    if kind == "tuning":
+        choose_tuned(rows)
     out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
     written = [
         _write_text(out / f"{kind}.md", to_markdown(keys, columns, rows)),

@@ -48,9 +48,10 @@ def _idx_dataset(root: Path, n_train: int = 40, n_test: int = 20) -> None:
 
 def test_mnist_from_idx_files_under_root(validated, tmp_path):
     _idx_dataset(tmp_path / "mnist")
-    cfg = validated(["dataset=mnist", f"dataset.root={tmp_path / 'mnist'}", "dataset.download=false"])
+    cfg = validated(["dataset=mnist", f"dataset.root={tmp_path / 'mnist'}", "dataset.download=false",
+                     "dataset.val_size=10"])
     data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
-    assert data.train.x.shape == (40, 1, 28, 28) and data.train.x.dtype == torch.uint8
+    assert data.train.x.shape == (30, 1, 28, 28) and data.train.x.dtype == torch.uint8 and len(data.val) == 10
     assert data.test.y.tolist() == [k % 10 for k in range(20)]
 
 
@@ -58,8 +59,8 @@ def test_mnist_from_idx_files_under_root(validated, tmp_path):
 def test_debian_fashion_mnist_reader(validated, tmp_path):
     cfg = validated(["dataset=fashion_mnist", f"dataset.root={tmp_path / 'none'}", "dataset.download=false"])
     data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
-    assert data.train.x.shape == (60000, 1, 28, 28) and data.test.x.shape == (10000, 1, 28, 28)
-    assert torch.bincount(data.train.y).tolist() == [6000] * 10
+    assert data.train.x.shape == (55000, 1, 28, 28) and data.test.x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.train.y).tolist() == [5500] * 10 and torch.bincount(data.val.y).tolist() == [500] * 10
     assert 60 < data.train.x.float().mean() < 80  # Fashion-MNIST's mean pixel is ~72.9
 
 
@@ -80,12 +81,13 @@ def _image_tree(root: Path, classes=("cat", "ant", "bee"), per_class: int = 4, s
 def test_image_folder_reader_and_cache(validated, tmp_path):
     truth = _image_tree(tmp_path / "tree")
     cfg = validated(["dataset=image_folder", f"dataset.root={tmp_path / 'tree'}", "dataset.num_classes=3",
-                     "dataset.image_size=8", "dataset.download=false"])
+                     "dataset.image_size=8", "dataset.download=false", "dataset.val_size=3"])
     data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     assert data.class_names == ["ant", "bee", "cat"]  # sorted folder names give the labels
-    assert data.train.x.shape == (13, 3, 8, 8)
-    assert torch.bincount(data.train.y).tolist() == [4, 4, 5]
-    assert torch.equal(data.train.x[0], truth[("train", "ant", 0)])  # PNG decodes losslessly
+    assert data.train.x.shape == (10, 3, 8, 8) and data.val.x.shape == (3, 3, 8, 8)
+    assert torch.bincount(torch.cat([data.train.y, data.val.y])).tolist() == [4, 4, 5]
+    images = torch.cat([data.train.x, data.val.x])
+    assert any(torch.equal(img, truth[("train", "ant", 0)]) for img in images)  # PNG decodes losslessly
     assert len(list((tmp_path / "cache" / "folders").glob("*.pt"))) == 2
     again = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     assert torch.equal(again.train.x, data.train.x)
@@ -131,3 +133,21 @@ def test_batches_cover_split_once_and_do_not_modify_it():
     assert torch.equal(split.x, before)
     xb, _ = next(batches(split, 16))
     assert xb.dtype == torch.float32 and 0 <= xb.min() and xb.max() <= 1
+
+
+def test_validation_split_is_seeded_balanced_and_never_trained_on(validated, tmp_path):
+    cfg = validated(["dataset=synthetic", "dataset.val_size=40", "dataset.train_subset=100"])
+    data = load_data(cfg.dataset, str(tmp_path), seed=0, device=torch.device("cpu"))
+    assert len(data.val) == 40 and len(data.train) == 100
+    assert torch.bincount(data.val.y, minlength=4).tolist() == [10, 10, 10, 10]
+    pixels = lambda split: {bytes(img.numpy()) for img in split.x}  # noqa: E731
+    assert not pixels(data.val) & pixels(data.train)  # no validation image is in the training split
+    other = load_data(cfg.dataset, str(tmp_path), seed=1, device=torch.device("cpu"))
+    again = load_data(cfg.dataset, str(tmp_path), seed=0, device=torch.device("cpu"))
+    assert torch.equal(again.val.x, data.val.x) and not torch.equal(other.val.x, data.val.x)
+
+
+def test_validation_split_larger_than_training_is_a_user_error(validated, tmp_path):
+    cfg = validated(["dataset=synthetic", "dataset.val_size=10000"])
+    with pytest.raises(UserError, match="dataset.val_size"):
+        load_data(cfg.dataset, str(tmp_path), seed=0, device=torch.device("cpu"))

@@ -187,3 +187,23 @@ def test_missing_directory_fails_with_one_line(mt, tmp_path, capsys):
     assert mt.main([str(tmp_path / "nope")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such directory" in err[0]
+
+
+def _tuning_row(attack: str, fooling: float, entropy: float) -> dict:
+    return {"status": "completed", "attack": attack, "val_fooling_rate": (fooling, 0.01, 3),
+            "val_label_entropy": (entropy, 0.01, 3)}
+
+
+def test_tuning_choice_is_the_widest_spread_within_the_fooling_margin(mt):
+    rows = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.79, 0.20), _tuning_row("cb_uap", 0.781, 0.25),
+            _tuning_row("cb_uap", 0.70, 0.60)]
+    assert mt.choose_tuned(rows) is rows[2]  # 0.60 entropy loses 10 points; 0.25 is within 2
+    assert [r["chosen"] for r in rows] == [False, False, True, False]
+    weak = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.70, 0.60), _tuning_row("cb_uap", 0.75, 0.3)]
+    assert mt.choose_tuned(weak) is weak[2]  # none within the margin: the strongest
+
+
+def test_a_cell_with_fewer_runs_than_its_row_says_so(mt):
+    row = {"status": "completed", "n": 3, "attack": "sgd_uap", "fooling_rate": (0.5, 0.1, 2), "adv_acc": (0.4, 0.1, 3)}
+    _, body = mt._display(["attack"], ["fooling_rate", "adv_acc"], [row])
+    assert body[0] == ["sgd_uap", "3", "0.500 ± 0.100 (n=2)", "0.400 ± 0.100"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cbuap_runner.metrics import evaluate_clean, evaluate_perturbation, metrics_from_predictions
+from cbuap_runner.metrics import evaluate_clean, evaluate_perturbation, fooling_rates, metrics_from_predictions
 
 #                   0  1  2  3  4  5
 Y = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -81,14 +81,15 @@ def test_batched_evaluation_matches_pure_function(model_data):
     assert m["fooling_rate"] > 0
 
 
-def test_stacked_delta_reports_strongest_start(model_data):
+def test_fooling_rates_per_start_and_class_wise(model_data):
     model, x, y = model_data
     strong = (torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.6
-    m = evaluate_perturbation(model, x, y, torch.stack([torch.zeros(3, 4, 4), strong]), 5, batch_size=16)
-    assert m["fooling_rates"][0] == 0 and m["best_start"] == 1 and m["num_starts"] == 2
-    assert m["fooling_rate"] == m["fooling_rates"][1]
-    assert m == {**evaluate_perturbation(model, x, y, strong, 5), "best_start": 1, "fooling_rates": m["fooling_rates"],
-                 "num_starts": 2}
+    rates = fooling_rates(model, x, torch.stack([torch.zeros(3, 4, 4), strong]), batch_size=16)
+    assert rates == [0.0, evaluate_perturbation(model, x, y, strong, 5)["fooling_rate"]] and rates[1] > 0
+    deltas = torch.zeros(5, 3, 4, 4)
+    deltas[2] = strong
+    cw = fooling_rates(model, x, deltas, batch_size=16, y=y)
+    assert cw == [evaluate_perturbation(model, x, y, deltas, 5, class_wise=True)["fooling_rate"]]
 
 
 def test_class_wise_delta_uses_the_true_label(model_data):

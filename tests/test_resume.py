@@ -24,7 +24,7 @@ from cbuap_runner.training.loop import NonFiniteError, fit, rewind_metrics
 from conftest import FAST, REPO, compose_config, run_cli
 
 EPOCHS = 3
-STEPS = 8  # synthetic_size 256 / batch 32
+STEPS = 6  # (synthetic_size 256 - val_size 64) / batch 32
 TRAIN = ["task=train", "dataset=synthetic", "model=small_cnn", f"training.epochs={EPOCHS}", "training.batch_size=32",
          "eval.num_images=64", "eval.batch_size=64"]
 DEFENCES = {

@@ -8,7 +8,8 @@ Definitions (the contract): c_i clean prediction, a_i adversarial prediction, y_
   num_target_labels = #{k: h_k > 1%}
 - per-class adv_acc (over samples of true class k) and attack success rate (over correctly classified
   samples of class k); their population std over the classes that have samples; worst class = lowest
-  per-class adv_acc. Classes without samples get null.
+  per-class adv_acc; the min and mean over classes of the per-class attack success rate (how unequal the
+  attack's strength is between classes). Classes without samples get null.
 - fooled_label_entropy (extra): H/log K of the adversarial labels of the fooled samples only; unlike
   label_entropy it does not reach 1 merely because the attack fools nobody.
 - transition_matrix[c][a]: counts of clean prediction c → adversarial prediction a (sums to N).
@@ -79,6 +80,12 @@ def _norm_entropy(counts: Tensor) -> float:
     return max(0.0, float(-(p * p.log()).sum() / math.log(counts.numel())))
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """Mean of the defined values."""
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
 def _std(values: list[float | None]) -> float | None:
     """Population std of the defined values."""
     v = [x for x in values if x is not None]
@@ -120,6 +127,8 @@ def _metrics_from_counts(n_y: Tensor, clean_ok_y: Tensor, adv_ok_y: Tensor, succ
         "per_class_attack_success_rate": per_class_asr,
         "per_class_adv_acc_std": _std(per_class_adv),
         "per_class_attack_success_rate_std": _std(per_class_asr),
+        "min_class_attack_success_rate": min((v for v in per_class_asr if v is not None), default=None),
+        "mean_class_attack_success_rate": _mean(per_class_asr),
         "worst_class_adv_acc": worst_acc,
         "worst_class": worst,
         "transition_matrix": transition.long().tolist(),
@@ -140,6 +149,12 @@ def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """argmax predictions of `model` over `x`, batched, on x's device, without host syncs."""
+    return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
+
+
 def _as_float(xb: Tensor, device: torch.device) -> Tensor:
     """A batch on `device` as float in [0,1] (uint8 is divided by 255)."""
     xb = xb.to(device, non_blocking=True)
@@ -156,32 +171,40 @@ def _batches(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: to
 
 def evaluate_perturbation(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor, num_classes: int,
                           batch_size: int = 500, class_wise: bool = False) -> dict[str, Any]:
-    """§5 metrics of δ on (x, y); δ [M,C,H,W] reports the strongest start plus `fooling_rates` per start."""
+    """§5 metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y)."""
+    if delta.dim() == 4 and not class_wise:
+        raise ValueError(f"one perturbation expected, got a stack {tuple(delta.shape)}: select a start first")
     device = _model_device(model, delta.device)
     delta = delta.detach().to(device, torch.float32)
-    stacked = delta.dim() == 4 and not class_wise
-    groups = delta.shape[0] if stacked else 1
-    counts = _Counts(num_classes, groups, device)
+    counts = _Counts(num_classes, 1, device)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for xb, yb, clean in _batches(model, x, y, batch_size, device):
-                if class_wise:
-                    adv = model((xb + delta[yb]).clamp(0, 1)).argmax(-1).view(1, -1)
-                elif stacked:
-                    adv = torch.stack([model((xb + delta[g]).clamp(0, 1)).argmax(-1) for g in range(groups)])
-                else:
-                    adv = model((xb + delta).clamp(0, 1)).argmax(-1).view(1, -1)
-                counts.add(clean, adv, yb)
+                d = delta[yb] if class_wise else delta
+                counts.add(clean, model((xb + d).clamp(0, 1)).argmax(-1).view(1, -1), yb)
     finally:
         model.train(was_training)
-    rates = counts.fooling_rates()
-    best = max(range(groups), key=lambda g: rates[g])
-    out = counts.finalize(best)
-    if stacked:
-        out.update(best_start=best, fooling_rates=rates, num_starts=groups)
-    return out
+    return counts.finalize(0)
+
+
+def fooling_rates(model: nn.Module, x: Tensor, delta: Tensor, batch_size: int = 500, *, y: Tensor | None = None,
+                  clean: Tensor | None = None) -> list[float]:
+    """Fooling rate (a ≠ c) on x of δ [C,H,W], of each row of a stack [M,C,H,W], or, given labels `y`,
+    of class-wise δ [K,C,H,W]; `clean` predictions are computed unless given. Model in eval mode."""
+    device = _model_device(model, delta.device)
+    delta = delta.detach().to(device, torch.float32)
+    rows = [delta] if delta.dim() == 3 or y is not None else list(delta)
+    fooled = torch.zeros(len(rows), dtype=torch.long, device=device)
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            xb = _as_float(x[i:i + batch_size], device)
+            cb = model(xb).argmax(-1) if clean is None else clean[i:i + batch_size]
+            for m, d in enumerate(rows):
+                d = d[y[i:i + batch_size].to(device)] if y is not None else d
+                fooled[m] += (model((xb + d).clamp(0, 1)).argmax(-1) != cb).sum()
+    return [int(f) / max(x.shape[0], 1) for f in fooled.tolist()]
 
 
 def evaluate_clean(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int = 500) -> dict[str, Any]:

@@ -32,7 +32,8 @@ class DatasetConfig:
     eps: float = MISSING  # this dataset's default attack budget (L-inf, [0,1] pixels)
     crop_padding: int = 0  # random-crop augmentation padding; 0 = no crop
     hflip: bool = False
-    train_subset: Optional[int] = None  # seeded, class-balanced subset of the training split
+    val_size: int = 5000  # seeded, class-balanced validation images carved from the training split (never trained on)
+    train_subset: Optional[int] = None  # seeded, class-balanced subset of what remains of the training split
     synthetic_size: int = 512  # dataset=synthetic only
     classes: Optional[List[str]] = None  # class names for figures and tables
 
@@ -49,9 +50,13 @@ class AttackConfig:
     name: str = "sgd_uap"
     eps: float = II("dataset.eps")
     norm: str = "linf"  # linf | l2
+    # the crafting budget and stopping rule, shared by every attack (set them here, never per attack)
     passes: int = 10  # passes over the crafting set
     crafting_images: Optional[int] = 5000  # null = the whole training split
     batch_size: int = 128
+    patience: Optional[int] = None  # stop when the validation fooling rate stalls this many passes (null = never)
+    tol: float = 1e-3  # ... an improvement of at most this counts as a stall
+    fooling_target: Optional[float] = None  # stop once the validation fooling rate reaches this (null = never)
     optimizer: str = "sign"  # sign | adam
     step_size: Optional[float] = None  # sign step; null = eps / 4 (L2: eps / 4 along the unit gradient)
     step_decay: float = 0.8  # multiplies the step after every pass
@@ -62,8 +67,6 @@ class AttackConfig:
     beta: float = 12.0  # clip of the cross-entropy
     kappa: float = 10.0  # clip of the CW margin
     target: Optional[int] = None  # targeted attack towards this class
-    tol: float = 1e-3  # early stop when the pass objective improves less than this
-    patience: int = 2  # ... for this many passes
     # class balance (cb_uap); all three weights at zero reproduce sgd_uap exactly
     calibration: str = "exclude_true"  # none | exclude_true | temperature
     temperature: float = 1.0
@@ -80,18 +83,21 @@ class AttackConfig:
     lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
     fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
     # DeepFool UAP (uap)
-    fooling_target: float = 0.8  # stop once the crafting-set fooling rate reaches 1 - delta
     overshoot: float = 0.02
     deepfool_iters: int = 10
     deepfool_candidates: int = 10
+    deepfool_norm: str = "l2"  # l2 (the reference DeepFool) | linf (the DeepFool step in L-inf geometry)
 
 
 @dataclass
 class TrainingConfig:
+    """Every training default lives here (natural training's settings); conf/training/<name>.yaml sets only what
+    its defence changes."""
+
     name: str = "natural"
-    epochs: int = 10
+    epochs: int = 3
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -99,18 +105,26 @@ class TrainingConfig:
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
     gamma: float = 0.1
     amp: bool = False  # bf16 autocast on CUDA
-    # adversaries
+    # adversaries (the threat geometry is training.adversary.norm: linf | l2)
     eps: float = II("dataset.eps")
-    step_size: Optional[float] = None  # null = the defence's convention
-    steps: int = 10  # pgd_at / sat inner steps
-    sigma: float = 1.0  # weight of the adversarial loss: (1 - sigma) CE(clean) + sigma CE(adv)
-    heap_size: int = 5  # sat: batches that share one perturbation
+    step_size: Optional[float] = None  # null = the paper's convention: uat/fast_uat/cw_uat ε, pgd_at/sat ε/4
+    steps: int = 10  # pgd_at / sat PGD steps
+    # (1 - sigma) CE(clean) + sigma CE(adv), read by every defence but natural. 1.0 = adversarial examples only, the
+    # loss of UAT and FastUAT (Shafahi et al. 2020, Alg. 3-4), CW-UAT (Benz et al. 2021) and PGD-AT (Madry et al.
+    # 2018); SAT (Mummadi et al. 2019) sweeps this weight as its trade-off. One default for all, so that a
+    # comparison at the defaults is like with like.
+    sigma: float = 1.0
+    # uat / cw_uat: the model's mode during the δ step. eval = as every evaluation attack sees it (running statistics
+    # untouched); train = batch statistics and updated running statistics, kept only to measure the difference
+    delta_model_mode: str = "eval"  # eval | train
+    heap_size: int = 16  # sat: samples that share one perturbation
     pool_size: int = 4  # cb_uat: M perturbations in the pool
     refresh_every: int = 1  # cb_uat: refresh the pool every k units
     refresh_unit: str = "epoch"  # epoch | iter
     refresh_steps: int = 20  # cb_uat: S minibatch steps per refresh
     init_checkpoint: Optional[str] = None  # start from these weights (e.g. a natural model)
-    adversary: AttackConfig = field(default_factory=lambda: AttackConfig(eps=II("training.eps")))  # cb_uat stage 1
+    # the threat model of every defence (norm) and cb_uat's stage-1 attack
+    adversary: AttackConfig = field(default_factory=lambda: AttackConfig(eps=II("training.eps")))
 
 
 @dataclass
@@ -188,8 +202,12 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
     _positive(f"{prefix}.eps", a.eps)
     if a.norm == "linf" and a.eps > 1:
         _fail(f"{prefix}.eps", a.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
-    for key in ("passes", "batch_size", "num_starts", "deepfool_iters", "deepfool_candidates", "patience"):
+    for key in ("passes", "batch_size", "num_starts", "deepfool_iters", "deepfool_candidates"):
         _positive(f"{prefix}.{key}", getattr(a, key))
+    if a.patience is not None:
+        _positive(f"{prefix}.patience", a.patience)
+    if a.fooling_target is not None and not (0 < a.fooling_target <= 1):
+        _fail(f"{prefix}.fooling_target", a.fooling_target, "must lie in (0, 1] (a validation fooling rate) or be null")
     if a.crafting_images is not None:
         _positive(f"{prefix}.crafting_images", a.crafting_images)
     if a.step_size is not None:
@@ -204,7 +222,7 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
         _fail(f"{prefix}.balance_stop", a.balance_stop, "must exceed balance_start (or be null)")
     if a.fooling_guard is not None and not (0 < a.fooling_guard <= 1):
         _fail(f"{prefix}.fooling_guard", a.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
-    for key in ("step_decay", "ema_decay", "fooling_target"):
+    for key in ("step_decay", "ema_decay"):
         value = getattr(a, key)
         if not (0 < value <= 1):
             _fail(f"{prefix}.{key}", value, "must lie in (0, 1]")
@@ -214,6 +232,7 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
     _one_of(f"{prefix}.calibration", a.calibration, ("none", "exclude_true", "temperature"))
     _one_of(f"{prefix}.penalty", a.penalty, ("none", "hinge", "frequency"))
     _one_of(f"{prefix}.penalty_weights", a.penalty_weights, ("indicator", "histogram"))
+    _one_of(f"{prefix}.deepfool_norm", a.deepfool_norm, ("l2", "linf"))
     if a.target is not None and not (0 <= a.target < num_classes):
         _fail(f"{prefix}.target", a.target, f"must be a class index in [0, {num_classes - 1}]")
     if a.target is not None and a.name in ("uap", "cw_uap"):
@@ -225,7 +244,7 @@ def validate_training(t: TrainingConfig) -> None:
     _one_of("training.name", t.name, DEFENCES)
     for key in ("epochs", "batch_size", "lr", "steps", "heap_size", "pool_size", "refresh_every", "refresh_steps", "eps"):
         _positive(f"training.{key}", getattr(t, key))
-    if t.eps > 1:
+    if t.adversary.norm == "linf" and t.eps > 1:
         _fail("training.eps", t.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
     for key in ("momentum", "weight_decay", "gamma"):
         _non_negative(f"training.{key}", getattr(t, key))
@@ -235,6 +254,10 @@ def validate_training(t: TrainingConfig) -> None:
         _fail("training.sigma", t.sigma, "must lie in [0, 1]")
     _one_of("training.schedule", t.schedule, ("cosine", "step", "constant"))
     _one_of("training.refresh_unit", t.refresh_unit, ("epoch", "iter"))
+    _one_of("training.delta_model_mode", t.delta_model_mode, ("eval", "train"))
+    if t.delta_model_mode == "train" and t.name not in ("uat", "cw_uat"):
+        _fail("training.delta_model_mode", t.delta_model_mode, f"only uat and cw_uat read it; training={t.name} "
+              "steps its perturbation with the model in eval mode (fast_uat: in the training forward)")
     for m in t.milestones:
         if not (0 < m < 1):
             _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
@@ -257,6 +280,7 @@ def validate(cfg: Config) -> None:
         _fail("dataset.num_classes", d.num_classes, "must be at least 2")
     if d.train_subset is not None:
         _positive("dataset.train_subset", d.train_subset)
+    _positive("dataset.val_size", d.val_size)
     if len(d.mean) != d.channels or len(d.std) != d.channels:
         _fail("dataset.mean", list(d.mean), f"mean and std need one value per channel ({d.channels})")
     for s in d.std:

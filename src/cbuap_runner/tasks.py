@@ -20,7 +20,7 @@ from .attacks import apply_delta, craft
 from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
-from .metrics import evaluate_clean, evaluate_perturbation
+from .metrics import evaluate_clean, evaluate_perturbation, fooling_rates
 from .models import build_model, load_model, read_model_file, save_model
 from .progress import progress_enabled
 from .schema import AttackConfig, Config, to_plain
@@ -74,7 +74,8 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
         model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device)
+    adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
+                               seed=cfg.seed)
     result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
                  lambda row: ctx.tracker.log(row, step=row["epoch"]), resume=cfg.resume,
                  eval_batch_size=cfg.eval.batch_size)
@@ -125,15 +126,27 @@ def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
     return data.train if n is None else data.train.subset(balanced_subset(data.train.y, n, seed))
 
 
+# what an attack run also reports on the validation split: what tuning and selection read
+VAL_METRICS = ("fooling_rate", "adv_acc", "label_entropy", "dominant_label_ratio", "min_class_attack_success_rate")
+
+
+def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch_size: int) -> tuple[int, list[float]]:
+    """The start of a stack [M,C,H,W] with the highest fooling rate on the validation split, and every rate."""
+    rates = fooling_rates(model, data.val.x, starts, batch_size)
+    return max(range(len(rates)), key=rates.__getitem__), rates
+
+
 def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,
                        prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
-    """Craft `attack` on training images, evaluate it on the test split; returns metrics and δ."""
+    """Craft `attack` on training images (validation images judge stopping and pick among several
+    starts), evaluate it on the test split; returns metrics and δ (the chosen start only)."""
     crafting = crafting_split(attack, data, ctx.cfg.seed)
     if attack.name != "uap":  # gradient attacks split the crafting set over the ranks and average ∇δ
         crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
     g = torch.Generator().manual_seed(ctx.cfg.seed)
     t0 = time.perf_counter()
-    result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g, progress=progress_enabled())
+    result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g,
+                   progress=progress_enabled(), val=(data.val.float_x(), data.val.y))
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     craft_seconds = time.perf_counter() - t0
@@ -141,16 +154,24 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
         raise UserError(f"{prefix or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
     for row in result.history:
         ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
+    class_wise = attack.name == "cw_uap"
+    delta, chosen = result.delta, {}
+    if delta.dim() == 4 and not class_wise:
+        best, rates = select_start(model, data, delta, ctx.cfg.eval.batch_size)
+        delta, chosen = delta[best], {"best_start": best, "val_fooling_rates": rates, "num_starts": len(rates)}
     test = eval_split(ctx, data)
-    metrics = evaluate_perturbation(model, test.x, test.y, result.delta, data.num_classes, ctx.cfg.eval.batch_size,
-                                    class_wise=attack.name == "cw_uap")
+    metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
+                                    class_wise=class_wise)
+    val = evaluate_perturbation(model, data.val.x, data.val.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
+                                class_wise=class_wise)
+    metrics.update({f"val_{k}": val[k] for k in VAL_METRICS}, **chosen)
     if dist.world_size() > 1:
         metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([result.delta]))
     metrics.update(craft_seconds=round(craft_seconds, 4),
                    craft_images_processed=int(result.images_processed) * dist.world_size(),
                    craft_passes=int(result.passes), converged=bool(result.converged),
                    craft_images_per_second=round(result.images_processed / max(craft_seconds, 1e-9), 1))
-    return metrics, result.delta
+    return metrics, delta
 
 
 def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model_path: str,
@@ -166,8 +187,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     test = eval_split(ctx, data)
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
     x = examples.float_x()
-    adv = apply_delta(x, delta if delta.dim() == 3 or attack.name == "cw_uap" else delta[0],
-                      examples.y if attack.name == "cw_uap" else None)
+    adv = apply_delta(x, delta, examples.y if attack.name == "cw_uap" else None)
     figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
     prefix = "" if stem == "perturbation" else f"{stem}_"  # pipeline runs hold one set per attack
     figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
@@ -191,6 +211,9 @@ def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
     if tuple(delta.shape[-3:]) != tuple(data.input_shape) or delta.dim() not in (3, 4):
         raise UserError(f"perturbation={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
                         f"{tuple(data.input_shape)}; give a perturbation crafted on this dataset")
+    if delta.dim() == 4 and blob.get("attack") != "cw_uap":
+        raise UserError(f"perturbation={path!r}: holds a stack of {delta.shape[0]} perturbations; give a file with "
+                        "one δ (task=attack saves the start chosen on the validation split)")
     if blob.get("attack") == "cw_uap" and delta.shape[0] != data.num_classes:
         raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, the dataset has "
                         f"{data.num_classes}; give a perturbation crafted on this dataset")
@@ -250,12 +273,15 @@ def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
 
 
 def task_pipeline(ctx: Context) -> dict[str, Any]:
-    """Train a defence, then attack the final model white-box with each UAP; report each and the worst."""
+    """Train a defence, then attack the final model white-box with each UAP under one crafting budget;
+    report each, the worst attack and the worst class over every attack, all on the same test images."""
     data = ctx.data()
     model, train_metrics = train_model(ctx, data)
     model_path = str(ctx.run_dir / "model.pt")
-    out: dict[str, Any] = {"clean_acc": train_metrics["clean_acc"], "train_seconds": train_metrics["train_seconds"],
-                           "per_class_clean_acc": train_metrics.get("per_class_acc"),
+    test = eval_split(ctx, data)
+    clean = evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+    out: dict[str, Any] = {"clean_acc": clean["clean_acc"], "train_seconds": train_metrics["train_seconds"],
+                           "per_class_clean_acc": clean["per_class_acc"], "num_images": clean["num_images"],
                            **{k: v for k, v in train_metrics.items() if k.startswith("ddp_")}}
     per_attack = {}
     for name, attack in pipeline_attacks(ctx.cfg.attack).items():
@@ -265,11 +291,21 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
         out[f"adv_acc_{name}"] = metrics["adv_acc"]
         out[f"fooling_rate_{name}"] = metrics["fooling_rate"]
         out[f"label_entropy_{name}"] = metrics["label_entropy"]
-    worst = min(per_attack, key=lambda n: per_attack[n]["adv_acc"])
-    out.update(worst_attack=worst, worst_adv_acc=per_attack[worst]["adv_acc"],
-               worst_class_adv_acc=per_attack[worst]["worst_class_adv_acc"],
-               per_class_worst_adv_acc=per_attack[worst]["per_class_adv_acc"], attacks=per_attack)
+    out.update(worst_case(per_attack), attacks=per_attack)
     return out
+
+
+def worst_case(per_attack: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The attack with the lowest accuracy under attack, and the lowest per-class accuracy over every
+    attack and class (with the attack and class it came from)."""
+    worst = min(per_attack, key=lambda n: per_attack[n]["adv_acc"])
+    cells = [(acc, name, k) for name, m in per_attack.items() for k, acc in enumerate(m["per_class_adv_acc"])
+             if acc is not None]
+    acc, attack, cls = min(cells)
+    per_class = [min(v for v in column if v is not None) if any(v is not None for v in column) else None
+                 for column in zip(*(m["per_class_adv_acc"] for m in per_attack.values()))]
+    return {"worst_attack": worst, "worst_adv_acc": per_attack[worst]["adv_acc"], "worst_class_adv_acc": acc,
+            "worst_class_attack": attack, "worst_class": cls, "per_class_worst_adv_acc": per_class}
 
 
 TASKS: dict[str, Callable[[Context], dict[str, Any]]] = {

@@ -1,31 +1,86 @@
-"""UAP (Moosavi-Dezfooli et al., CVPR 2017): accumulate DeepFool steps for the samples that v does not
-fool yet, project onto the ε-ball, stop at the target fooling rate 1 − δ.
+"""UAP: a universal perturbation accumulated from DeepFool steps.
 
-Batching choice: per batch, DeepFool runs batched on all not-yet-fooled samples at the batch-start v
-(the expensive part); their Δv_i are then applied one after another with a projection after each,
-v ← Proj(v + Δv_i), as in the sequential original (cheap [C,H,W] ops, no host sync). The only
-approximation is that each Δv_i is computed at the batch-start v rather than at the v left by the previous
-sample. Two alternatives were measured on the test task and rejected: the MEAN of the Δv_i cancels across
-classes and stalls (≈20 % fooling where per-sample updates reach 75 %); the SUM followed by one projection
-saturates the L∞ box in a corner from which later sums cannot move it (stuck at 25 % in 1 of 4 models).
-The v with the highest pass-end crafting-set fooling rate is returned. The loop synchronises with the host
-once per batch (to select the unfooled samples and to stop DeepFool early): it is the slow reference baseline.
+Moosavi-Dezfooli, Fawzi, Fawzi and Frossard, "Universal adversarial perturbations", CVPR 2017, Section 3,
+Algorithm 1; the authors' code is LTS4/universal on GitHub (python/universal_pert.py, python/deepfool.py).
+DeepFool itself: Moosavi-Dezfooli, Fawzi and Frossard, CVPR 2016 (multi-class, L2).
+
+The loop, as the reference: v = 0 (or the warm start `init`); every pass shuffles the crafting images and
+visits them in that order; an image x that the CURRENT v does not fool (argmax f(x + v) == argmax f(x)) gets
+a DeepFool run started at x + v; its step is added to v only if DeepFool converged, and v is then projected
+onto the ε-ball. After each pass the crafting-set fooling rate is measured. DeepFool (L2): the candidates are
+the `deepfool_candidates` most likely classes at the start (the current label first); each iteration takes
+w_k = ∇f_k − ∇f_label and f_k − f_label at the current point for every other candidate k, picks the k with
+the smallest |f_k|/‖w_k‖₂, r_i = (|f_k|/‖w_k‖₂ + 1e-4)·w_k/‖w_k‖₂, r_tot += r_i, moves the point to
+x + (1 + overshoot)·r_tot and stops once the label changes or after `deepfool_iters` iterations; it returns
+(1 + overshoot)·r_tot. The 1e-4 term is the one of the DeepFool authors' PyTorch code (LTS4/DeepFool); the
+numpy deepfool.py of LTS4/universal omits it.
+
+Where paper and code are silent, or where this implementation differs:
+- Pixel range (the one place the algorithm differs): the model here only ever sees clamp(x + δ, 0, 1), so
+  DeepFool evaluates its point as clamp(x + v + (1 + overshoot)·r_tot, 0, 1), and the gradients are the
+  model's input gradients at that clamped point; the reference never clamps.
+- Converged means that the label changed within `deepfool_iters` iterations. The reference tests
+  `iter < max_iter_df - 1`, which also rejects runs that change the label in their last two iterations.
+- L2 projection goes INTO the ball (v is rescaled only when ‖v‖₂ > ε). The reference's proj_lp rescales
+  every v onto the sphere ‖v‖₂ = ε, also one inside the ball: a known bug, not copied. L∞: clipping, as there.
+- Stopping: the reference stops when the crafting-set fooling rate reaches 1 − δ. Here every attack shares
+  the validation-based rule of stopping.py (`fooling_target`, `patience`); with neither set all `passes`
+  passes run and the last v is returned, as the reference returns its last v. The crafting-set fooling rate
+  is still measured after each pass and recorded in the history.
+- `deepfool_norm=linf` (attack=uap_linf, not in the reference): the DeepFool step in L∞ geometry, nearest
+  boundary by |f_k|/‖w_k‖₁ and r = (|f_k| + 1e-4)/‖w_k‖₁·sign(w_k); the rest of the loop is unchanged.
+- `y` is not used: as in the reference, "fooled" compares with the model's clean prediction.
+
+Batching, with the sequential semantics kept exactly:
+- DeepFool runs batched over images; each image's run is independent of the others (eval mode), so row i
+  equals a run on image i alone. The candidate gradients take one forward, then, for up to 8 images, one
+  backward vmapped over the candidates (autograd's is_grads_batched) and, for more, one backward per
+  candidate, each batched over the images. Measured on CPU (small_cnn, one thread, shared machine): the
+  vmapped backward is 10-25 % faster than one backward per candidate at 1-8 images and 20 % slower at 32;
+  replicating each image once per candidate with one backward was the slowest at every size (87 against
+  45 ms at 32 images), torch.func vmap(jacrev) in between (2.9 against 1.3 ms per image at 64 images).
+- The loop: the next images in the shuffled order are checked against the current v in one forward;
+  DeepFool runs batched on the first `width` unfooled ones, all at the current v, and the runs are walked
+  in order. A run that did not converge leaves v unchanged, so the next run (computed at the same v) is
+  exactly what the sequential loop computes next; the first converged run changes v: it is applied and
+  projected, every later run is discarded (DeepFool abandons them as soon as it converges) and their images
+  are checked again against the new v. On CUDA `width` follows the recent acceptance rate p (about 1/p:
+  speculation); on CPU it is 1, because there a batch of rows costs about as much per row as one row and
+  discarded rows are pure loss (measured: 1.6 times the gradient work for no gain). The result equals the
+  one-image-at-a-time loop up to floating-point differences of batched kernels, which
+  tests/test_deepfool.py::test_batched_craft_equals_per_image_reference checks (in float64, both widths)
+  against a literal per-image transcription of universal_pert.py. In float32 such differences can flip a
+  decision near a boundary, after which the two runs follow different (equally valid) trajectories.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from ..schema import AttackConfig
 from .engine import ATTACKS, CraftResult, _progress_bar, frozen, init_delta, predict
-from .threat import make_threat
+from .stopping import PassMonitor
+from .threat import ThreatModel, make_threat
 
 log = logging.getLogger(__name__)
 
-_EPS = 1e-8
+_TINY = 1e-12
+_VMAP_ROWS = 8  # up to this many images the candidate gradients take one vmapped backward
+
+
+@dataclass
+class DeepFoolResult:
+    """Per-image outcome of a batched DeepFool run."""
+
+    step: Tensor  # [B,C,H,W] (1 + overshoot)·r_tot
+    converged: Tensor  # [B] bool: the label changed within max_iter iterations
+    iters: Tensor  # [B] int64: iterations run
+    label: Tensor  # [B] int64: the label at the final point
 
 
 def _take(t: Tensor, index: Tensor) -> Tensor:
@@ -33,91 +88,184 @@ def _take(t: Tensor, index: Tensor) -> Tensor:
     return t[torch.arange(t.shape[0], device=t.device), index]
 
 
-def deepfool(model: nn.Module, x: Tensor, label: Tensor, *, norm: str = "linf", num_candidates: int = 10,
-             overshoot: float = 0.02, max_iter: int = 10) -> Tensor:
-    """Batched DeepFool: the (overshot) minimal perturbation moving each x_i off `label`_i, [B,C,H,W]."""
-    with torch.no_grad():
-        logits = model(x)
-    k = min(num_candidates, logits.shape[1])
-    others = logits.scatter(1, label[:, None], float("-inf")).topk(k - 1, dim=1).indices
-    cand = torch.cat([label[:, None], others], 1)  # [B,k], the current class first
-    r_tot = torch.zeros_like(x)
-    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(max_iter):
-        xi = (x + (1 + overshoot) * r_tot).clamp(0, 1).requires_grad_(True)
+def _candidate_grads(model: nn.Module, x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits [B,K] at x and the input gradients [B,k,...] of the candidate logits cand [B,k]: one forward, then
+    one vmapped backward over the k candidates (small B) or one backward per candidate (large B)."""
+    b, k = cand.shape
+    with torch.enable_grad():
+        xi = x.detach().requires_grad_(True)
         z = model(xi)
-        active &= z.detach().argmax(1) == label
-        if not bool(active.any()):
-            break
+        if b <= _VMAP_ROWS:
+            onehot = torch.zeros(k, *z.shape, dtype=z.dtype, device=z.device).scatter_(2, cand.T.unsqueeze(2), 1.0)
+            (g,) = torch.autograd.grad(z, xi, grad_outputs=onehot, is_grads_batched=True)
+            return z.detach(), g.transpose(0, 1)
         zc = z.gather(1, cand)
-        grads = torch.stack([torch.autograd.grad(zc[:, j].sum(), xi, retain_graph=j < k - 1)[0]
-                             for j in range(k)], 1)  # [B,k,C,H,W]
-        w = (grads[:, 1:] - grads[:, :1]).flatten(2)  # [B,k-1,D]
-        f = (zc[:, 1:] - zc[:, :1]).detach().abs()  # distance in logit space to each candidate boundary
-        dual = w.norm(dim=2) if norm == "l2" else w.abs().sum(2)  # the dual norm of the threat model
-        best = (f / (dual + _EPS)).argmin(1)  # nearest boundary under the linearisation
-        f_b, dual_b, w_b = _take(f, best), _take(dual, best), _take(w, best)
-        if norm == "l2":
-            r = ((f_b + 1e-4) / (dual_b ** 2 + _EPS)).unsqueeze(1) * w_b
-        else:
-            r = ((f_b + 1e-4) / (dual_b + _EPS)).unsqueeze(1) * w_b.sign()
-        r_tot += r.view_as(x) * active.view(-1, *([1] * (x.dim() - 1)))
-    return (1 + overshoot) * r_tot
+        grads = [torch.autograd.grad(zc[:, j].sum(), xi, retain_graph=j < k - 1)[0] for j in range(k)]
+        return z.detach(), torch.stack(grads, 1)
+
+
+def _deepfool_step(f: Tensor, w: Tensor, norm: str) -> Tensor:
+    """r_i [B,D] towards the nearest linearised boundary, from logit gaps f [B,k-1] and their gradients w [B,k-1,D]."""
+    f = f.abs()
+    if norm == "l2":
+        dual = w.norm(dim=2).clamp_min(_TINY)
+        pert = f / dual
+        best = pert.argmin(1)  # the first minimum, as the reference's strict `pert_k < pert`
+        return (_take(pert, best) + 1e-4).unsqueeze(1) * _take(w, best) / _take(dual, best).unsqueeze(1)
+    dual = w.abs().sum(2).clamp_min(_TINY)
+    best = (f / dual).argmin(1)
+    return ((_take(f, best) + 1e-4) / _take(dual, best)).unsqueeze(1) * _take(w, best).sign()
+
+
+def deepfool(model: nn.Module, x: Tensor, *, norm: str = "l2", num_candidates: int = 10, overshoot: float = 0.02,
+             max_iter: int = 10, first_only: bool = False) -> DeepFoolResult:
+    """Batched DeepFool from x [B,C,H,W] (evaluated as clamp(·, 0, 1)); row i equals a run on x_i alone.
+
+    With `first_only`, rows after the first converged row are abandoned as soon as it converges (their
+    `converged` is False and their step partial): all that the sequential UAP loop can use.
+    """
+    scale, b = 1 + overshoot, x.shape[0]
+    with torch.no_grad():
+        logits = model(x.clamp(0, 1))
+    cand = logits.topk(max(2, min(num_candidates, logits.shape[1])), dim=1).indices  # the current label first
+    label = cand[:, 0]
+    r_tot = torch.zeros_like(x)
+    iters = torch.zeros(b, dtype=torch.long, device=x.device)
+    converged = torch.zeros(b, dtype=torch.bool, device=x.device)
+    final = label.clone()
+    rows = torch.arange(b, device=x.device)  # the runs still going
+    for _ in range(max_iter):
+        if rows.numel() == 0:
+            break
+        z, g = _candidate_grads(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1), cand[rows])
+        zc, g = z.gather(1, cand[rows]), g.flatten(2)
+        r = _deepfool_step(zc[:, 1:] - zc[:, :1], g[:, 1:] - g[:, :1], norm)
+        r_tot[rows] += r.view(-1, *x.shape[1:])
+        iters[rows] += 1
+        with torch.no_grad():
+            now = model((x[rows] + scale * r_tot[rows]).clamp(0, 1)).argmax(1)
+        flipped = now != label[rows]
+        final[rows], converged[rows] = now, flipped
+        rows = rows[~flipped]
+        if first_only and bool(flipped.any()):
+            first = converged.nonzero()[0, 0]
+            converged[first + 1:] = False
+            rows = rows[rows < first]
+    return DeepFoolResult(step=scale * r_tot, converged=converged, iters=iters, label=final)
+
+
+class _Speculation:
+    """How many unfooled images one batched DeepFool call takes and how many images one fooled-check covers.
+
+    Speculating (about 1/p images per call for the recent acceptance rate p) pays only where a batch of rows
+    costs little more than one row: on CUDA. On CPU one row costs about as much per row as a batch (small_cnn,
+    one thread) and the rows after an accepted one are thrown away, so the width stays 1 there. A check covers
+    enough images for twice `width` unfooled ones at the recent unfooled fraction. The choices depend only on
+    the run's own history, never on timings, so a run is reproducible.
+    """
+
+    DECAY = 0.9
+    MIN_WIDTH = 1
+    MIN_WINDOW = 4
+    ADAPTIVE: bool | None = None  # None: on CUDA only
+
+    def __init__(self, batch_size: int, device: torch.device) -> None:
+        self.batch_size = batch_size
+        self.adaptive = device.type == "cuda" if self.ADAPTIVE is None else self.ADAPTIVE
+        self.accept = self.unfooled = 1.0  # EMAs: converged DeepFool runs, unfooled checked images
+
+    @property
+    def width(self) -> int:
+        """Unfooled images per DeepFool call."""
+        want = math.ceil(1 / max(self.accept, 1e-3) - 1e-6) if self.adaptive else 1
+        return max(self.MIN_WIDTH, min(self.batch_size, want))
+
+    @property
+    def window(self) -> int:
+        """Images per fooled-check."""
+        want = math.ceil(2 * self.width / max(self.unfooled, 1e-3))
+        return max(self.MIN_WINDOW, self.width, min(self.batch_size, want))
+
+    def observe_check(self, checked: int, unfooled: int) -> None:
+        """Record one fooled-check."""
+        self.unfooled = self.DECAY * self.unfooled + (1 - self.DECAY) * unfooled / max(checked, 1)
+
+    def observe_runs(self, used: int, accepted: bool) -> None:
+        """Record `used` DeepFool runs in order, the last of them accepted if `accepted`."""
+        for i in range(used):
+            self.accept = self.DECAY * self.accept + (1 - self.DECAY) * float(accepted and i == used - 1)
+
+
+def _run_deepfool(model: nn.Module, xb: Tensor, cfg: AttackConfig) -> DeepFoolResult:
+    """DeepFool with the attack's settings, abandoning runs after the first converged one."""
+    return deepfool(model, xb, norm=cfg.deepfool_norm, num_candidates=cfg.deepfool_candidates,
+                    overshoot=cfg.overshoot, max_iter=cfg.deepfool_iters, first_only=True)
+
+
+def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
+              cfg: AttackConfig, spec: _Speculation) -> tuple[Tensor, int]:
+    """One pass of Algorithm 1 over x[order], image by image in effect; returns v and the steps added."""
+    added, pos, n = 0, 0, order.numel()
+    while pos < n:
+        window = order[pos:pos + spec.window]
+        with torch.no_grad():
+            todo = (model((x[window] + v).clamp(0, 1)).argmax(1) == clean[window]).nonzero().flatten().tolist()
+        spec.observe_check(window.numel(), len(todo))
+        start, pos = pos, pos + window.numel()  # the whole window is visited unless v changes inside it
+        while todo:
+            pick, todo = todo[:spec.width], todo[spec.width:]
+            conv = _run_deepfool(model, x[window[pick]] + v, cfg)
+            flags = conv.converged.tolist()
+            if True not in flags:  # v unchanged: the check of the rest of the window still holds
+                spec.observe_runs(len(pick), False)
+                continue
+            j = flags.index(True)
+            v = threat.project_(v + conv.step[j])
+            added += 1
+            spec.observe_runs(j + 1, True)
+            pos = start + pick[j] + 1  # the images after it are checked again against the new v
+            break
+    return v, added
 
 
 def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
                        generator: torch.Generator | None = None, progress: bool = False,
-                       init: Tensor | None = None, max_steps: int | None = None) -> CraftResult:
-    """DeepFool-UAP: one δ [C,H,W] (the best pass-end v); converged once the crafting-set fooling rate
-    reaches `fooling_target`; `max_steps` bounds the number of batches."""
+                       init: Tensor | None = None, max_steps: int | None = None,
+                       val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
+    """DeepFool UAP (Algorithm 1): one δ [C,H,W]; stops by the shared rule of stopping.py (`val` images);
+    `max_steps` bounds the images visited to max_steps·batch_size."""
     if cfg.num_starts > 1:
         log.warning("attack=uap crafts one perturbation; num_starts=%d is ignored", cfg.num_starts)
-    device, N = x.device, x.shape[0]
+    device, n = x.device, x.shape[0]
     threat = make_threat(cfg.norm, cfg.eps)
-    v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0]
+    v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0].to(x.dtype)
     gen_device = generator.device if generator is not None else torch.device("cpu")
+    budget = None if max_steps is None else max_steps * cfg.batch_size
+    spec = _Speculation(cfg.batch_size, device)
     history: list[dict] = []
-    steps = images = passes = 0
-    converged, best_rate, best_v = False, -1.0, v.clone()
+    images = passes = 0
     with frozen(model):
+        monitor = PassMonitor(model, cfg, val if max_steps is None else None)  # fixed step counts: no early stop
         clean = predict(model, x, cfg.batch_size)
         bar = _progress_bar(cfg.passes, progress, cfg.name)
         for passes in range(1, cfg.passes + 1):
-            perm = torch.randperm(N, generator=generator, device=gen_device).to(device)
-            seen = 0
-            for start in range(0, N, cfg.batch_size):
-                if max_steps is not None and steps >= max_steps:
-                    break
-                idx = perm[start:start + cfg.batch_size]
-                xb, cb = x[idx], clean[idx]
-                seen += xb.shape[0]
-                steps += 1
-                with torch.no_grad():
-                    todo = model((xb + v).clamp(0, 1)).argmax(1) == cb
-                if not bool(todo.any()):
-                    continue
-                r = deepfool(model, (xb[todo] + v).clamp(0, 1), cb[todo], norm=cfg.norm,
-                             num_candidates=cfg.deepfool_candidates, overshoot=cfg.overshoot,
-                             max_iter=cfg.deepfool_iters)
-                for r_i in r:  # project after every sample, as the sequential original does
-                    v = threat.project_(v + r_i)
-            images += seen
-            with torch.no_grad():
-                rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
-            history.append({"pass": passes, "objective": rate, "fooling_rate": rate, "step_size": None,
-                            "images": seen})
-            if rate > best_rate:
-                best_rate, best_v = rate, v.clone()
-            log.debug("uap pass %d: fooling rate %.4f", passes, rate)
+            order = torch.randperm(n, generator=generator, device=gen_device).to(device)
+            if budget is not None:
+                order = order[:budget - images]
+            v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec)
+            images += order.numel()
+            rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
+            record = {"pass": passes, "objective": rate, "fooling_rate": rate, "step_size": None,
+                      "images": order.numel(), "steps_added": added}
+            record.update(monitor.end_pass(v))
+            history.append(record)
+            log.debug("uap pass %d: %s", passes, record)
             bar.update(1)
             bar.set_postfix(fr=f"{rate:.3f}")
-            if rate >= cfg.fooling_target:
-                converged = True
-                break
-            if max_steps is not None and steps >= max_steps:
+            if monitor.stop or (budget is not None and images >= budget):
                 break
         bar.close()
-    return CraftResult(delta=best_v, converged=converged, passes=passes,
+    return CraftResult(delta=monitor.result(v), converged=monitor.converged, passes=passes,
                        images_processed=images, history=history)
 
 

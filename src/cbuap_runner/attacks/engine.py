@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..dist import all_reduce_mean_
+from ..metrics import predict
 from ..schema import AttackConfig
 from .objectives import UAPObjective
+from .stopping import PassMonitor
 from .threat import ThreatModel, make_threat
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,6 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
         model.train(was_training)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """argmax predictions of `model` over `x`, batched, on x's device, without host syncs."""
-    return torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, x.shape[0], batch_size)])
 
 
 def init_delta(threat: ThreatModel, shape: tuple[int, ...], cfg: AttackConfig, *, device: torch.device,
@@ -161,12 +157,13 @@ class BalanceSchedule:
 def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
                objective: UAPObjective, num_deltas: int, class_wise: bool = False,
                generator: torch.Generator | None = None, progress: bool = False,
-               init: Tensor | None = None, max_steps: int | None = None) -> CraftResult:
+               init: Tensor | None = None, max_steps: int | None = None,
+               val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
     """Maximise `objective` over δ [num_deltas,C,H,W] by minibatch ascent over the crafting set (x, y).
 
-    Stops after `cfg.passes` passes or when the pass objective improved by less than `cfg.tol` for
-    `cfg.patience` passes (converged); with `max_steps` it runs exactly that many minibatch steps instead
-    (cycling through passes, no early stop), which is what the CB-UAT pool refresh needs.
+    Stops after `cfg.passes` passes or by the shared stopping rule on the validation images `val`
+    (stopping.py); with `max_steps` it runs exactly that many minibatch steps instead (cycling through
+    passes, no early stop), which is what the CB-UAT pool refresh needs.
     """
     device = x.device
     y = y.to(device)
@@ -179,19 +176,17 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
     opt = torch.optim.Adam([delta], lr=cfg.adam_lr, maximize=True) if cfg.optimizer == "adam" else None
     gen_device = generator.device if generator is not None else torch.device("cpu")
     history: list[dict] = []
-    steps = images = pass_idx = stale = 0
-    best, converged = -math.inf, False
+    steps = images = pass_idx = 0
     schedule = BalanceSchedule(cfg, G, device) if objective.use_terms else None
     if schedule is not None and not schedule.active:
         schedule = None
     with frozen(model):
         clean = predict(model, x, cfg.batch_size)
+        monitor = PassMonitor(model, cfg, val if max_steps is None else None, class_wise=class_wise)
         bar = _progress_bar(max_steps if max_steps is not None else cfg.passes, progress, cfg.name)
         while (pass_idx < cfg.passes) if max_steps is None else (steps < max_steps):
             stop = cfg.balance_stop if cfg.balance_stop is not None else math.inf
             balance_on = cfg.balance_start <= pass_idx < stop
-            if objective.balanced and pass_idx in (cfg.balance_start, stop) and pass_idx > 0:
-                best, stale = -math.inf, 0  # the objective changes when the balance terms switch on or off
             perm = torch.randperm(N, generator=generator, device=gen_device).to(device)
             obj_sum = torch.zeros((), device=device)
             parts_sum: dict[str, Tensor] = {}
@@ -246,6 +241,7 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
                 record["fooling_rates"] = rates
             if cfg.target is not None:
                 record["target_rate"] = max(stats[1 + n_parts + G:])
+            record.update(monitor.end_pass(delta.detach()))
             history.append(record)
             log.debug("%s pass %d: %s", cfg.name, pass_idx, record)
             bar.update(batches if max_steps is not None else 1)
@@ -253,19 +249,14 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
             alpha *= cfg.step_decay
             if opt is not None:
                 opt.param_groups[0]["lr"] *= cfg.step_decay
-            if max_steps is None:
-                if objective_value > best + cfg.tol:
-                    best, stale = objective_value, 0
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        converged = True
-                        break
+            if monitor.stop:
+                break
         bar.close()
-    out = delta.detach().clone()
+    out = monitor.result(delta.detach()).clone()
     if S == 1 and not class_wise:
         out = out[0]
-    return CraftResult(delta=out, converged=converged, passes=pass_idx, images_processed=images, history=history)
+    return CraftResult(delta=out, converged=monitor.converged, passes=pass_idx, images_processed=images,
+                       history=history)
 
 
 def _check_unbalanced(cfg: AttackConfig) -> None:
@@ -296,9 +287,11 @@ ATTACKS: dict[str, CraftFn] = {"sgd_uap": craft_sgd_uap, "cb_uap": craft_cb_uap}
 
 def craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
           generator: torch.Generator | None = None, progress: bool = False,
-          init: Tensor | None = None, max_steps: int | None = None) -> CraftResult:
-    """Craft the perturbation named by `cfg.name` on the crafting set (x in [0,1], y int64)."""
+          init: Tensor | None = None, max_steps: int | None = None,
+          val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
+    """Craft the perturbation named by `cfg.name` on the crafting set (x in [0,1], y int64); `val`
+    (validation images in [0,1] and labels) serves the stopping rule."""
     if cfg.name not in ATTACKS:
         raise KeyError(f"attack.name={cfg.name!r}: unknown attack; one of {', '.join(sorted(ATTACKS))}")
     return ATTACKS[cfg.name](model, x, y, cfg, num_classes, generator=generator, progress=progress,
-                             init=init, max_steps=max_steps)
+                             init=init, max_steps=max_steps, val=val)

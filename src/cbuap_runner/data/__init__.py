@@ -43,7 +43,11 @@ class Split:
 
 @dataclass
 class DataBundle:
+    """The training split, the validation split carved from it (for every choice), and the test split
+    (only ever evaluated)."""
+
     train: Split
+    val: Split
     test: Split
     num_classes: int
     input_shape: tuple[int, int, int]
@@ -101,12 +105,25 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         names = read[0][2]
     for split, what in ((train, "train"), (test, "test")):
         _check_shape(split, cfg, what)
+    train, val = split_validation(train, cfg.val_size, seed)
     if cfg.train_subset is not None:
         train = train.subset(balanced_subset(train.y, cfg.train_subset, seed))
-    log.info("dataset %s: %d train / %d test images of shape %s", cfg.name, len(train), len(test), tuple(train.x.shape[1:]))
+    log.info("dataset %s: %d train / %d validation / %d test images of shape %s", cfg.name, len(train), len(val),
+             len(test), tuple(train.x.shape[1:]))
     names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
-    return DataBundle(train.to(device), test.to(device), cfg.num_classes,
+    return DataBundle(train.to(device), val.to(device), test.to(device), cfg.num_classes,
                       (cfg.channels, cfg.image_size, cfg.image_size), names)
+
+
+def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+    """(the rest, a seeded class-balanced validation sample of `val_size` images) of the training split."""
+    if val_size >= len(train):
+        raise UserError(f"dataset.val_size={val_size}: the training split has only {len(train)} images; "
+                        "choose a smaller validation split")
+    val_idx = balanced_subset(train.y, val_size, seed)
+    keep = torch.ones(len(train), dtype=torch.bool, device=train.y.device)
+    keep[val_idx] = False
+    return train.subset(torch.nonzero(keep).flatten()), train.subset(val_idx)
 
 
 def augment(x: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:

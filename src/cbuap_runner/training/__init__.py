@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..errors import UserError
+from ..schema import TrainingConfig
 from .adversary import Adversary, Natural
 from .cb_uat import CBUAT
 from .pgd_at import PGDAT, SharedAT
@@ -14,8 +17,9 @@ DEFENCES: dict[str, type[Adversary]] = {
 }
 
 
-def make_adversary(name: str, *args, **kwargs) -> Adversary:
-    """The adversary of defence `name`."""
+def make_adversary(name: str, cfg: TrainingConfig, num_classes: int, input_shape: tuple[int, int, int],
+                   device: torch.device, seed: int = 0) -> Adversary:
+    """The adversary of defence `name`; `seed` (the run's) seeds whatever randomness it owns (CB-UAT's refreshes)."""
     if name not in DEFENCES:
         raise UserError(f"training={name}: not available; choose one of {', '.join(DEFENCES)}")
-    return DEFENCES[name](*args, **kwargs)
+    return DEFENCES[name](cfg, num_classes, input_shape, device, seed=seed)

@@ -1,24 +1,34 @@
-"""The adversary interface of the training loop: one subclass per defence."""
+"""The adversary interface of the training loop (one subclass per defence) and the one σ-mixed loss they share.
+
+Every defence but `natural` trains on (1 − σ)·CE(clean) + σ·CE(adv) with σ = `training.sigma` (`mixed_loss`),
+so that defences compared at the same σ differ only in how they build the adversarial input.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import TrainingConfig
+from ..schema import AttackConfig, TrainingConfig
+
+log = logging.getLogger(__name__)
 
 
 class Adversary:
     """Turns a clean batch into the training loss and keeps the defence's state (δ, a pool, ...)."""
 
-    def __init__(self, cfg: TrainingConfig, num_classes: int, input_shape: tuple[int, int, int], device: torch.device):
+    def __init__(self, cfg: TrainingConfig, num_classes: int, input_shape: tuple[int, int, int], device: torch.device,
+                 seed: int = 0):
         self.cfg = cfg
         self.num_classes = num_classes
         self.input_shape = input_shape
         self.device = device
+        self.seed = seed
 
     def on_epoch_start(self, model: nn.Module, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
                        generator: torch.Generator) -> None:
@@ -47,9 +57,27 @@ class Natural(Adversary):
     """Plain empirical risk minimisation on clean images."""
 
 
-def mixed_loss(logits_clean: torch.Tensor | None, logits_adv: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(1 - σ)·CE(clean) + σ·CE(adv); the clean term is skipped when σ = 1."""
+def mixed_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+               sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 − σ)·CE(model(x)) + σ·CE(model(x_adv)) and the logits for train accuracy (adversarial unless σ = 0).
+
+    One forward per term that has weight: σ = 1 skips the clean forward, σ = 0 the adversarial one (natural training).
+    """
+    if sigma <= 0:
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+    logits_adv = model(x_adv)
     loss = sigma * F.cross_entropy(logits_adv, y)
-    if logits_clean is not None and sigma < 1:
-        loss = loss + (1 - sigma) * F.cross_entropy(logits_clean, y)
-    return loss
+    if sigma < 1:
+        loss = loss + (1 - sigma) * F.cross_entropy(model(x), y)
+    return loss, logits_adv
+
+
+def warn_unread_adversary_keys(cfg: TrainingConfig) -> None:
+    """Log the training.adversary keys set away from their defaults: this defence reads only norm (and eps)."""
+    defaults = AttackConfig()
+    unread = [f.name for f in fields(AttackConfig)
+              if f.name not in ("name", "eps", "norm") and getattr(cfg.adversary, f.name) != getattr(defaults, f.name)]
+    if unread:
+        log.warning("training=%s reads only training.adversary.norm; it ignores training.adversary.%s",
+                    cfg.name, ", training.adversary.".join(unread))

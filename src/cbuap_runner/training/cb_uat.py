@@ -1,17 +1,30 @@
-"""Two-stage CB-UAT: stage 1 refreshes a pool of M CB-UAPs against the frozen model; stage 2 trains on them."""
+"""Two-stage CB-UAT: stage 1 refreshes a pool of M CB-UAPs against the frozen model; stage 2 trains on them.
+
+Stage 1 (every `refresh_every` epochs or iterations): `refresh_steps` minibatch steps of the CB-UAP attack
+(`training.adversary`, norm included) on all M members at once, warm-started from the pool, on a class-balanced
+subset of the training split, with the network frozen (eval mode, running statistics untouched: the engine's
+`frozen`), i.e. the model as every evaluation attack sees it. Under torchrun the refresh runs on the unwrapped
+network and its seeds and data are the same on every rank, so every rank keeps the same pool (checked after
+every refresh: a pool that differs between ranks raises).
+Stage 2: sample i gets pool member m_i (uniform, from the epoch generator) and the loss is the exact
+(1 − σ)·CE(clean) + σ·CE(x + δ_{m_i}) of adversary.mixed_loss, the same loss as every other defence.
+Seeds: the refresh subset and the attack's generator derive from the run's `seed` and the refresh count.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from ..attacks import craft
+from .. import dist
+from ..attacks import apply_delta, craft
 from ..data import balanced_subset
-from .adversary import Adversary
+from .adversary import Adversary, mixed_loss
+from .loop import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -19,46 +32,47 @@ log = logging.getLogger(__name__)
 class CBUAT(Adversary):
     """Pool [M,C,H,W] of class-balanced UAPs, warm-started at every refresh; σ-mixed loss."""
 
-    def __init__(self, cfg, num_classes, input_shape, device):
-        super().__init__(cfg, num_classes, input_shape, device)
+    def __init__(self, cfg, num_classes, input_shape, device, seed: int = 0):
+        super().__init__(cfg, num_classes, input_shape, device, seed)
         # init="uniform": the first refresh starts every member from its own random point in the ε-ball. The
         # pool used to start as M zeros and be warm-started from itself, and since all members see the same
         # batches, M identical zeros gave M identical CB-UAPs forever (the pool collapsed to one δ).
         self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool_size, init="uniform")
         self.pool = torch.zeros((cfg.pool_size, *input_shape), device=device)
         self.refreshes = 0
-        self._train = None
-        self._generator = None
+        self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._generator: Optional[torch.Generator] = None
 
     def on_epoch_start(self, model, epoch, train_x, train_y, generator):
         self._train, self._generator = (train_x, train_y), generator
         if self.cfg.refresh_unit == "epoch" and epoch % self.cfg.refresh_every == 0:
-            self.refresh(model, epoch)
+            self.refresh(model)
 
-    def refresh(self, model, seed: int) -> None:
-        """Stage 1: S minibatch steps of CB-UAP on every pool member, the model frozen."""
+    def refresh_seeds(self) -> tuple[int, int]:
+        """Seeds of the next refresh's crafting subset and attack generator (from the run's seed and the count)."""
+        base = (self.seed * 1_000_003 + self.refreshes) * 2
+        return base, base + 1
+
+    def refresh(self, model: nn.Module) -> None:
+        """Stage 1: `refresh_steps` minibatch steps of CB-UAP on every pool member, the network frozen."""
         x, y = self._train
         n = min(len(y), self.cfg.refresh_steps * self.attack_cfg.batch_size)
-        idx = balanced_subset(y, n, seed=seed * 7919 + self.refreshes)
-        g = torch.Generator().manual_seed(seed * 104729 + self.refreshes)
+        subset_seed, attack_seed = self.refresh_seeds()
+        idx = balanced_subset(y, n, seed=subset_seed)
+        g = torch.Generator().manual_seed(attack_seed)
         init = self.pool if self.refreshes > 0 else None  # None: independent uniform starts (see __init__)
-        result = craft(model, x[idx].float().div_(255), y[idx], self.attack_cfg, self.num_classes, generator=g,
-                       init=init, max_steps=self.cfg.refresh_steps)
+        result = craft(unwrap(model), x[idx].float().div_(255), y[idx], self.attack_cfg, self.num_classes,
+                       generator=g, init=init, max_steps=self.cfg.refresh_steps)
         self.pool.copy_(result.delta.detach().view_as(self.pool))
         self.refreshes += 1
-        model.train()
+        if not dist.same_on_all_ranks([self.pool]):  # one checksum all-gather; True outside torchrun
+            raise RuntimeError(f"CB-UAT refresh {self.refreshes}: the ranks crafted different pools")
 
     def loss(self, model, x, y, step):
         if self.cfg.refresh_unit == "iter" and step % self.cfg.refresh_every == 0:
-            self.refresh(model, step)
-        n = x.shape[0]
-        member = torch.randint(0, self.cfg.pool_size, (n,), generator=self._generator).to(x.device)
-        # σ-mixing in expectation: each sample is perturbed with probability σ, so one forward pass
-        # estimates (1 - σ)·CE(clean) + σ·CE(adv) without bias at the cost of natural training.
-        attacked = (torch.rand((n,), generator=self._generator) < self.cfg.sigma).to(x.device)
-        delta = self.pool[member] * attacked[:, None, None, None]
-        logits = model((x + delta).clamp(0, 1))
-        return F.cross_entropy(logits, y), logits
+            self.refresh(model)
+        member = torch.randint(0, self.cfg.pool_size, (x.shape[0],), generator=self._generator).to(x.device)
+        return mixed_loss(model, x, apply_delta(x, self.pool, member), y, self.cfg.sigma)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.detach().cpu(), "refreshes": self.refreshes}

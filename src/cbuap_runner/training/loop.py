@@ -165,8 +165,8 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetC
         elapsed += time.perf_counter() - t0
         dist.broadcast_buffers_(model)  # each rank's BatchNorm statistics saw only its own shard
         _check_finite(row["train_loss"], adversary, cfg, epoch, run_dir)
-        test = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)
-        row = {"epoch": epoch + 1, **row, "test_acc": test["clean_acc"], "lr": sched.get_last_lr()[0],
+        val = evaluate_clean(model, data.val.x, data.val.y, data.num_classes, eval_batch_size)
+        row = {"epoch": epoch + 1, **row, "val_acc": val["clean_acc"], "lr": sched.get_last_lr()[0],
                "epoch_seconds": round(time.perf_counter() - t0, 3)}
         history.append(row)
         if dist.is_main():
@@ -174,8 +174,8 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetC
                             scheduler=sched.state_dict(), adversary=adversary.state_dict(), epoch=epoch + 1,
                             history=history, train_seconds=elapsed, config=config)
             log_metrics(row)
-        log.info("epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
-                 row["train_loss"], row["train_acc"], row["test_acc"], row["epoch_seconds"])
+        log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
+                 row["train_loss"], row["train_acc"], row["val_acc"], row["epoch_seconds"])
     final = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, eval_batch_size)
     return {**final, "train_seconds": round(elapsed, 3), "epochs": cfg.epochs, "history": history}
 
