@@ -1,8 +1,6 @@
 """Attacks: threat models, the crafting engine, SGD-UAP, CB-UAP, class-wise UAP and DeepFool-UAP.
 
-A tiny MLP learns a 4-class task whose classes differ by a faint dense pattern under strong pixel noise
-(trained once per module, about a second); such a model has universal directions that random noise of
-the same norm does not find.
+The toy task and its tiny MLP (trained once per module, about a second) come from tests/toy.py.
 """
 
 from __future__ import annotations
@@ -20,42 +18,12 @@ from cbuap_runner.data import DataBundle, Split
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
 from cbuap_runner.schema import AttackConfig
 from cbuap_runner.tasks import select_start
-
-K = 4
-SHAPE = (1, 16, 16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other jobs for the two cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _make(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    y = torch.arange(n) % K
-    signs = torch.randint(0, 2, (K, *SHAPE), generator=torch.Generator().manual_seed(1)) * 2 - 1
-    x = 0.5 + 0.03 * signs[y] + 0.1 * torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed))
-    return x.clamp(0, 1), y
+from toy import SHAPE, K, train_toy_model
 
 
 @pytest.fixture(scope="module")
-def task(_one_thread):
-    torch.manual_seed(0)
-    x, y = _make(512, 2)
-    xt, yt = _make(256, 3)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, K))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    assert (model(xt).argmax(1) == yt).float().mean() > 0.95
-    return model, x, y, xt, yt
+def task():
+    return train_toy_model()
 
 
 def cfg_(**kw) -> AttackConfig:
@@ -398,7 +366,7 @@ def test_schedule_settings_are_validated():
     from cbuap_runner.errors import UserError
     from cbuap_runner.schema import validate_attack
     for bad in (dict(balance_start=2, balance_stop=2), dict(fooling_guard=0.0), dict(fooling_guard=1.5),
-                dict(lambda_ramp=-1)):
+                dict(lambda_ramp=-1), dict(num_starts=2, init="zero"), dict(patience=0), dict(fooling_target=1.5)):
         with pytest.raises(UserError):
             validate_attack(cfg_(name="cb_uap", **bad), "attack", K)
     validate_attack(cfg_(name="cb_uap", balance_start=1, balance_stop=3, fooling_guard=0.05, lambda_ramp=2),

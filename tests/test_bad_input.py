@@ -1,4 +1,4 @@
-"""Bad input (DESIGN.md contract 4): a corpus of mistakes, each ending in a non-zero exit and one line on
+"""Bad input (docs/design.md, Error handling): a corpus of mistakes, each ending in a non-zero exit and one line on
 stderr that names the key or path and says what to do, with no traceback and no output that looks complete.
 
 The corpus runs the real command line (`cbuap_runner.__main__.main`, Hydra's parsing included) in-process to
@@ -190,6 +190,7 @@ class Case:
     env: Optional[dict] = None
 
 
+SCHEMA_GROUPS = ("dataset", "model", "attack", "training", "logger")
 NO_NETWORK = {k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
 
 
@@ -215,12 +216,15 @@ CASES = [
     Case("unknown_model", ["model=resnet21"], ("model=resnet21", "choose one of", "resnet20")),
     Case("unknown_defence", ["training=ut"], ("training=ut", "choose one of", "uat")),
     Case("unknown_attack", ["attack=fgsm"], ("attack=fgsm", "choose one of", "sgd_uap")),
+    *(Case(f"schema_given_as_{group}_option", [*(a for a in SYNTH if not a.startswith(f"{group}=")), f"{group}=base_{group}"],
+           (f"{group}=base_{group}", "no such option")) for group in SCHEMA_GROUPS),  # schemas are root configs, not options
     Case("unparsable_override", ["attack.eps=[1,"], ("attack.eps=[1,", "cannot parse", "key=value")),
     Case("missing_required_value", ["dataset=image_folder"], ("dataset.root", "set it")),
     # --- ill-typed values
     Case("int_given_text", ["training.epochs=three"], ("training.epochs", "three")),
     Case("float_given_text", ["attack.eps=big"], ("attack.eps", "big")),
-    Case("bool_given_text", ["resume=maybe"], ("resume", "maybe")),
+    Case("bool_given_text", ["resume=maybe"], ("resume", "maybe", "auto, true or false")),
+    Case("resume_given_a_number", [*SYNTH, "resume=1"], ("resume=1", "auto, true or false")),
     # --- out-of-range values
     Case("eps_zero", [*SYNTH, "attack.eps=0"], ("attack.eps=0.0", "> 0")),
     Case("eps_negative", [*SYNTH, "attack.eps=-1"], ("attack.eps=-1", "> 0")),
@@ -307,6 +311,9 @@ CASES = [
     Case("resume_with_changed_settings", [*SYNTH, "task=train", "resume=true", "training.epochs=2"],
          ("training.epochs=2", "trained with training.epochs=1", "same settings"),
          lambda t, v: _checkpoint(_earlier_run(t / "run"), v)),
+    Case("resume_auto_with_changed_settings", [*SYNTH, "task=train", "training.epochs=2"],  # resume=auto: the default
+         ("training.epochs=2", "trained with training.epochs=1", "resume=auto", "same settings", "resume=false"),
+         lambda t, v: _checkpoint(_earlier_run(t / "run"), v)),
     # --- data
     Case("data_dir_without_data", ["task=train", "dataset=mnist", "dataset.root={t}/empty", "dataset.download=false"],
          ("dataset.root=", "{t}/empty", "download=false", "put the data there"),
@@ -360,6 +367,16 @@ def test_bad_input(case: Case, run_main, tmp_path, validated, monkeypatch):
 
 def test_corpus_is_large_enough():
     assert len({c.id for c in CASES}) == len(CASES) >= 25
+
+
+def test_help_lists_only_real_options(run_main):
+    """--help lists each group's YAML files as its options, never a schema (base_*)."""
+    result = run_main(["--help"])
+    assert result.code == 0 and "base_" not in result.stdout, result.stdout
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = dict(line.split(": ", 1) for line in groups.splitlines() if ": " in line)
+    for group in SCHEMA_GROUPS:
+        assert listed[group].split(", ") == sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml")), group
 
 
 def test_full_error_shows_the_traceback(run_main, monkeypatch, tmp_path):

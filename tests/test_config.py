@@ -34,6 +34,13 @@ def test_loggers_compose(logger, validated):
     assert validated([f"logger={logger}"]).logger.name == logger
 
 
+@pytest.mark.parametrize("override,value", [([], "auto"), (["resume=auto"], "auto"), (["resume=true"], True),
+                                            (["resume=false"], False)])
+def test_resume_is_auto_unless_set(override, value, validated):
+    resume = validated(override).resume
+    assert resume == value and type(resume) is type(value)
+
+
 def test_hydra_settings():
     cfg = compose_config([])
     assert cfg.task == "attack" and cfg.dataset.name == "fashion_mnist" and cfg.attack.name == "cb_uap"
@@ -52,6 +59,8 @@ def test_hydra_settings():
     ("training.sigma=2", "training.sigma"),
     ("device=tpu", "device"),
     ("eval.num_images=0", "eval.num_images"),
+    ("resume=yes", "resume"),
+    ("resume=0", "resume"),
 ])
 def test_out_of_range_values_name_the_key(override, key, validated):
     with pytest.raises(UserError, match=f"^{key.replace('.', '[.]')}="):

@@ -17,43 +17,13 @@ from torch import nn
 from cbuap_runner.attacks import deepfool_uap
 from cbuap_runner.attacks.deepfool_uap import craft_deepfool_uap, deepfool
 from cbuap_runner.schema import AttackConfig
-
-K = 4
-SHAPE = (1, 16, 16)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest single-threaded (and do not fight other jobs for the two cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _make(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    y = torch.arange(n) % K
-    signs = torch.randint(0, 2, (K, *SHAPE), generator=torch.Generator().manual_seed(1)) * 2 - 1
-    x = 0.5 + 0.03 * signs[y] + 0.1 * torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed))
-    return x.clamp(0, 1), y
+from toy import SHAPE, K, train_toy_model
 
 
 @pytest.fixture(scope="module")
-def task(_one_thread):
-    """A tiny MLP trained on a 4-class task, in float64 (so that batched and per-image kernels agree closely)."""
-    torch.manual_seed(0)
-    x, y = _make(512, 2)
-    xt, yt = _make(256, 3)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Linear(32, K))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval().double()
-    assert (model(xt.double()).argmax(1) == yt).float().mean() > 0.95
-    return model, x.double(), y, xt.double(), yt
+def task():
+    """The toy model in float64 (so that batched and per-image kernels agree closely)."""
+    return train_toy_model(torch.float64)
 
 
 def cfg_(**kw) -> AttackConfig:

@@ -23,8 +23,6 @@ ATTACK = ["task=attack", "dataset=synthetic", "dataset.synthetic_size=128", "mod
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Train twice with seed 3 and once with seed 4; attack the first model likewise; evaluate; fail once."""
     tmp = tmp_path_factory.mktemp("determinism")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # fast on a loaded machine; determinism itself does not depend on it
 
     def job(name: str, overrides: list[str], fails: bool = False) -> Path:
         overrides = [*FAST, f"cache_dir={tmp / 'cache'}", *overrides]
@@ -35,17 +33,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                 raise
         return tmp / name
 
-    try:
-        dirs = {name: job(name, [*TRAIN, f"seed={seed}"]) for name, seed in
-                (("train_a", 3), ("train_b", 3), ("train_other_seed", 4))}
-        model = dirs["train_a"] / "model.pt"
-        dirs.update({name: job(name, [*ATTACK, f"seed={seed}", f"model.checkpoint={model}"]) for name, seed in
-                     (("attack_a", 3), ("attack_b", 3), ("attack_other_seed", 4))})
-        dirs["evaluate"] = job("evaluate", ["task=evaluate", *ATTACK[1:], "seed=3", f"model.checkpoint={model}",
-                                            f"perturbation={dirs['attack_a'] / 'perturbation.pt'}"])
-        dirs["failed"] = job("failed", [*TRAIN, "seed=3", "training.init_checkpoint=/nonexistent/model.pt"], fails=True)
-    finally:
-        torch.set_num_threads(before)
+    dirs = {name: job(name, [*TRAIN, f"seed={seed}"]) for name, seed in
+            (("train_a", 3), ("train_b", 3), ("train_other_seed", 4))}
+    model = dirs["train_a"] / "model.pt"
+    dirs.update({name: job(name, [*ATTACK, f"seed={seed}", f"model.checkpoint={model}"]) for name, seed in
+                 (("attack_a", 3), ("attack_b", 3), ("attack_other_seed", 4))})
+    dirs["evaluate"] = job("evaluate", ["task=evaluate", *ATTACK[1:], "seed=3", f"model.checkpoint={model}",
+                                        f"perturbation={dirs['attack_a'] / 'perturbation.pt'}"])
+    dirs["failed"] = job("failed", [*TRAIN, "seed=3", "training.init_checkpoint=/nonexistent/model.pt"], fails=True)
     return dirs
 
 

@@ -1,4 +1,4 @@
-"""Metrics of METHOD.md §5 against hand-computed values, and the batched device path against the pure one."""
+"""Metrics of docs/method.md (Metrics) against hand-computed values, and the batched device path against the pure one."""
 
 from __future__ import annotations
 

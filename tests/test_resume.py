@@ -1,6 +1,7 @@
-"""Crash safety: a training run interrupted anywhere (Ctrl-C in-process, SIGKILL of the real CLI) and resumed with
-`resume=true` in the same directory ends with the same weights, bit for bit on CPU, as a run never interrupted;
-metrics.jsonl holds each epoch once; a non-finite loss stops the run and keeps the last good checkpoint."""
+"""Crash safety: a training run interrupted anywhere (Ctrl-C in-process, SIGKILL of the real CLI, a multirun killed
+and launched again as SLURM requeues it) and resumed with `resume=true` or the default `resume=auto` in the same
+directory ends with the same weights, bit for bit on CPU, as a run never interrupted; metrics.jsonl holds each epoch
+and each crafting pass once; a non-finite loss stops the run and keeps the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import cbuap_runner.tasks as tasks
 from cbuap_runner.data import load_data
 from cbuap_runner.job import run_job
 from cbuap_runner.models import build_model
+from cbuap_runner.tracking.local import forget_rows
 from cbuap_runner.training import Natural
 from cbuap_runner.training.loop import NonFiniteError, fit, rewind_metrics
 from conftest import FAST, REPO, compose_config, run_cli
@@ -55,6 +57,10 @@ def epoch_rows(run_dir: Path) -> list[int]:
         return []
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["epoch"] for r in rows if "train_loss" in r]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def summary(run_dir: Path) -> dict:
@@ -163,6 +169,59 @@ def test_resumed_run_of_a_finished_training_only_writes_the_model(job, tmp_path)
     assert all(torch.equal(first[k], v) for k, v in weights(run_dir / "model.pt").items())
 
 
+def test_resume_auto_continues_a_checkpoint_and_resume_false_trains_afresh(job, tmp_path, monkeypatch, reference):
+    """resume=auto (the default): an interrupted run continues, a finished one trains nothing more; resume=false
+    trains afresh over it. Each ends with the uninterrupted weights and each epoch's row once."""
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_after(m, STEPS + 3)  # in the middle of epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            job(run_dir, TRAIN)
+    first = rows(run_dir)
+    job(run_dir, TRAIN)
+    assert_completed(run_dir)
+    assert_same_weights(reference, run_dir / "model.pt")
+    resumed = rows(run_dir)
+    assert resumed[:1] == first  # epoch 1 was not trained again
+
+    (run_dir / "model.pt").unlink()
+    job(run_dir, TRAIN)
+    assert_completed(run_dir)
+    assert_same_weights(reference, run_dir / "model.pt")
+    assert rows(run_dir) == resumed  # nothing trained again
+
+    job(run_dir, [*TRAIN, "resume=false"])
+    assert_completed(run_dir)
+    assert_same_weights(reference, run_dir / "model.pt")
+    assert not [r for r in rows(run_dir) if r in resumed]  # every epoch trained again, each row written once
+
+
+ATTACK = ["task=attack", "dataset=synthetic", "model=small_cnn", "training.epochs=1", "training.batch_size=32",
+          "attack=sgd_uap", "attack.passes=2", "attack.crafting_images=64", "attack.batch_size=32", "eval.num_images=64",
+          "eval.batch_size=64"]
+
+
+def test_attack_repeated_in_its_directory_leaves_one_set_of_crafting_rows(job, tmp_path):
+    """The first attempt trains the model (its epoch row) and crafts; the second uses the cached model and crafts
+    again: metrics.jsonl keeps the epoch row and one row per crafting pass."""
+    run_dir = tmp_path / "run"
+    for _ in range(2):
+        job(run_dir, ATTACK)
+        assert summary(run_dir)["status"] == "completed"
+    assert [r["pass"] for r in rows(run_dir) if "pass" in r] == [1, 2]
+    assert epoch_rows(run_dir) == [1]
+
+
+def test_forget_rows_drops_only_the_section_it_names(tmp_path):
+    kept = [{"epoch": 1, "train_loss": 1.0}, {"sgd_uap/pass": 1}, {"uap/pass": 1}]
+    lines = [kept[0], {"pass": 1}, kept[1], {"pass": 2}, kept[2]]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"pass": 3, "objec')
+    assert forget_rows(tmp_path, "pass") == 3  # two rows and the line cut short
+    assert rows(tmp_path) == kept
+    assert forget_rows(tmp_path, "sgd_uap/pass") == 1 and rows(tmp_path) == [kept[0], kept[2]]
+    assert forget_rows(tmp_path / "nothing", "pass") == 0
+
+
 # ---------------------------------------------------------------- non-finite values
 
 
@@ -265,12 +324,7 @@ def reference(tmp_path_factory) -> Path:
     """model.pt of an uninterrupted run of TRAIN (in-process: the same numbers as the CLI on one thread)."""
     tmp = tmp_path_factory.mktemp("reference")
     overrides = [*FAST, f"cache_dir={tmp / 'cache'}", *TRAIN]
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_job(compose_config(overrides), tmp / "run", overrides, False, None)
-    finally:
-        torch.set_num_threads(before)
+    run_job(compose_config(overrides), tmp / "run", overrides, False, None)
     return tmp / "run" / "model.pt"
 
 
@@ -294,6 +348,40 @@ def kill_and_resume(kill: str, tmp_path: Path, reference: Path, checkpoint_epoch
 
 def test_sigkill_mid_epoch_2_resumes_to_identical_weights(tmp_path, reference):
     kill_and_resume(f"step:{STEPS + 3}", tmp_path, reference, 1, [1])
+
+
+def launch_multirun(sweep: Path, kill: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m cbuap_runner -m ... seed=1,0` into `sweep` (basic launcher: the jobs run one after the other in
+    this process); with `kill`, the same command line run by KILLER, which SIGKILLs the whole multirun there."""
+    args = ["-m", *FAST, f"hydra.sweep.dir={sweep}", f"cache_dir={sweep.parent / 'cache'}", *TRAIN, "seed=1,0"]
+    entry = ["-m", "cbuap_runner"] if kill is None else ["-c", KILLER]
+    env = {**os.environ, "WANDB_MODE": "disabled", **ONE_THREAD, **({"CBUAP_KILL": kill} if kill else {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_multirun_killed_and_launched_again_continues_each_job(tmp_path, reference):
+    """As submitit requeues a preempted SLURM job (the same command, overrides and sweep directory), with the default
+    resume=auto: job 0 (finished before the kill) trains nothing more, job 1 (killed in epoch 2) continues from its
+    checkpoint to the weights of an uninterrupted run of its config (seed=0 is TRAIN), each epoch's row once."""
+    sweep = tmp_path / "sweep"
+    proc = launch_multirun(sweep, kill=f"step:{EPOCHS * STEPS + STEPS + 3}")  # all of job 0, then job 1's epoch 2
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    finished, killed = sweep / "0", sweep / "1"
+    assert_completed(finished)
+    before = {run_dir: rows(run_dir) for run_dir in (finished, killed)}
+    assert torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"] == 1 and epoch_rows(killed) == [1]
+    assert not (killed / "model.pt").exists() and summary(killed)["status"] == "running"
+    finished_weights = weights(finished / "model.pt")
+
+    proc = launch_multirun(sweep)
+    assert proc.returncode == 0, proc.stderr
+    for run_dir in (finished, killed):
+        assert_completed(run_dir)
+        assert rows(run_dir)[:len(before[run_dir])] == before[run_dir]  # what was trained was not trained again
+    assert_same_weights(reference, killed / "model.pt")
+    assert all(torch.equal(finished_weights[k], v) for k, v in weights(finished / "model.pt").items())
 
 
 @pytest.mark.slow

@@ -108,7 +108,7 @@ def ablation_attack(variant: str) -> dict:
 
 
 def test_ablation_rows_add_one_ingredient_each():
-    """SGD-UAP; + diversity; + calibration; + penalty (METHOD §2); then cb_uap's defaults."""
+    """SGD-UAP; + diversity; + calibration; + penalty (docs/method.md, CB-UAP); then cb_uap's defaults."""
     sgd, div, cal, pen, full = (ablation_attack(v) for v in VARIANTS)
     defaults = OmegaConf.to_container(compose_config(["attack=cb_uap"]).attack, resolve=True)
     assert full == defaults

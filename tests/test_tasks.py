@@ -1,8 +1,11 @@
-"""Task-level bookkeeping: the pipeline's worst case over attacks and classes."""
+"""Task-level bookkeeping: the pipeline's worst case over attacks and classes; what a run hands to the tracker."""
 
 from __future__ import annotations
 
-from cbuap_runner.tasks import worst_case
+import torch
+
+from cbuap_runner.tasks import TASKS, Context, worst_case
+from conftest import TINY
 
 
 def test_worst_class_is_the_minimum_over_every_attack_and_class():
@@ -15,3 +18,31 @@ def test_worst_class_is_the_minimum_over_every_attack_and_class():
     assert (w["worst_attack"], w["worst_adv_acc"]) == ("sgd_uap", 0.30)
     assert (w["worst_class_adv_acc"], w["worst_class_attack"], w["worst_class"]) == (0.05, "uap", 1)
     assert w["per_class_worst_adv_acc"] == [0.10, 0.05, None]
+
+
+class RecordingTracker:
+    """Stands in for the tracker: remembers the images and tables an attack run hands over."""
+
+    def __init__(self) -> None:
+        self.images: dict = {}
+        self.tables: dict = {}
+
+    def log(self, metrics, step=None) -> None:
+        pass
+
+    def log_images(self, images) -> None:
+        self.images.update(images)
+
+    def log_artifact(self, path, name, type, metadata=None) -> None:
+        pass
+
+    def log_table(self, name, rows) -> None:
+        self.tables[name] = rows
+
+
+def test_an_attack_run_hands_its_figures_and_result_table_to_the_tracker(validated, tmp_path):
+    cfg = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap"])
+    tracker = RecordingTracker()
+    metrics = TASKS["attack"](Context(cfg, tmp_path, torch.device("cpu"), tracker))
+    assert set(tracker.images) == {"perturbation", "label_hist"} and all(p.is_file() for p in tracker.images.values())
+    assert tracker.tables["result"][0]["fooling_rate"] == metrics["fooling_rate"]

@@ -19,7 +19,7 @@ def describe(ex: BaseException) -> str:
         missing = (ex.missing_cfg_file or "").strip("/")
         group, _, option = missing.rpartition("/")
         if group and ex.options:
-            options = sorted(o for o in ex.options if not o.startswith("base_"))  # schemas are not options
+            options = sorted(ex.options)
             return f"{group}={option}: no such option; choose one of {', '.join(options)}"
         return _first_line(str(ex))
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex

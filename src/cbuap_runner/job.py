@@ -78,9 +78,9 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     tracker, status = None, "failed"
     try:
         cfg = to_config(dcfg)
-        if cfg.resume and not earlier_run:
+        if cfg.resume is True and not earlier_run:  # resume=auto starts afresh where nothing ran before
             raise UserError(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run to resume; "
-                            "pass hydra.run.dir=<the interrupted run's directory>")
+                            "pass hydra.run.dir=<the interrupted run's directory>, or leave resume=auto to start afresh")
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
         device = dist.local_device(resolve_device(assign_gpu(job_num, cfg.device)))

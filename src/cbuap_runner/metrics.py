@@ -1,4 +1,4 @@
-"""Evaluation metrics of METHOD.md §5, accumulated on device in one pass (counts only; one host sync).
+"""Evaluation metrics of docs/method.md (Metrics), accumulated on device in one pass (counts only; one host sync).
 
 Definitions (the contract): c_i clean prediction, a_i adversarial prediction, y_i label.
 - clean_acc = mean[c = y]; adv_acc = mean[a = y]
@@ -97,7 +97,7 @@ def _std(values: list[float | None]) -> float | None:
 
 def _metrics_from_counts(n_y: Tensor, clean_ok_y: Tensor, adv_ok_y: Tensor, success_y: Tensor,
                          transition: Tensor) -> dict[str, Any]:
-    """All §5 metrics from the per-class counters and the K×K transition counts."""
+    """All the metrics (docs/method.md, Metrics) from the per-class counters and the K×K transition counts."""
     N = int(n_y.sum())
     n = max(N, 1)
     t = transition.double()
@@ -136,7 +136,7 @@ def _metrics_from_counts(n_y: Tensor, clean_ok_y: Tensor, adv_ok_y: Tensor, succ
 
 
 def metrics_from_predictions(clean_pred: Tensor, adv_pred: Tensor, y: Tensor, num_classes: int) -> dict[str, Any]:
-    """The §5 metric dict from prediction tensors [N] (pure; the reference for the batched path)."""
+    """The metric dict from prediction tensors [N] (pure; the reference for the batched path)."""
     counts = _Counts(num_classes, 1, y.device)
     counts.add(clean_pred.long(), adv_pred.long().view(1, -1), y.long())
     return counts.finalize(0)
@@ -171,7 +171,7 @@ def _batches(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: to
 
 def evaluate_perturbation(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor, num_classes: int,
                           batch_size: int = 500, class_wise: bool = False) -> dict[str, Any]:
-    """§5 metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y)."""
+    """The metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y)."""
     if delta.dim() == 4 and not class_wise:
         raise ValueError(f"one perturbation expected, got a stack {tuple(delta.shape)}: select a start first")
     device = _model_device(model, delta.device)

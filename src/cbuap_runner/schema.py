@@ -67,7 +67,7 @@ class AttackConfig:
     beta: float = 12.0  # clip of the cross-entropy
     kappa: float = 10.0  # clip of the CW margin
     target: Optional[int] = None  # targeted attack towards this class
-    # class balance (cb_uap); all three weights at zero reproduce sgd_uap exactly
+    # class balance (cb_uap); all three weights at zero and class_reweight off reproduce sgd_uap exactly
     calibration: str = "exclude_true"  # none | exclude_true | temperature
     temperature: float = 1.0
     lambda_div: float = 0.0
@@ -157,7 +157,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     perturbation: Optional[str] = None  # task=evaluate: a perturbation.pt to evaluate
-    resume: bool = False
+    resume: Any = "auto"  # auto | true | false (a bool or "auto"; OmegaConf 2.3 has no Union[bool, str])
     cache_dir: str = "outputs/cache"
     progress: str = "auto"  # auto | on | off
     deterministic: bool = False
@@ -228,6 +228,8 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
             _fail(f"{prefix}.{key}", value, "must lie in (0, 1]")
     _one_of(f"{prefix}.optimizer", a.optimizer, ("sign", "adam"))
     _one_of(f"{prefix}.init", a.init, ("zero", "uniform"))
+    if a.num_starts > 1 and a.init == "zero":
+        _fail(f"{prefix}.num_starts", a.num_starts, f"starts from zero are identical perturbations; set {prefix}.init=uniform")
     _one_of(f"{prefix}.loss", a.loss, ("ce", "cw"))
     _one_of(f"{prefix}.calibration", a.calibration, ("none", "exclude_true", "temperature"))
     _one_of(f"{prefix}.penalty", a.penalty, ("none", "hinge", "frequency"))
@@ -273,6 +275,8 @@ def validate(cfg: Config) -> None:
             _one_of(".".join(path), value, options)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
+        _fail("resume", cfg.resume, "must be auto, true or false")
     d = cfg.dataset
     for key in ("num_classes", "channels", "image_size", "eps", "synthetic_size"):
         _positive(f"dataset.{key}", getattr(d, key))
@@ -307,11 +311,9 @@ def to_plain(obj: Any) -> Any:
 
 
 def register_configs() -> None:
-    """Register the schemas so that YAML files extend them (`defaults: [base_<group>]`)."""
+    """Store the schemas as root configs, not group options, that conf/<group>/*.yaml extend (`/base_<group>@_here_`)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="dataset", name="base_dataset", node=DatasetConfig)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="attack", name="base_attack", node=AttackConfig)
-    cs.store(group="training", name="base_training", node=TrainingConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    for name, node in (("dataset", DatasetConfig), ("model", ModelConfig), ("attack", AttackConfig),
+                       ("training", TrainingConfig), ("logger", LoggerConfig)):
+        cs.store(name=f"base_{name}", node=node)

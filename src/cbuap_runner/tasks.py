@@ -24,6 +24,7 @@ from .metrics import evaluate_clean, evaluate_perturbation, fooling_rates
 from .models import build_model, load_model, read_model_file, save_model
 from .progress import progress_enabled
 from .schema import AttackConfig, Config, to_plain
+from .tracking.local import forget_rows
 from .training import make_adversary
 from .training.loop import fit
 
@@ -152,6 +153,8 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     craft_seconds = time.perf_counter() - t0
     if not torch.isfinite(result.delta).all():
         raise UserError(f"{prefix or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
+    if dist.is_main():  # an earlier attempt of this run in this directory logged its own crafting rows
+        forget_rows(ctx.run_dir, f"{prefix}pass")
     for row in result.history:
         ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
     class_wise = attack.name == "cw_uap"
@@ -193,7 +196,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
                                 metrics["label_hist"], data.class_names)
     figures.save_transition_png(run_dir / f"{prefix}transition.png", metrics["transition_matrix"], data.class_names)
-    ctx.tracker.log_images({f"{stem}": run_dir / f"{stem}.png"})
+    ctx.tracker.log_images({stem: run_dir / f"{stem}.png", f"{prefix}label_hist": run_dir / f"{prefix}label_hist.png"})
     ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
                              type="perturbation", metadata={"eps": attack.eps, "norm": attack.norm,
                                                             "attack": attack.name, **_scalars(metrics)})
@@ -253,10 +256,8 @@ def task_attack(ctx: Context) -> dict[str, Any]:
     model, model_path = obtain_model(ctx, data)
     metrics, delta = craft_and_evaluate(ctx, model, data, ctx.cfg.attack)
     save_perturbation(ctx, delta, ctx.cfg.attack, model_path, data, metrics)
+    ctx.tracker.log_table("result", [{"attack": ctx.cfg.attack.name, **_scalars(metrics)}])
     return metrics
-
-
-PIPELINE_ATTACKS = ("sgd_uap", "uap", "cb_uap")
 
 
 def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
@@ -292,6 +293,7 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
         out[f"fooling_rate_{name}"] = metrics["fooling_rate"]
         out[f"label_entropy_{name}"] = metrics["label_entropy"]
     out.update(worst_case(per_attack), attacks=per_attack)
+    ctx.tracker.log_table("attacks", [{"attack": name, **_scalars(m)} for name, m in per_attack.items()])
     return out
 
 

@@ -1,5 +1,5 @@
 """The crafting engine: one loop for a universal δ [C,H,W], M independent starts [M,C,H,W] and
-class-wise perturbations [K,C,H,W] (METHOD.md §2 skeleton: minibatch ascent, project, decay per pass).
+class-wise perturbations [K,C,H,W] (docs/method.md, The crafting engine: minibatch ascent, project, decay per pass).
 
 Contract: the model is put in eval mode with parameter gradients off (both restored afterwards); δ is a
 leaf tensor updated in place through `delta.data`; x̃ = clamp(x + δ, 0, 1); the objective is mean-reduced
@@ -276,7 +276,7 @@ def craft_sgd_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num
 
 def craft_cb_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int,
                  **kw) -> CraftResult:
-    """CB-UAP: the SGD-UAP skeleton with the class-balance terms of METHOD.md §2."""
+    """CB-UAP: the SGD-UAP skeleton with the class-balance terms of docs/method.md (CB-UAP)."""
     objective = UAPObjective(cfg, num_classes, balanced=True)
     return run_engine(model, x, y, cfg, num_classes, objective=objective, num_deltas=cfg.num_starts, **kw)
 

@@ -1,12 +1,12 @@
 """Attack objectives: the clipped SGD-UAP loss (CE or CW margin, untargeted or targeted) and the
-class-balanced CB-UAP objective J = L_atk + λ_div·L_div − λ_conf·L_conf − λ_pen·R_pen (METHOD.md §2).
+class-balanced CB-UAP objective J = L_atk + λ_div·L_div − λ_conf·L_conf − λ_pen·R_pen (docs/method.md, CB-UAP).
 
 Logits arrive as [S,B,K]: S perturbations (M random starts, or 1) evaluated on the same B samples. Every
 term is reduced per perturbation, so J is a vector [S] and summing it gives each δ_s its own mean-reduced
 gradient. With all balance weights at zero (or before `balance_start`) the balance code is skipped
 entirely, so CB-UAP executes exactly the tensor ops of SGD-UAP and yields a bit-identical δ.
 
-Choices where METHOD.md is silent (all documented in the README table of switches):
+Choices where the paper is silent (all documented in docs/method.md, CB-UAP, and the README table of switches):
 - calibration: `none` uses softmax(z); `temperature` uses softmax(z/T); `exclude_true` uses softmax(z/T)
   with the true class removed and the rest renormalised (T = 1 by default).
 - ema: q̄ ← d·q̄_prev + (1−d)·q̄_batch, history detached, state kept per start across batches and passes;

@@ -20,12 +20,12 @@ from ..metrics import evaluate_clean
 from ..progress import progress_bar
 from ..schema import DatasetConfig, TrainingConfig, to_plain
 from .adversary import Adversary
-from .checkpoint import CHECKPOINT, check_same_config, load_checkpoint, save_checkpoint, set_rng_states
+from .checkpoint import CHECKPOINT, check_same_config, load_checkpoint, resume_label, save_checkpoint, set_rng_states, start_afresh_hint
 from .schedule import make_optimizer
 
 log = logging.getLogger(__name__)
 
-METRICS = "metrics.jsonl"  # the local tracker's record in the run directory (DESIGN.md, contract 2)
+METRICS = "metrics.jsonl"  # the local tracker's record in the run directory (docs/design.md, Run directory)
 
 
 class NonFiniteError(UserError):
@@ -123,36 +123,52 @@ def rewind_metrics(path: Path, epoch: int) -> set[int]:
     return epochs
 
 
+def checkpoint_to_resume(run_dir: Path, resume: bool | str, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The checkpoint to continue from: none for resume=false; for true and auto the run directory's, if any.
+
+    resume=auto (the default, and what makes a requeued SLURM job continue) refuses with one line a checkpoint
+    written under other settings instead of training afresh over it: a sweep rerun with changed settings into
+    the same directory would otherwise overwrite the earlier run's checkpoint and model with only a warning in
+    a log nobody reads. resume=false is the explicit way to train afresh over it.
+    """
+    if resume is False:
+        return None
+    ckpt = load_checkpoint(run_dir, resume)
+    if ckpt is None:
+        if resume is True:
+            log.warning("resume=true: no %s in %s (interrupted before the first epoch ended); starting from epoch 1",
+                        CHECKPOINT, run_dir)
+        return None
+    check_same_config(ckpt.get("config"), config, run_dir / CHECKPOINT, resume)
+    return ckpt
+
+
 def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetConfig, cfg: TrainingConfig,
         run_dir: Path, seed: int, device: torch.device, log_metrics: Callable[[dict], None],
-        resume: bool = False, eval_batch_size: int = 500, stop_after: Optional[int] = None) -> dict[str, Any]:
+        resume: bool | str = False, eval_batch_size: int = 500, stop_after: Optional[int] = None) -> dict[str, Any]:
     """Train for cfg.epochs with a checkpoint after every epoch; returns the final metrics.
 
-    `stop_after` (a test hook) raises KeyboardInterrupt after that many iterations of this call, as a
-    Ctrl-C in the middle of an epoch would.
+    `resume` is auto, True or False (see `checkpoint_to_resume`). `stop_after` (a test hook) raises
+    KeyboardInterrupt after that many iterations of this call, as a Ctrl-C in the middle of an epoch would.
     """
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
     config = resume_config(dcfg, cfg, seed)
-    ckpt = load_checkpoint(run_dir) if resume else None
-    if resume and ckpt is None:
-        log.warning("resume=true: no %s in %s (interrupted before the first epoch ended); starting from epoch 1",
-                    CHECKPOINT, run_dir)
+    ckpt = checkpoint_to_resume(run_dir, resume, config)
     if ckpt is not None:
-        check_same_config(ckpt.get("config"), config, run_dir / CHECKPOINT)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as ex:
-            raise UserError(f"resume=true: {run_dir / CHECKPOINT} holds the weights of another model; "
-                            "resume with the same model=, or start a new run") from ex
+            raise UserError(f"resume={resume_label(resume)}: {run_dir / CHECKPOINT} holds the weights of another "
+                            f"model; resume with the same model=, or {start_afresh_hint(resume)}") from ex
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         adversary.load_state_dict(ckpt["adversary"])
         set_rng_states(ckpt["rng"])
         start_epoch, history, elapsed = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["train_seconds"])
         log.info("resuming from epoch %d of %d in %s", start_epoch, cfg.epochs, run_dir)
-    if resume and dist.is_main():
+    if dist.is_main():  # a fresh start (epoch 0) drops the rows of an earlier attempt in this directory too
         logged = rewind_metrics(run_dir / METRICS, start_epoch)
         for row in history:  # killed between the checkpoint and its metrics row
             if row["epoch"] not in logged:

@@ -14,7 +14,7 @@ What we implement, and the choices where the paper is silent:
   batch t runs at the start of batch t + 1, on batch t, at the weights batch t produced — the paper's sequence.
   The pending batch is part of the checkpoint, so a resumed run repeats it (under torchrun rank 0's copy).
 - Norm: `training.adversary.norm`; Algorithm 3 projects onto an ℓp ball, so l2 is allowed: the step is then
-  ε·g/‖g‖₂ (steepest ascent in ℓ2) and the projection rescales onto the ε-sphere (attacks.threat).
+  ε·g/‖g‖₂ (steepest ascent in ℓ2) and the projection rescales a δ outside the ball back onto it (attacks.threat: into the ball).
 - Start: δ = 0 (the paper does not say how δ is initialised).
 - Model during the δ step: eval mode, running statistics untouched, no parameter gradients (attacks.engine.frozen),
   i.e. the model exactly as every evaluation attack sees it; the weight step trains in train mode as usual.
