@@ -8,6 +8,8 @@ images. All ratios come from one run of this script on one machine.
     python scripts/bench.py                                   # small_cnn + resnet20, CPU-sized
     python scripts/bench.py --models resnet18 --dataset cifar10 --device cuda --amp
     python scripts/bench.py --only craft,defences --defence-images 1024
+    python scripts/bench.py --models resnet20 --dataset cifar10 --root <cifar10> --device cuda --amp \
+        --channels-last --only craft,train --out docs/results/gpu/bench.json
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from cbuap_runner.attacks import craft
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
@@ -42,6 +45,32 @@ DATASETS = {  # shapes and statistics of the configs in conf/dataset
     "cifar10": dict(num_classes=10, channels=3, image_size=32, mean=[0.4914, 0.4822, 0.4465],
                     std=[0.2470, 0.2435, 0.2616], eps=8 / 255, root="data/cifar10", crop_padding=4, hflip=True),
 }
+
+
+# dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by device-name substring, most specific first
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+                    ("A100", 312.0))
+
+
+def peak_tflops(device: torch.device, given: float | None, amp: bool) -> float | None:
+    if given is not None or device.type != "cuda" or not amp:  # the table holds bf16 peaks only
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def forward_flops_per_image(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """FLOPs (2 per multiply-add) of one forward pass per image, counted by FlopCounterMode on two images.
+
+    Training (forward + backward to the weights and activations) costs about 3x this, crafting (forward +
+    backward to the input only, parameters frozen) 2x: FlopCounterMode counts 2.99x and 2.00x for resnet20.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:2])
+    model.train(was_training)
+    return counter.get_total_flops() / x[:2].shape[0]
 
 
 def sync(device: torch.device) -> None:
@@ -261,6 +290,8 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
     batch = data.train.subset(torch.arange(args.batch, device=data.train.y.device))
     x, y = batch.float_x(), batch.y
     row: dict[str, Any] = {"model": name}
+    fwd = forward_flops_per_image(model, x)
+    row["forward_gflops_per_image"] = round(fwd / 1e9, 4)
     if "craft" in args.only:
         # interleaved rounds, median of each: a shared machine's load then hits both figures alike
         raws, crafts = [], []
@@ -272,6 +303,12 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
                    crafting_over_raw=round(crafting / raw, 3))
     if "train" in args.only:
         row["natural_train_img_s"] = round(natural_training_rate(model, x, y, device, args.seconds, args.amp), 1)
+    for key, per_image in (("raw_fwd_bwd_input", 2), ("crafting", 2), ("natural_train", 3)):
+        if f"{key}_img_s" in row:  # achieved TFLOP/s and the fraction of the peak it implies
+            tflops = row[f"{key}_img_s"] * per_image * fwd / 1e12
+            row[f"{key}_tflops"] = round(tflops, 3)
+            if args.peak_tflops:
+                row[f"{key}_peak_fraction"] = round(tflops / args.peak_tflops, 5)
     if "defences" in args.only:
         times = defence_epoch_times(name, data, dcfg, args.batch, args.defence_images, device, args.defences, args.amp)
         row["defence_epoch_seconds"] = {k: round(v, 3) for k, v in times.items()}
@@ -332,6 +369,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--curve-sizes", default="512,1024,2048,4096", help="crafting-set sizes of the cost curve")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense peak in TFLOP/s for the *_peak_fraction figures (default: known for "
+                        "H100/H200/A100 bf16; none on other devices)")
     p.add_argument("--out", default="outputs/bench.json")
     args = p.parse_args(argv)
     args.only = set(args.only.split(","))
@@ -350,10 +390,11 @@ def main(argv: list[str] | None = None) -> None:
         spec["root"] = args.root
     dcfg = DatasetConfig(name=args.dataset, download=False, **spec)
     data = load_data(dcfg, "outputs/cache", 0, device)
+    args.peak_tflops = peak_tflops(device, args.peak_tflops, args.amp)
     record: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(), "dataset": args.dataset, "batch": args.batch, "amp": args.amp,
-        "torch": torch.__version__, "models": [],
+        "channels_last": args.channels_last, "peak_tflops": args.peak_tflops, "torch": torch.__version__, "models": [],
     }
     if args.only & {"craft", "train", "defences", "art"}:
         for name in args.models.split(","):

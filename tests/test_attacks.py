@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cbuap_runner.attacks import ATTACKS, L2Threat, LinfThreat, apply_delta, craft
-from cbuap_runner.attacks.engine import BalanceSchedule, batch_objective
+from cbuap_runner.attacks.engine import BalanceSchedule, PassLoop, PassStats, Stepper, batch_objective
 from cbuap_runner.attacks.objectives import UAPObjective, attack_loss
 from cbuap_runner.data import DataBundle, Split
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
@@ -385,3 +385,85 @@ def test_apply_delta_needs_labels_for_a_stack():
     with pytest.raises(ValueError):
         apply_delta(x, torch.zeros(3, *SHAPE))
     assert torch.equal(apply_delta(x, torch.zeros(1, *SHAPE)), x)
+
+
+# ---------------------------------------------------------------- engine parts: stepper, pass statistics, pass loop
+
+def test_stepper_sign_step_decays_and_projects():
+    delta = torch.zeros(2, *SHAPE, requires_grad=True)
+    grad = torch.randn(2, *SHAPE, generator=gen())
+    stepper = Stepper(delta, LinfThreat(0.1), cfg_(eps=0.1, step_size=0.04, step_decay=0.5))
+    stepper.step(grad)
+    assert torch.equal(delta.detach(), 0.04 * grad.sign()) and delta.grad is None
+    stepper.end_pass()
+    assert stepper.current_step_size == 0.02
+    for _ in range(10):
+        stepper.step(grad)
+    assert torch.equal(delta.detach(), 0.1 * grad.sign())  # 0.24 along sign(g), clamped onto the box
+    assert Stepper(torch.zeros(1), LinfThreat(0.1), cfg_(eps=0.1)).current_step_size == 0.1 / 4
+
+
+def test_stepper_l2_projects_each_row_into_the_ball():
+    delta = torch.zeros(2, *SHAPE, requires_grad=True)
+    stepper = Stepper(delta, L2Threat(1.0), cfg_(norm="l2", eps=1.0, step_size=0.5))
+    grad = torch.randn(2, *SHAPE, generator=gen())
+    stepper.step(grad)
+    assert torch.allclose(delta.detach().flatten(1).norm(dim=1), torch.tensor([0.5, 0.5]))
+    for _ in range(3):
+        stepper.step(grad)
+    assert torch.allclose(delta.detach().flatten(1).norm(dim=1), torch.tensor([1.0, 1.0]))
+
+
+def test_stepper_adam_ascends_and_decays_its_learning_rate():
+    delta = torch.zeros(1, *SHAPE, requires_grad=True)
+    stepper = Stepper(delta, LinfThreat(0.1), cfg_(eps=0.1, optimizer="adam", adam_lr=0.01, step_decay=0.5))
+    grad = torch.randn(1, *SHAPE, generator=gen())
+    stepper.step(grad)
+    assert torch.equal(delta.detach().sign(), grad.sign()) and delta.grad is None  # maximises
+    assert torch.allclose(delta.detach().abs(), torch.full_like(delta, 0.01), rtol=1e-3)
+    assert stepper.current_step_size == 0.01
+    stepper.end_pass()
+    assert stepper.current_step_size == 0.005
+
+
+def test_pass_stats_record_is_the_hand_computation(monkeypatch):
+    reduced = []
+    monkeypatch.setattr("cbuap_runner.attacks.engine.all_reduce_mean_", lambda t: reduced.append(t) or t)
+    stats = PassStats(2, torch.device("cpu"), target=1)
+    stats.add(torch.tensor([1.0, 3.0]), {"l_atk": torch.tensor(2.0)}, torch.tensor([[0, 1, 1], [1, 1, 2]]),
+              torch.tensor([0, 1, 2]))
+    stats.add(torch.tensor([5.0, 7.0]), {"l_atk": torch.tensor(4.0)}, torch.tensor([[1], [2]]), torch.tensor([1]))
+    record = stats.record(3, 0.5, True)
+    # J: batch means 2 and 6; fooled (pred ≠ clean) 1 + 0 and 1 + 1 of 4 images; target hits 2 + 1 and 2 + 0
+    assert record == {"pass": 3, "objective": 4.0, "fooling_rate": 0.5, "step_size": 0.5, "images": 4,
+                      "balance_on": True, "l_atk": 3.0, "fooling_rates": [0.25, 0.5], "target_rate": 0.75}
+    assert list(record)[:6] == ["pass", "objective", "fooling_rate", "step_size", "images", "balance_on"]
+    assert len(reduced) == 1  # one reduction (and one host read) per pass
+    single = PassStats(1, torch.device("cpu"))
+    single.add(torch.tensor([1.0]), {}, torch.tensor([[0, 3]]), torch.tensor([0, 1]))
+    assert single.record(1, None, False) == {"pass": 1, "objective": 1.0, "fooling_rate": 0.5, "step_size": None,
+                                             "images": 2, "balance_on": False}
+
+
+def test_pass_loop_draws_orders_keeps_history_and_stops(task):
+    model, _, _, xt, yt = task
+    kw = dict(n=10, device=torch.device("cpu"), bar_total=3)
+    with PassLoop(model, cfg_(), None, generator=gen(4), max_passes=3, **kw) as loop:
+        orders = []
+        for order in loop:
+            orders.append(order)
+            loop.end_pass({"pass": loop.passes + 1}, torch.zeros(SHAPE))
+    ref = gen(4)
+    assert len(orders) == 3 and all(torch.equal(o, torch.randperm(10, generator=ref)) for o in orders)
+    assert loop.passes == 3 and loop.history == [{"pass": 1}, {"pass": 2}, {"pass": 3}] and not loop.monitor.stop
+    with PassLoop(model, cfg_(), None, generator=gen(), max_passes=float("inf"), **kw) as loop:
+        for _ in loop:
+            loop.end_pass({}, torch.zeros(SHAPE))
+            loop.finish()
+    assert loop.passes == 1
+    with PassLoop(model, cfg_(), None, generator=gen(), max_passes=3, more=lambda: False, **kw) as loop:
+        assert list(loop) == [] and loop.passes == 0
+    with PassLoop(model, cfg_(fooling_target=0.0), (xt, yt), generator=gen(), max_passes=3, **kw) as loop:
+        for _ in loop:
+            loop.end_pass({}, torch.zeros(SHAPE))
+    assert loop.passes == 1 and loop.monitor.converged and loop.history == [{"val_fooling_rate": 0.0}]

@@ -63,8 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schema import AttackConfig
-from .engine import ATTACKS, CraftResult, _progress_bar, frozen, init_delta, predict
-from .stopping import PassMonitor
+from .engine import ATTACKS, CraftResult, PassLoop, frozen, init_delta, pass_record, predict
 from .threat import ThreatModel, make_threat
 
 log = logging.getLogger(__name__)
@@ -239,34 +238,26 @@ def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig
     device, n = x.device, x.shape[0]
     threat = make_threat(cfg.norm, cfg.eps)
     v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0].to(x.dtype)
-    gen_device = generator.device if generator is not None else torch.device("cpu")
     budget = None if max_steps is None else max_steps * cfg.batch_size
     spec = _Speculation(cfg.batch_size, device)
-    history: list[dict] = []
-    images = passes = 0
-    with frozen(model):
-        monitor = PassMonitor(model, cfg, val if max_steps is None else None)  # fixed step counts: no early stop
+    images = 0
+    # with max_steps the step count is fixed: no validation images, no early stop
+    with frozen(model), PassLoop(model, cfg, val if max_steps is None else None, n=n, device=device,
+                                 generator=generator, max_passes=cfg.passes, bar_total=cfg.passes,
+                                 progress=progress, name="uap") as loop:
         clean = predict(model, x, cfg.batch_size)
-        bar = _progress_bar(cfg.passes, progress, cfg.name)
-        for passes in range(1, cfg.passes + 1):
-            order = torch.randperm(n, generator=generator, device=gen_device).to(device)
+        for order in loop:
             if budget is not None:
                 order = order[:budget - images]
             v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec)
             images += order.numel()
             rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
-            record = {"pass": passes, "objective": rate, "fooling_rate": rate, "step_size": None,
-                      "images": order.numel(), "steps_added": added}
-            record.update(monitor.end_pass(v))
-            history.append(record)
-            log.debug("uap pass %d: %s", passes, record)
-            bar.update(1)
-            bar.set_postfix(fr=f"{rate:.3f}")
-            if monitor.stop or (budget is not None and images >= budget):
-                break
-        bar.close()
-    return CraftResult(delta=monitor.result(v), converged=monitor.converged, passes=passes,
-                       images_processed=images, history=history)
+            loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added), v,
+                          fr=f"{rate:.3f}")
+            if budget is not None and images >= budget:
+                loop.finish()
+    return CraftResult(delta=loop.monitor.result(v), converged=loop.monitor.converged, passes=loop.passes,
+                       images_processed=images, history=loop.history)
 
 
 ATTACKS["uap"] = craft_deepfool_uap

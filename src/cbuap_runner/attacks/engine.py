@@ -154,6 +154,158 @@ class BalanceSchedule:
         torch.maximum(self.best, self.fr, out=self.best)
 
 
+def pass_record(pass_idx: int, objective: float, fooling_rate: float, step_size: float | None, images: int,
+                **extra: object) -> dict:
+    """A pass record with the keys every attack's history shares, then `extra`."""
+    return {"pass": pass_idx, "objective": objective, "fooling_rate": fooling_rate, "step_size": step_size,
+            "images": images, **extra}
+
+
+def draw_order(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """A random permutation of range(n) drawn from `generator` (on its own device), moved to `device`."""
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randperm(n, generator=generator, device=gen_device).to(device)
+
+
+class Stepper:
+    """The update of δ: a threat-model step of size α (decayed each pass) or Adam, then the projection."""
+
+    def __init__(self, delta: Tensor, threat: ThreatModel, cfg: AttackConfig) -> None:
+        self.delta, self.threat, self.decay = delta, threat, cfg.step_decay
+        self.alpha = cfg.step_size if cfg.step_size is not None else cfg.eps / 4
+        self.opt = torch.optim.Adam([delta], lr=cfg.adam_lr, maximize=True) if cfg.optimizer == "adam" else None
+
+    @property
+    def current_step_size(self) -> float:
+        """The sign-step size α, or Adam's learning rate."""
+        return self.alpha if self.opt is None else self.opt.param_groups[0]["lr"]
+
+    @torch.no_grad()
+    def step(self, grad: Tensor) -> None:
+        """Ascend along `grad` in place and project δ back onto the threat ball."""
+        if self.opt is None:
+            self.threat.step_(self.delta.data, grad, self.alpha)
+        else:
+            self.delta.grad = grad
+            self.opt.step()
+            self.delta.grad = None
+        self.threat.project_(self.delta.data)
+
+    def end_pass(self) -> None:
+        """Decay the step size (and Adam's learning rate) by `step_decay`."""
+        self.alpha *= self.decay
+        if self.opt is not None:
+            self.opt.param_groups[0]["lr"] *= self.decay
+
+
+class PassStats:
+    """One pass's statistics, accumulated on device: J, its parts, fooled counts and target hits per group."""
+
+    def __init__(self, groups: int, device: torch.device, target: int | None = None) -> None:
+        self.groups, self.target = groups, target
+        self.obj_sum = torch.zeros((), device=device)
+        self.parts_sum: dict[str, Tensor] = {}
+        self.fooled = torch.zeros(groups, device=device)
+        self.hits = torch.zeros(groups, device=device)
+        self.batches = self.seen = 0
+
+    @torch.no_grad()
+    def add(self, J: Tensor, parts: dict[str, Tensor], pred: Tensor, clean: Tensor) -> None:
+        """Add one batch: J [S], its parts, the adversarial predictions [G,b] and the clean ones [b]."""
+        self.obj_sum += J.detach().mean()
+        for k, v in parts.items():
+            self.parts_sum[k] = self.parts_sum.get(k, 0) + v
+        self.fooled += (pred != clean).sum(1)
+        if self.target is not None:
+            self.hits += (pred == self.target).sum(1)
+        self.batches += 1
+        self.seen += pred.shape[1]
+
+    def record(self, pass_idx: int, step_size: float | None, balance_on: bool) -> dict:
+        """The pass record: means over batches and images, averaged over ranks, read in one host sync."""
+        n = len(self.parts_sum)
+        means = torch.stack([self.obj_sum / self.batches, *(v / self.batches for v in self.parts_sum.values())])
+        stats = all_reduce_mean_(torch.cat([means, self.fooled / self.seen, self.hits / self.seen])).tolist()
+        rates = stats[1 + n:1 + n + self.groups]
+        record = pass_record(pass_idx, stats[0], max(rates), step_size, self.seen, balance_on=balance_on)
+        record.update(zip(self.parts_sum, stats[1:1 + n]))
+        if self.groups > 1:
+            record["fooling_rates"] = rates
+        if self.target is not None:
+            record["target_rate"] = max(stats[1 + n + self.groups:])
+        return record
+
+
+class PassLoop:
+    """The passes of a crafting run: a fresh shuffled order per pass while fewer than `max_passes` ran, `more()`
+    holds (when given), the stopping rule (stopping.py) has not fired and `finish()` was not called; the
+    history, the debug log and the progress bar. Use as a context manager."""
+
+    def __init__(self, model: nn.Module, cfg: AttackConfig, val: tuple[Tensor, Tensor] | None, *, n: int,
+                 device: torch.device, generator: torch.Generator | None, max_passes: float, bar_total: int,
+                 more: Callable[[], bool] | None = None, progress: bool = False, class_wise: bool = False,
+                 name: str | None = None) -> None:
+        self.monitor = PassMonitor(model, cfg, val, class_wise=class_wise)
+        self.bar = _progress_bar(bar_total, progress, cfg.name)
+        self.n, self.device, self.generator, self.max_passes, self.more = n, device, generator, max_passes, more
+        self.name = cfg.name if name is None else name
+        self.history: list[dict] = []
+        self.passes = 0  # completed passes
+        self.done = False
+
+    def __enter__(self) -> "PassLoop":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def __iter__(self) -> Iterator[Tensor]:
+        """The order of each pass still to run."""
+        while self.passes < self.max_passes and not self.done and (self.more is None or self.more()):
+            yield draw_order(self.n, self.generator, self.device)
+
+    def end_pass(self, record: dict, delta: Tensor, *, advance: int = 1, **postfix: str) -> None:
+        """Judge δ after a pass, complete and keep its record, advance the bar."""
+        self.passes += 1
+        record.update(self.monitor.end_pass(delta))
+        self.history.append(record)
+        log.debug("%s pass %d: %s", self.name, self.passes, record)
+        self.bar.update(advance)
+        self.bar.set_postfix(**postfix)
+        self.done = self.done or self.monitor.stop
+
+    def finish(self) -> None:
+        """Run no further pass."""
+        self.done = True
+
+
+def _balance_on(cfg: AttackConfig, pass_idx: int) -> bool:
+    """Whether the balance terms apply in pass `pass_idx` (0-based)."""
+    stop = cfg.balance_stop if cfg.balance_stop is not None else math.inf
+    return cfg.balance_start <= pass_idx < stop
+
+
+def _make_schedule(cfg: AttackConfig, objective: UAPObjective, groups: int,
+                   device: torch.device) -> BalanceSchedule | None:
+    """The λ schedule when the objective has balance terms and a ramp or guard is configured."""
+    if not objective.use_terms:
+        return None
+    schedule = BalanceSchedule(cfg, groups, device)
+    return schedule if schedule.active else None
+
+
+def _minibatches(order: Tensor, batch_size: int, limit: int | None) -> tuple[Tensor, ...]:
+    """Consecutive minibatches of `order`, at most `limit` of them."""
+    chunks = order.split(batch_size)
+    return chunks if limit is None else chunks[:limit]
+
+
+def _shared_grad(J: Tensor, delta: Tensor) -> Tensor:
+    """∇δ of ΣJ, averaged over torchrun ranks so that every rank takes the same step."""
+    (grad,) = torch.autograd.grad(J.sum(), delta)
+    return all_reduce_mean_(grad)
+
+
 def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
                objective: UAPObjective, num_deltas: int, class_wise: bool = False,
                generator: torch.Generator | None = None, progress: bool = False,
@@ -165,98 +317,40 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
     (stopping.py); with `max_steps` it runs exactly that many minibatch steps instead (cycling through
     passes, no early stop), which is what the CB-UAT pool refresh needs.
     """
-    device = x.device
-    y = y.to(device)
-    N, K, S = x.shape[0], num_classes, num_deltas
-    G = 1 if class_wise else S  # prediction groups: one forward per sample class-wise, S otherwise
+    device, y = x.device, y.to(x.device)
+    groups = 1 if class_wise else num_deltas  # one forward per sample class-wise, one per δ otherwise
     threat = make_threat(cfg.norm, cfg.eps)
-    delta = init_delta(threat, (S, *x.shape[1:]), cfg, device=device, generator=generator, init=init)
-    delta.requires_grad_(True)
-    alpha = cfg.step_size if cfg.step_size is not None else cfg.eps / 4
-    opt = torch.optim.Adam([delta], lr=cfg.adam_lr, maximize=True) if cfg.optimizer == "adam" else None
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    history: list[dict] = []
-    steps = images = pass_idx = 0
-    schedule = BalanceSchedule(cfg, G, device) if objective.use_terms else None
-    if schedule is not None and not schedule.active:
-        schedule = None
-    with frozen(model):
+    delta = init_delta(threat, (num_deltas, *x.shape[1:]), cfg, device=device, generator=generator, init=init)
+    stepper = Stepper(delta.requires_grad_(True), threat, cfg)
+    schedule = _make_schedule(cfg, objective, groups, device)
+    steps = images = 0
+    with frozen(model), PassLoop(model, cfg, val if max_steps is None else None, n=x.shape[0], device=device,
+                                 generator=generator, max_passes=cfg.passes if max_steps is None else math.inf,
+                                 more=lambda: max_steps is None or steps < max_steps,
+                                 bar_total=cfg.passes if max_steps is None else max_steps, progress=progress,
+                                 class_wise=class_wise) as loop:
         clean = predict(model, x, cfg.batch_size)
-        monitor = PassMonitor(model, cfg, val if max_steps is None else None, class_wise=class_wise)
-        bar = _progress_bar(max_steps if max_steps is not None else cfg.passes, progress, cfg.name)
-        while (pass_idx < cfg.passes) if max_steps is None else (steps < max_steps):
-            stop = cfg.balance_stop if cfg.balance_stop is not None else math.inf
-            balance_on = cfg.balance_start <= pass_idx < stop
-            perm = torch.randperm(N, generator=generator, device=gen_device).to(device)
-            obj_sum = torch.zeros((), device=device)
-            parts_sum: dict[str, Tensor] = {}
-            fooled = torch.zeros(G, device=device)
-            hits = torch.zeros(G, device=device)
-            batches = seen = 0
-            for start in range(0, N, cfg.batch_size):
-                if max_steps is not None and steps >= max_steps:
-                    break
-                idx = perm[start:start + cfg.batch_size]
-                xb, yb, cb = x[idx], y[idx], clean[idx]
-                b = xb.shape[0]
-                J, parts, logits = batch_objective(model, xb, yb, delta, objective, num_classes=K,
+        for order in loop:
+            balance_on, stats = _balance_on(cfg, loop.passes), PassStats(groups, device, cfg.target)
+            for idx in _minibatches(order, cfg.batch_size, None if max_steps is None else max_steps - steps):
+                J, parts, logits = batch_objective(model, x[idx], y[idx], delta, objective, num_classes=num_classes,
                                                    class_wise=class_wise, balance_on=balance_on,
-                                                   schedule=schedule, pass_idx=pass_idx, clean=cb)
-                (grad,) = torch.autograd.grad(J.sum(), delta)
-                all_reduce_mean_(grad)  # under torchrun: every rank steps with the same ∇δ
-                with torch.no_grad():
-                    if opt is None:
-                        threat.step_(delta.data, grad, alpha)
-                    else:
-                        delta.grad = grad
-                        opt.step()
-                        delta.grad = None
-                    threat.project_(delta.data)
-                    pred = logits.detach().argmax(-1)  # [G,b]
-                    objective.observe(pred, yb)
-                    obj_sum += J.detach().mean()
-                    for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0) + v
-                    fooled += (pred != cb).sum(1)
-                    if cfg.target is not None:
-                        hits += (pred == cfg.target).sum(1)
-                steps += 1
-                batches += 1
-                seen += b
+                                                   schedule=schedule, pass_idx=loop.passes, clean=clean[idx])
+                stepper.step(_shared_grad(J, delta))
+                pred = logits.detach().argmax(-1)  # [G,b]
+                objective.observe(pred, y[idx])
+                stats.add(J, parts, pred, clean[idx])
             objective.end_pass()
-            if batches == 0:
+            if stats.batches == 0:
                 break
-            images += seen
-            pass_idx += 1
-            # one host sync per pass
-            stats = all_reduce_mean_(torch.cat([torch.stack([obj_sum / batches, *(v / batches for v in parts_sum.values())]),
-                               fooled / seen, hits / seen])).tolist()
-            objective_value, n_parts = stats[0], len(parts_sum)
-            rates = stats[1 + n_parts:1 + n_parts + G]
-            record = {"pass": pass_idx, "objective": objective_value, "fooling_rate": max(rates),
-                      "step_size": alpha if opt is None else opt.param_groups[0]["lr"],
-                      "images": seen, "balance_on": bool(balance_on and objective.balanced)}
-            record.update(zip(parts_sum, stats[1:1 + n_parts]))
-            if G > 1:
-                record["fooling_rates"] = rates
-            if cfg.target is not None:
-                record["target_rate"] = max(stats[1 + n_parts + G:])
-            record.update(monitor.end_pass(delta.detach()))
-            history.append(record)
-            log.debug("%s pass %d: %s", cfg.name, pass_idx, record)
-            bar.update(batches if max_steps is not None else 1)
-            bar.set_postfix(obj=f"{objective_value:.3f}", fr=f"{record['fooling_rate']:.3f}")
-            alpha *= cfg.step_decay
-            if opt is not None:
-                opt.param_groups[0]["lr"] *= cfg.step_decay
-            if monitor.stop:
-                break
-        bar.close()
-    out = monitor.result(delta.detach()).clone()
-    if S == 1 and not class_wise:
-        out = out[0]
-    return CraftResult(delta=out, converged=monitor.converged, passes=pass_idx, images_processed=images,
-                       history=history)
+            steps, images = steps + stats.batches, images + stats.seen
+            record = stats.record(loop.passes + 1, stepper.current_step_size, balance_on and objective.balanced)
+            loop.end_pass(record, delta.detach(), advance=1 if max_steps is None else stats.batches,
+                          obj=f"{record['objective']:.3f}", fr=f"{record['fooling_rate']:.3f}")
+            stepper.end_pass()
+    out = loop.monitor.result(delta.detach()).clone()
+    return CraftResult(delta=out[0] if num_deltas == 1 and not class_wise else out, converged=loop.monitor.converged,
+                       passes=loop.passes, images_processed=images, history=loop.history)
 
 
 def _check_unbalanced(cfg: AttackConfig) -> None:
