@@ -28,10 +28,8 @@ from cbuap_runner.__main__ import main
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
 from cbuap_runner.training.loop import resume_config
-from conftest import FAST, REPO, run_cli
+from helpers import FAST, REPO, TINY, run_cli
 
-SYNTH = ["dataset=synthetic", "model=small_cnn", "training.epochs=1", "training.batch_size=32", "attack.passes=2",
-         "attack.crafting_images=64", "attack.batch_size=32", "eval.num_images=64"]
 SYNTH_SHAPE = (1, 16, 16)  # conf/dataset/synthetic.yaml: 4 classes of 1x16x16
 # what a failed run may leave in its directory: its honest record, nothing that looks like a result
 RECORD_FILES = {"run_summary.json", "error.txt", "cbuap.log"}
@@ -167,8 +165,8 @@ def _earlier_run(run_dir: Path) -> Path:
 
 
 def _checkpoint(run_dir: Path, validated, **changes) -> Path:
-    """A well-formed checkpoint.pt for the SYNTH config, trained (it claims) with `changes` applied."""
-    cfg = validated(["task=train", *SYNTH, *(f"{k}={v}" for k, v in changes.items())])
+    """A well-formed checkpoint.pt for the TINY config, trained (it claims) with `changes` applied."""
+    cfg = validated(["task=train", *TINY, *(f"{k}={v}" for k, v in changes.items())])
     model = build_model("small_cnn", 4, SYNTH_SHAPE)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {}, "adversary": {},
@@ -211,12 +209,12 @@ CASES = [
     # --- keys and options
     Case("misspelt_top_level_key", ["sede=1"], ("sede", "unknown config key", "check the spelling")),
     Case("misspelt_nested_key", ["attack.epss=0.1"], ("attack.epss", "unknown config key")),
-    Case("misspelt_training_key", [*SYNTH, "training.epoch=2"], ("training.epoch", "unknown config key")),
+    Case("misspelt_training_key", [*TINY, "training.epoch=2"], ("training.epoch", "unknown config key")),
     Case("unknown_dataset", ["dataset=cifar11"], ("dataset=cifar11", "choose one of", "cifar10")),
     Case("unknown_model", ["model=resnet21"], ("model=resnet21", "choose one of", "resnet20")),
     Case("unknown_defence", ["training=ut"], ("training=ut", "choose one of", "uat")),
     Case("unknown_attack", ["attack=fgsm"], ("attack=fgsm", "choose one of", "sgd_uap")),
-    *(Case(f"schema_given_as_{group}_option", [*(a for a in SYNTH if not a.startswith(f"{group}=")), f"{group}=base_{group}"],
+    *(Case(f"schema_given_as_{group}_option", [*(a for a in TINY if not a.startswith(f"{group}=")), f"{group}=base_{group}"],
            (f"{group}=base_{group}", "no such option")) for group in SCHEMA_GROUPS),  # schemas are root configs, not options
     Case("unparsable_override", ["attack.eps=[1,"], ("attack.eps=[1,", "cannot parse", "key=value")),
     Case("missing_required_value", ["dataset=image_folder"], ("dataset.root", "set it")),
@@ -224,94 +222,94 @@ CASES = [
     Case("int_given_text", ["training.epochs=three"], ("training.epochs", "three")),
     Case("float_given_text", ["attack.eps=big"], ("attack.eps", "big")),
     Case("bool_given_text", ["resume=maybe"], ("resume", "maybe", "auto, true or false")),
-    Case("resume_given_a_number", [*SYNTH, "resume=1"], ("resume=1", "auto, true or false")),
+    Case("resume_given_a_number", [*TINY, "resume=1"], ("resume=1", "auto, true or false")),
     # --- out-of-range values
-    Case("eps_zero", [*SYNTH, "attack.eps=0"], ("attack.eps=0.0", "> 0")),
-    Case("eps_negative", [*SYNTH, "attack.eps=-1"], ("attack.eps=-1", "> 0")),
-    Case("eps_above_one", [*SYNTH, "attack.eps=1.5"], ("attack.eps=1.5", "[0,1] images")),
-    Case("training_eps_above_one", [*SYNTH, "training=uat", "training.eps=2"], ("training.eps=2", "[0,1] images")),
-    Case("epochs_zero", [*SYNTH, "training.epochs=0"], ("training.epochs=0", "> 0")),
-    Case("epochs_negative", [*SYNTH, "training.epochs=-3"], ("training.epochs=-3", "> 0")),
-    Case("batch_size_zero", [*SYNTH, "training.batch_size=0"], ("training.batch_size=0", "> 0")),
-    Case("attack_batch_size_zero", [*SYNTH, "attack.batch_size=0"], ("attack.batch_size=0", "> 0")),
-    Case("lr_nan", [*SYNTH, "training.lr=nan"], ("training.lr=nan", "finite")),
-    Case("lr_inf", [*SYNTH, "training.lr=inf"], ("training.lr=inf", "finite")),
-    Case("crafting_images_zero", [*SYNTH, "attack.crafting_images=0"], ("attack.crafting_images=0", "> 0")),
-    Case("eval_images_negative", [*SYNTH, "eval.num_images=-1"], ("eval.num_images=-1", "> 0")),
-    Case("unknown_norm", [*SYNTH, "attack.norm=l3"], ("attack.norm='l3'", "linf, l2")),
-    Case("unknown_device", [*SYNTH, "device=gpu"], ("device='gpu'", "auto, cpu, cuda")),
-    Case("unknown_task", [*SYNTH, "task=fit"], ("task='fit'", "train, attack, evaluate, pipeline")),
-    Case("milestone_outside_run", [*SYNTH, "training.milestones=[0.5,1.5]"], ("training.milestones", "(0, 1)")),
+    Case("eps_zero", [*TINY, "attack.eps=0"], ("attack.eps=0.0", "> 0")),
+    Case("eps_negative", [*TINY, "attack.eps=-1"], ("attack.eps=-1", "> 0")),
+    Case("eps_above_one", [*TINY, "attack.eps=1.5"], ("attack.eps=1.5", "[0,1] images")),
+    Case("training_eps_above_one", [*TINY, "training=uat", "training.eps=2"], ("training.eps=2", "[0,1] images")),
+    Case("epochs_zero", [*TINY, "training.epochs=0"], ("training.epochs=0", "> 0")),
+    Case("epochs_negative", [*TINY, "training.epochs=-3"], ("training.epochs=-3", "> 0")),
+    Case("batch_size_zero", [*TINY, "training.batch_size=0"], ("training.batch_size=0", "> 0")),
+    Case("attack_batch_size_zero", [*TINY, "attack.batch_size=0"], ("attack.batch_size=0", "> 0")),
+    Case("lr_nan", [*TINY, "training.lr=nan"], ("training.lr=nan", "finite")),
+    Case("lr_inf", [*TINY, "training.lr=inf"], ("training.lr=inf", "finite")),
+    Case("crafting_images_zero", [*TINY, "attack.crafting_images=0"], ("attack.crafting_images=0", "> 0")),
+    Case("eval_images_negative", [*TINY, "eval.num_images=-1"], ("eval.num_images=-1", "> 0")),
+    Case("unknown_norm", [*TINY, "attack.norm=l3"], ("attack.norm='l3'", "linf, l2")),
+    Case("unknown_device", [*TINY, "device=gpu"], ("device='gpu'", "auto, cpu, cuda")),
+    Case("unknown_task", [*TINY, "task=fit"], ("task='fit'", "train, attack, evaluate, pipeline")),
+    Case("milestone_outside_run", [*TINY, "training.milestones=[0.5,1.5]"], ("training.milestones", "(0, 1)")),
     # --- impossible combinations
-    Case("target_outside_label_set", [*SYNTH, "attack.target=7"], ("attack.target=7", "[0, 3]")),
-    Case("target_negative", [*SYNTH, "attack.target=-1"], ("attack.target=-1", "[0, 3]")),
-    Case("target_with_untargeted_attack", [*SYNTH, "attack=uap", "attack.target=1"], ("attack.target=1", "sgd_uap")),
+    Case("target_outside_label_set", [*TINY, "attack.target=7"], ("attack.target=7", "[0, 3]")),
+    Case("target_negative", [*TINY, "attack.target=-1"], ("attack.target=-1", "[0, 3]")),
+    Case("target_with_untargeted_attack", [*TINY, "attack=uap", "attack.target=1"], ("attack.target=1", "sgd_uap")),
     Case("perturbation_shape_differs_from_dataset",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/delta_rgb.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/delta_rgb.pt"],
          ("perturbation=", "delta_rgb.pt", "(3, 32, 32)", "(1, 16, 16)"),
          lambda t, _: (_model_file(t / "model.pt"), _delta_file(t / "delta_rgb.pt", torch.zeros(3, 32, 32)))),
     Case("classwise_perturbation_for_other_classes",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/cw.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/cw.pt"],
          ("perturbation=", "cw.pt", "10 classes"),
          lambda t, _: (_model_file(t / "model.pt"), _delta_file(t / "cw.pt", torch.zeros(10, *SYNTH_SHAPE), "cw_uap"))),
-    Case("perturbation_given_as_model", [*SYNTH, "task=evaluate", "model.checkpoint={t}/delta.pt"],
+    Case("perturbation_given_as_model", [*TINY, "task=evaluate", "model.checkpoint={t}/delta.pt"],
          ("model.checkpoint=", "delta.pt", "perturbation=<path>"),
          lambda t, _: _delta_file(t / "delta.pt", torch.zeros(*SYNTH_SHAPE))),
     Case("model_given_as_perturbation",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/model.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/model.pt"],
          ("perturbation=", "model.pt", "model.checkpoint=<path>"), lambda t, _: _model_file(t / "model.pt")),
-    Case("model_for_another_dataset", [*SYNTH, "task=attack", "model.checkpoint={t}/rgb.pt"],
+    Case("model_for_another_dataset", [*TINY, "task=attack", "model.checkpoint={t}/rgb.pt"],
          ("model.checkpoint=", "rgb.pt", "(3, 32, 32)"), lambda t, _: _model_file(t / "rgb.pt", (3, 32, 32), 10)),
-    Case("model_file_with_unknown_architecture", [*SYNTH, "task=evaluate", "model.checkpoint={t}/odd.pt"],
+    Case("model_file_with_unknown_architecture", [*TINY, "task=evaluate", "model.checkpoint={t}/odd.pt"],
          ("model.checkpoint=", "odd.pt", "os.system"),
          lambda t, _: _model_file(t / "odd.pt", model_cfg={"name": "os.system", "_target_": "os.system"})),
     # --- missing, empty, truncated, foreign and unsafe files
-    Case("checkpoint_missing", [*SYNTH, "task=evaluate", "model.checkpoint={t}/nope.pt"],
+    Case("checkpoint_missing", [*TINY, "task=evaluate", "model.checkpoint={t}/nope.pt"],
          ("model.checkpoint=", "nope.pt", "no such file")),
-    Case("checkpoint_is_a_directory", [*SYNTH, "task=evaluate", "model.checkpoint={t}"],
+    Case("checkpoint_is_a_directory", [*TINY, "task=evaluate", "model.checkpoint={t}"],
          ("model.checkpoint=", "is a directory", ".pt file inside")),
-    Case("checkpoint_empty", [*SYNTH, "task=evaluate", "model.checkpoint={t}/empty.pt"],
+    Case("checkpoint_empty", [*TINY, "task=evaluate", "model.checkpoint={t}/empty.pt"],
          ("model.checkpoint=", "empty.pt", "empty"), _file("empty.pt", b"")),
-    Case("checkpoint_truncated", [*SYNTH, "task=evaluate", "model.checkpoint={t}/cut.pt"],
+    Case("checkpoint_truncated", [*TINY, "task=evaluate", "model.checkpoint={t}/cut.pt"],
          ("model.checkpoint=", "cut.pt", "truncated"),
          lambda t, _: _truncated(t / "cut.pt", _model_file(t / "model.pt"))),
-    Case("checkpoint_foreign", [*SYNTH, "task=evaluate", "model.checkpoint={t}/notes.pt"],
+    Case("checkpoint_foreign", [*TINY, "task=evaluate", "model.checkpoint={t}/notes.pt"],
          ("model.checkpoint=", "notes.pt", "another format"), _file("notes.pt", b"just some text\n")),
-    Case("checkpoint_not_a_model", [*SYNTH, "task=evaluate", "model.checkpoint={t}/dict.pt"],
+    Case("checkpoint_not_a_model", [*TINY, "task=evaluate", "model.checkpoint={t}/dict.pt"],
          ("model.checkpoint=", "dict.pt", "not a cbuap-runner model file"),
          lambda t, _: torch.save({"weights": torch.zeros(3)}, t / "dict.pt")),
-    Case("init_checkpoint_missing", [*SYNTH, "task=train", "training.init_checkpoint={t}/nope.pt"],
+    Case("init_checkpoint_missing", [*TINY, "task=train", "training.init_checkpoint={t}/nope.pt"],
          ("training.init_checkpoint=", "nope.pt", "no such file")),
-    Case("perturbation_missing", [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/nope.pt"],
+    Case("perturbation_missing", [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/nope.pt"],
          ("perturbation=", "nope.pt", "no such file"), lambda t, _: _model_file(t / "model.pt")),
     Case("perturbation_truncated",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/cut.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/cut.pt"],
          ("perturbation=", "cut.pt", "truncated"),
          lambda t, _: (_model_file(t / "model.pt"),
                        _truncated(t / "cut.pt", _delta_file(t / "delta.pt", torch.zeros(*SYNTH_SHAPE))))),
     Case("perturbation_without_delta",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/other.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/other.pt"],
          ("perturbation=", "other.pt", "'delta' tensor"),
          lambda t, _: (_model_file(t / "model.pt"), torch.save({"eps": 0.1}, t / "other.pt"))),
     Case("perturbation_that_runs_code",
-         [*SYNTH, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/evil.pt"],
+         [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/evil.pt"],
          ("perturbation=", "evil.pt", "refused"),
          lambda t, v: (_model_file(t / "model.pt"), _evil("evil.pt")(t, v))),
     # --- resume
-    Case("resume_without_an_earlier_run", [*SYNTH, "task=train", "resume=true"],
+    Case("resume_without_an_earlier_run", [*TINY, "task=train", "resume=true"],
          ("resume=true", "holds no earlier run", "hydra.run.dir=")),
-    Case("resume_checkpoint_truncated", [*SYNTH, "task=train", "resume=true"],
+    Case("resume_checkpoint_truncated", [*TINY, "task=train", "resume=true"],
          ("resume=", "checkpoint.pt", "truncated"),
          lambda t, v: _truncated(_earlier_run(t / "run") / "checkpoint.pt", _model_file(t / "model.pt"))),
-    Case("resume_checkpoint_that_runs_code", [*SYNTH, "task=train", "resume=true"],
+    Case("resume_checkpoint_that_runs_code", [*TINY, "task=train", "resume=true"],
          ("resume=", "checkpoint.pt", "refused"), _evil("run/checkpoint.pt", run_dir=True)),
-    Case("resume_from_a_model_file", [*SYNTH, "task=train", "resume=true"],
+    Case("resume_from_a_model_file", [*TINY, "task=train", "resume=true"],
          ("resume=true", "checkpoint.pt", "not a training checkpoint"),
          lambda t, _: _model_file(_earlier_run(t / "run") / "checkpoint.pt")),
-    Case("resume_with_changed_settings", [*SYNTH, "task=train", "resume=true", "training.epochs=2"],
+    Case("resume_with_changed_settings", [*TINY, "task=train", "resume=true", "training.epochs=2"],
          ("training.epochs=2", "trained with training.epochs=1", "same settings"),
          lambda t, v: _checkpoint(_earlier_run(t / "run"), v)),
-    Case("resume_auto_with_changed_settings", [*SYNTH, "task=train", "training.epochs=2"],  # resume=auto: the default
+    Case("resume_auto_with_changed_settings", [*TINY, "task=train", "training.epochs=2"],  # resume=auto: the default
          ("training.epochs=2", "trained with training.epochs=1", "resume=auto", "same settings", "resume=false"),
          lambda t, v: _checkpoint(_earlier_run(t / "run"), v)),
     # --- data
@@ -338,7 +336,7 @@ CASES = [
     Case("idx_file_truncated", ["task=train", "dataset=mnist", "dataset.root={t}/mnist", "dataset.download=false"],
          ("{t}/mnist/train-images-idx3-ubyte", "truncated", "download"), lambda t, _: _idx_truncated(t / "mnist")),
     # --- places that cannot be written (a path below a regular file: even root cannot create it)
-    Case("run_dir_not_writable", [*SYNTH, "task=train"], ("{t}/afile/run", "hydra.run.dir"),
+    Case("run_dir_not_writable", [*TINY, "task=train"], ("{t}/afile/run", "hydra.run.dir"),
          _file("afile", b"a file, not a directory"), run_dir="{t}/afile/run"),
     Case("cache_dir_not_writable",
          ["task=train", "dataset=image_folder", "dataset.root={t}/imgs", "dataset.num_classes=2",
@@ -381,7 +379,7 @@ def test_help_lists_only_real_options(run_main):
 
 def test_full_error_shows_the_traceback(run_main, monkeypatch, tmp_path):
     """HYDRA_FULL_ERROR=1 is the one way to see the exception itself."""
-    monkeypatch.setattr(sys, "argv", ["cbuap", *FAST, f"hydra.run.dir={tmp_path / 'run'}", *SYNTH, "attack.eps=0"])
+    monkeypatch.setattr(sys, "argv", ["cbuap", *FAST, f"hydra.run.dir={tmp_path / 'run'}", *TINY, "attack.eps=0"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(UserError, match="attack.eps"), redirect_stdout(io.StringIO()):
         main()
@@ -390,16 +388,18 @@ def test_full_error_shows_the_traceback(run_main, monkeypatch, tmp_path):
 # ---------------------------------------------------------------- end to end, in a fresh interpreter
 
 
+@pytest.mark.e2e
 def test_cli_composition_error_is_one_line(tmp_path):
     proc = run_cli(["attack.epss=0.1"], tmp_path / "run")
     assert proc.returncode == 1
     assert "attack.epss" in one_line_error(proc.stderr)
 
 
+@pytest.mark.e2e
 def test_cli_late_failure_is_one_line_and_leaves_an_honest_record(tmp_path):
     """A failure inside the job: exit 1, exactly one stderr line (not Hydra's extra report), a failed record."""
     path = _truncated(tmp_path / "cut.pt", _model_file(tmp_path / "model.pt"))
-    proc = run_cli([*SYNTH, "task=attack", f"model.checkpoint={path}"], tmp_path / "run")
+    proc = run_cli([*TINY, "task=attack", f"model.checkpoint={path}"], tmp_path / "run")
     assert proc.returncode == 1
     line = one_line_error(proc.stderr)
     assert "model.checkpoint=" in line and "cut.pt" in line
@@ -410,7 +410,7 @@ def test_failed_run_removes_nothing_it_did_not_write(run_main, tmp_path):
     """A file already in the run directory (here a result of an earlier run) survives a later failure."""
     run_dir = _earlier_run(tmp_path / "run")
     (run_dir / "model.pt").write_bytes(b"earlier result")
-    result = run_main([*SYNTH, "attack.eps=0"], run_dir)
+    result = run_main([*TINY, "attack.eps=0"], run_dir)
     assert result.code == 1 and (run_dir / "model.pt").read_bytes() == b"earlier result"
     assert os.listdir(run_dir)  # sanity: the directory was not replaced
 

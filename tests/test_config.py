@@ -6,7 +6,7 @@ import pytest
 
 from cbuap_runner.errors import UserError
 from cbuap_runner.schema import ATTACKS, DATASETS, DEFENCES, MODELS, TASKS
-from conftest import compose_config
+from helpers import compose_config
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

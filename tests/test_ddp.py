@@ -27,6 +27,7 @@ def torchrun_two_ranks(args: list[str], tmp_path: Path, port: int) -> tuple[dict
     return summary, run_dirs[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_ranks_agree_and_share_one_run_directory(tmp_path):
     summary, run_dir = torchrun_two_ranks(
@@ -39,6 +40,7 @@ def test_two_ranks_agree_and_share_one_run_directory(tmp_path):
     assert summary["metrics"]["craft_images_processed"] == 64 * 2  # 2 passes over 64 images, split over 2 ranks
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_two_ranks_refresh_the_cb_uat_pool_every_iteration_identically(tmp_path):
     """refresh_unit=iter refreshes inside the loss, where the model is the DDP wrapper: the refresh must craft on the

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cbuap_runner.job import run_job
-from conftest import FAST, REPO, compose_config
+from helpers import FAST, REPO, compose_config
 
 TRAIN = ["task=train", "dataset=synthetic", "dataset.synthetic_size=128", "model=small_cnn", "training=uat",
          "training.epochs=2", "training.batch_size=32", "eval.num_images=32"]

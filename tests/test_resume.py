@@ -23,7 +23,7 @@ from cbuap_runner.models import build_model
 from cbuap_runner.tracking.local import forget_rows
 from cbuap_runner.training import Natural
 from cbuap_runner.training.loop import NonFiniteError, fit, rewind_metrics
-from conftest import FAST, REPO, compose_config, run_cli
+from helpers import FAST, REPO, compose_config, run_cli
 
 EPOCHS = 3
 STEPS = 6  # (synthetic_size 256 - val_size 64) / batch 32
@@ -346,6 +346,7 @@ def kill_and_resume(kill: str, tmp_path: Path, reference: Path, checkpoint_epoch
     return run_dir
 
 
+@pytest.mark.e2e
 def test_sigkill_mid_epoch_2_resumes_to_identical_weights(tmp_path, reference):
     kill_and_resume(f"step:{STEPS + 3}", tmp_path, reference, 1, [1])
 
@@ -361,6 +362,7 @@ def launch_multirun(sweep: Path, kill: str | None = None) -> subprocess.Complete
                           env=env)
 
 
+@pytest.mark.e2e
 def test_multirun_killed_and_launched_again_continues_each_job(tmp_path, reference):
     """As submitit requeues a preempted SLURM job (the same command, overrides and sweep directory), with the default
     resume=auto: job 0 (finished before the kill) trains nothing more, job 1 (killed in epoch 2) continues from its
@@ -384,6 +386,7 @@ def test_multirun_killed_and_launched_again_continues_each_job(tmp_path, referen
     assert all(torch.equal(finished_weights[k], v) for k, v in weights(finished / "model.pt").items())
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("kill,checkpoint_epoch,rows", [
     ("step:3", None, []),

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 
 from cbuap_runner.gpu_assign import assign_gpu
 from cbuap_runner.job import to_config
-from conftest import FAST, REPO, TINY, compose_config
+from helpers import FAST, REPO, TINY, compose_config
 
 CONF = REPO / "conf"
 TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
@@ -58,6 +58,7 @@ def make_table(sweep_dir: Path, kind: str = "attacks") -> list[dict]:
 # ---------------------------------------------------------------- real multiruns
 
 
+@pytest.mark.e2e
 def test_joblib_two_by_two_sweep_completes_and_tabulates(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     proc = multirun(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "attack=sgd_uap,cb_uap",
@@ -77,6 +78,7 @@ def test_joblib_two_by_two_sweep_completes_and_tabulates(tmp_path, cache_dir):
     assert all(r["fooling_rate_mean"] for r in rows)
 
 
+@pytest.mark.e2e
 def test_a_failed_job_does_not_stop_the_others_and_is_marked(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     proc = multirun(["-m", "attack=sgd_uap", "attack.eps=0.1,-1"], sweep, cache_dir)
@@ -91,6 +93,7 @@ def test_a_failed_job_does_not_stop_the_others_and_is_marked(tmp_path, cache_dir
     assert rows["-1.0"]["fooling_rate_mean"] == ""
 
 
+@pytest.mark.e2e
 def test_experiment_config_launches_its_own_multirun(tmp_path, cache_dir):
     """`experiment=cb_ablation` without -m: hydra.mode=MULTIRUN in the file launches the ablation rows."""
     sweep = tmp_path / "sweep"
@@ -177,6 +180,7 @@ def test_joblib_launcher_defaults():
     assert cfg._target_.endswith("JoblibLauncher") and cfg.n_jobs == 2 and cfg.backend == "loky"
 
 
+@pytest.mark.e2e
 def test_slurm_launcher_writes_a_requeueable_sbatch_script(tmp_path):
     """Compose hydra/launcher=slurm and let submitit build its sbatch script (a fake srun; nothing submitted)."""
     bin_dir = tmp_path / "bin"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cbuap_runner.tasks import TASKS, Context, worst_case
-from conftest import TINY
+from helpers import TINY
 
 
 def test_worst_class_is_the_minimum_over_every_attack_and_class():

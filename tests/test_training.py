@@ -25,6 +25,7 @@ def _records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.e2e
 def test_train_end_to_end_on_synthetic(cli):
     proc, run_dir = cli(["task=train", "dataset=synthetic", "training.epochs=2", "training.batch_size=32"])
     assert proc.returncode == 0, proc.stderr
@@ -315,6 +316,7 @@ def test_cb_uat_per_iteration_refresh_crafts_on_the_unwrapped_network(validated,
 # ---------------------------------------------------------------- model cache and pipeline
 
 
+@pytest.mark.e2e
 def test_attack_reuses_the_cached_model(cli):
     args = ["dataset=synthetic", "training.epochs=1", "attack.crafting_images=64", "attack.passes=2",
             "eval.num_images=64"]
@@ -329,6 +331,7 @@ def test_attack_reuses_the_cached_model(cli):
         assert (d / "perturbation.pt").is_file() and (d / "label_hist.png").is_file()
 
 
+@pytest.mark.e2e
 def test_pipeline_reports_each_attack_and_the_worst(cli):
     proc, run_dir = cli(["task=pipeline", "dataset=synthetic", "training=uat", "training.epochs=1",
                          "training.batch_size=32", "attack.crafting_images=64", "attack.passes=2",
