@@ -59,12 +59,6 @@ class _Counts:
         return _metrics_from_counts(self.n_y.cpu(), self.clean_ok_y.cpu(), self.adv_ok_y[group].cpu(),
                                     self.success_y[group].cpu(), self.transition[group].cpu())
 
-    def fooling_rates(self) -> list[float]:
-        """Fooling rate of every group."""
-        t = self.transition.cpu().double()
-        n = max(int(self.n_y.sum()), 1)
-        return [float((t[g].sum() - t[g].trace()) / n) for g in range(self.G)]
-
 
 def _ratio(num: Tensor, den: Tensor) -> list[float | None]:
     """Elementwise num/den with None where den = 0."""
