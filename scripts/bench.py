@@ -15,6 +15,7 @@ images. All ratios come from one run of this script on one machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import platform
@@ -110,8 +111,9 @@ def raw_input_gradient_rate(model, x, y, device, seconds, amp) -> float:
 
 
 def crafting_rate(model, data: DataBundle, eps: float, batch: int, images: int, device,
-                  passes: int = 3) -> tuple[float, dict]:
-    """SGD-UAP crafting throughput (images through the crafting loop per second)."""
+                  passes: int = AttackConfig.passes) -> tuple[float, dict]:
+    """SGD-UAP crafting throughput: images through a whole crafting run per second (the default budget of
+    passes, one forward of the clean crafting images for the fooling statistics included)."""
     crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
     cfg = AttackConfig(name="sgd_uap", eps=eps, passes=passes, batch_size=batch, crafting_images=None, tol=0.0)
     x = crafting.float_x()
@@ -280,6 +282,28 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def crafting_figures(model, args, data: DataBundle, dcfg: DatasetConfig, x, y, device) -> dict[str, Any]:
+    """Raw and crafting throughput in interleaved rounds (medians); with --compile also for a torch.compile'd copy
+    of the model, in the same rounds, so that load on a shared machine hits every figure alike."""
+    variants = {"": model}
+    if args.compile:
+        variants["compiled_"] = copy.deepcopy(model)
+        variants["compiled_"].compile()
+    rates: dict[str, list[float]] = {}
+    for _ in range(args.rounds):
+        for prefix, m in variants.items():
+            rates.setdefault(f"{prefix}raw_fwd_bwd_input_img_s", []).append(
+                raw_input_gradient_rate(m, x, y, device, args.seconds, args.amp))
+            rates.setdefault(f"{prefix}crafting_img_s", []).append(
+                crafting_rate(m, data, dcfg.eps, args.batch, args.craft_images, device)[0])
+    out: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    for prefix in variants:
+        out[f"{prefix}crafting_over_raw"] = round(out[f"{prefix}crafting_img_s"] / out[f"{prefix}raw_fwd_bwd_input_img_s"], 3)
+    if args.compile:
+        out["compiled_over_eager_crafting"] = round(out["compiled_crafting_img_s"] / out["crafting_img_s"], 3)
+    return out
+
+
 def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
@@ -293,14 +317,7 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
     fwd = forward_flops_per_image(model, x)
     row["forward_gflops_per_image"] = round(fwd / 1e9, 4)
     if "craft" in args.only:
-        # interleaved rounds, median of each: a shared machine's load then hits both figures alike
-        raws, crafts = [], []
-        for _ in range(args.rounds):
-            raws.append(raw_input_gradient_rate(model, x, y, device, args.seconds, args.amp))
-            crafts.append(crafting_rate(model, data, dcfg.eps, args.batch, args.craft_images, device)[0])
-        raw, crafting = statistics.median(raws), statistics.median(crafts)
-        row.update(raw_fwd_bwd_input_img_s=round(raw, 1), crafting_img_s=round(crafting, 1),
-                   crafting_over_raw=round(crafting / raw, 3))
+        row.update(crafting_figures(model, args, data, dcfg, x, y, device))
     if "train" in args.only:
         row["natural_train_img_s"] = round(natural_training_rate(model, x, y, device, args.seconds, args.amp), 1)
     for key, per_image in (("raw_fwd_bwd_input", 2), ("crafting", 2), ("natural_train", 3)):
@@ -369,6 +386,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--curve-sizes", default="512,1024,2048,4096", help="crafting-set sizes of the cost curve")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also measure a torch.compile'd model (raw and crafting)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="the device's dense peak in TFLOP/s for the *_peak_fraction figures (default: known for "
                         "H100/H200/A100 bf16; none on other devices)")

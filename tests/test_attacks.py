@@ -16,7 +16,7 @@ from cbuap_runner.attacks.engine import BalanceSchedule, PassLoop, PassStats, St
 from cbuap_runner.attacks.objectives import UAPObjective, attack_loss
 from cbuap_runner.data import DataBundle, Split
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
-from cbuap_runner.schema import AttackConfig
+from cbuap_runner.schema import AttackConfig, BalanceConfig
 from cbuap_runner.tasks import select_start
 from toy import SHAPE, K, train_toy_model
 
@@ -26,8 +26,14 @@ def task():
     return train_toy_model()
 
 
+BALANCE_KEYS = {f.name for f in dataclasses.fields(BalanceConfig)}
+
+
 def cfg_(**kw) -> AttackConfig:
-    base = dict(name="sgd_uap", eps=0.04, passes=5, batch_size=64)
+    """An attack config; keys of attack.balance go into that section, whose weights start at zero here (each test
+    switches on the terms it needs)."""
+    balance = {"lambda_div": 0.0, "lambda_pen": 0.0, **{k: kw.pop(k) for k in list(kw) if k in BALANCE_KEYS}}
+    base = dict(name="sgd_uap", eps=0.04, passes=5, batch_size=64, balance=BalanceConfig(**balance))
     base.update(kw)
     return AttackConfig(**base)
 
@@ -178,12 +184,12 @@ def test_sgd_uap_beats_random_noise(task):
 def test_cb_uap_with_zero_weights_is_sgd_uap_bit_for_bit(task):
     model, x, y, *_ = task
     for extra in ({}, {"init": "uniform", "num_starts": 2, "penalty": "hinge", "ema": True},
-                  {"lambda_ramp": 3, "fooling_guard": 0.05, "balance_start": 1}):
+                  {"lambda_ramp": 3, "fooling_guard": 0.05, "start": 1}):
         a = craft(model, x, y, cfg_(**extra), K, generator=gen(7))
         b = craft(model, x, y, cfg_(name="cb_uap", **extra), K, generator=gen(7))
         assert torch.equal(a.delta, b.delta)
     # balance terms that never switch on (balance_start >= passes) also leave SGD-UAP unchanged
-    c = craft(model, x, y, cfg_(name="cb_uap", lambda_div=1.0, balance_start=5), K, generator=gen(7))
+    c = craft(model, x, y, cfg_(name="cb_uap", lambda_div=1.0, start=5), K, generator=gen(7))
     assert torch.equal(craft(model, x, y, cfg_(), K, generator=gen(7)).delta, c.delta)
 
 
@@ -279,8 +285,8 @@ def test_cw_uap_gives_one_delta_per_class(task):
     dict(lambda_div=1.0, lambda_conf=0.5),
     dict(lambda_div=1.0, ema=True, ema_decay=0.5, calibration="temperature", temperature=2.0),
     dict(lambda_pen=10.0, penalty="hinge", penalty_weights="histogram", calibration="none"),
-    dict(lambda_pen=10.0, penalty="frequency", class_reweight=True, balance_start=1),
-    dict(lambda_div=1.0, lambda_pen=1.0, penalty="hinge", balance_start=1, lambda_ramp=2, fooling_guard=0.05,
+    dict(lambda_pen=10.0, penalty="frequency", class_reweight=True, start=1),
+    dict(lambda_div=1.0, lambda_pen=1.0, penalty="hinge", start=1, lambda_ramp=2, fooling_guard=0.05,
          num_starts=2, init="uniform"),
 ])
 def test_cb_uap_variants_run_and_stay_in_budget(task, extra):
@@ -324,7 +330,7 @@ def test_balance_scale_multiplies_only_the_balance_terms():
 
 
 def test_balance_schedule_ramp_and_fooling_guard():
-    sched = BalanceSchedule(cfg_(lambda_ramp=4, balance_start=2), 1, torch.device("cpu"))
+    sched = BalanceSchedule(cfg_(lambda_ramp=4, start=2), 1, torch.device("cpu"))
     assert [float(sched.factor(p)) for p in (2, 3, 5, 9)] == [0.25, 0.5, 1.0, 1.0]
     assert BalanceSchedule(cfg_(), 1, torch.device("cpu")).factor(0) is None  # unscheduled: objective unchanged
     g = BalanceSchedule(cfg_(fooling_guard=0.1), 2, torch.device("cpu"))
@@ -346,7 +352,7 @@ def test_fooling_guard_keeps_crafting_fooling_rate(task):
     """With a large diversity weight the guard keeps the crafting fooling rate near the plain SGD-UAP one."""
     model, x, y, *_ = task
     plain = craft(model, x, y, cfg_(passes=6), K, generator=gen())
-    strong = dict(name="cb_uap", passes=6, lambda_div=20.0, lambda_pen=20.0, penalty="hinge", balance_start=2)
+    strong = dict(name="cb_uap", passes=6, lambda_div=20.0, lambda_pen=20.0, penalty="hinge", start=2)
     free = craft(model, x, y, cfg_(**strong), K, generator=gen())
     guarded = craft(model, x, y, cfg_(**strong, fooling_guard=0.05), K, generator=gen())
     fr = {k: r.history[-1]["fooling_rate"] for k, r in (("plain", plain), ("free", free), ("guard", guarded))}
@@ -356,7 +362,7 @@ def test_fooling_guard_keeps_crafting_fooling_rate(task):
 
 def test_balance_stop_switches_the_terms_off_again(task):
     model, x, y, *_ = task
-    res = craft(model, x, y, cfg_(name="cb_uap", passes=4, lambda_div=1.0, balance_start=1, balance_stop=3), K,
+    res = craft(model, x, y, cfg_(name="cb_uap", passes=4, lambda_div=1.0, start=1, stop=3), K,
                 generator=gen())
     assert [h["balance_on"] for h in res.history] == [False, True, True, False]
     assert "l_div" in res.history[1] and "l_div" not in res.history[3]
@@ -365,11 +371,11 @@ def test_balance_stop_switches_the_terms_off_again(task):
 def test_schedule_settings_are_validated():
     from cbuap_runner.errors import UserError
     from cbuap_runner.schema import validate_attack
-    for bad in (dict(balance_start=2, balance_stop=2), dict(fooling_guard=0.0), dict(fooling_guard=1.5),
+    for bad in (dict(start=2, stop=2), dict(fooling_guard=0.0), dict(fooling_guard=1.5),
                 dict(lambda_ramp=-1), dict(num_starts=2, init="zero"), dict(patience=0), dict(fooling_target=1.5)):
         with pytest.raises(UserError):
             validate_attack(cfg_(name="cb_uap", **bad), "attack", K)
-    validate_attack(cfg_(name="cb_uap", balance_start=1, balance_stop=3, fooling_guard=0.05, lambda_ramp=2),
+    validate_attack(cfg_(name="cb_uap", start=1, stop=3, fooling_guard=0.05, lambda_ramp=2),
                     "attack", K)
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from cbuap_runner.attacks import ATTACKS
+from cbuap_runner.data import DATASETS
 from cbuap_runner.errors import UserError
-from cbuap_runner.schema import ATTACKS, DATASETS, DEFENCES, MODELS, TASKS
+from cbuap_runner.models import MODELS
+from cbuap_runner.tasks import TASKS
+from cbuap_runner.training import DEFENCES
 from helpers import compose_config
 
 

@@ -46,8 +46,8 @@ def test_two_ranks_refresh_the_cb_uat_pool_every_iteration_identically(tmp_path)
     """refresh_unit=iter refreshes inside the loss, where the model is the DDP wrapper: the refresh must craft on the
     network inside it. Each refresh checks that both ranks hold the same pool (it raises otherwise)."""
     summary, run_dir = torchrun_two_ranks(
-        ["task=train", "dataset=synthetic", "training=cb_uat", "training.refresh_unit=iter", "training.refresh_every=2",
-         "training.refresh_steps=2", "training.pool_size=2", "training.epochs=1", "training.batch_size=32",
+        ["task=train", "dataset=synthetic", "training=cb_uat", "training.pool.refresh_unit=iter", "training.pool.refresh_every=2",
+         "training.pool.refresh_steps=2", "training.pool.size=2", "training.epochs=1", "training.batch_size=32",
          "training.adversary.batch_size=32", "eval.num_images=64"], tmp_path, 29534)
     assert summary["metrics"]["ddp_weights_identical"] is True
     adversary = torch.load(run_dir / "checkpoint.pt", weights_only=True)["adversary"]

@@ -16,7 +16,7 @@ from torch import nn
 
 from cbuap_runner.attacks import deepfool_uap
 from cbuap_runner.attacks.deepfool_uap import craft_deepfool_uap, deepfool
-from cbuap_runner.schema import AttackConfig
+from cbuap_runner.schema import AttackConfig, DeepFoolConfig
 from toy import SHAPE, K, train_toy_model
 
 
@@ -26,8 +26,8 @@ def task():
     return train_toy_model(torch.float64)
 
 
-def cfg_(**kw) -> AttackConfig:
-    base = dict(name="uap", eps=0.04, passes=2, batch_size=64)
+def cfg_(*, deepfool: dict | None = None, **kw) -> AttackConfig:
+    base = dict(name="uap", eps=0.04, passes=2, batch_size=64, deepfool=DeepFoolConfig(**(deepfool or {})))
     base.update(kw)
     return AttackConfig(**base)
 
@@ -84,9 +84,9 @@ def ref_universal(model: nn.Module, x: torch.Tensor, cfg: AttackConfig, generato
         for k in torch.randperm(x.shape[0], generator=generator).tolist():
             cur = x[k:k + 1]
             if int(model(cur).argmax()) == int(model((cur + v).clamp(0, 1)).argmax()):
-                dr, _, label, k_i = ref_deepfool(model, cur + v, num_classes=cfg.deepfool_candidates,
-                                                 overshoot=cfg.overshoot, max_iter=cfg.deepfool_iters,
-                                                 norm=cfg.deepfool_norm)
+                dr, _, label, k_i = ref_deepfool(model, cur + v, num_classes=cfg.deepfool.candidates,
+                                                 overshoot=cfg.deepfool.overshoot, max_iter=cfg.deepfool.iters,
+                                                 norm=cfg.deepfool.norm)
                 if k_i != label:  # converged
                     v = ref_project(v + dr[0], cfg.eps, cfg.norm)
                     added += 1
@@ -147,8 +147,8 @@ def test_batched_deepfool_equals_per_image_runs(task, which):
 
 
 @pytest.mark.parametrize("adaptive,min_width", [(False, 1), (True, 1), (False, 8)])
-@pytest.mark.parametrize("extra", [dict(norm="linf", eps=0.04), dict(norm="l2", eps=0.6, deepfool_iters=2),
-                                   dict(norm="linf", eps=0.03, deepfool_norm="linf", deepfool_iters=3)])
+@pytest.mark.parametrize("extra", [dict(norm="linf", eps=0.04), dict(norm="l2", eps=0.6, deepfool=dict(iters=2)),
+                                   dict(norm="linf", eps=0.03, deepfool=dict(norm="linf", iters=3))])
 def test_batched_craft_equals_per_image_reference(task, monkeypatch, extra, adaptive, min_width):
     """The batched loop gives the per-image loop's v: checks batched, DeepFool speculative (the CUDA policy
     `adaptive`) or not (the CPU policy); min_width=8 forces many discarded runs."""
@@ -165,6 +165,26 @@ def test_batched_craft_equals_per_image_reference(task, monkeypatch, extra, adap
     assert res.history[-1]["fooling_rate"] > 0.2
 
 
+def test_relaxed_batching_with_chunks_of_one_is_the_reference(task):
+    """deepfool.batching=relaxed computes a chunk's runs at the chunk's starting v; with one image per chunk that is
+    the sequential loop itself."""
+    model, x, *_ = task
+    cfg = cfg_(deepfool=dict(batching="relaxed", chunk=1))
+    xs = x[:160]
+    res = craft_deepfool_uap(model, xs, torch.zeros(160, dtype=torch.long), cfg, K, generator=gen(3))
+    v_ref, added_ref = ref_universal(model, xs, cfg, gen(3))
+    assert sum(r["steps_added"] for r in res.history) == added_ref > 0
+    assert torch.allclose(res.delta, v_ref, atol=1e-9)
+
+
+def test_relaxed_batching_in_chunks_stays_in_budget_and_fools(task):
+    model, x, *_ = task
+    cfg = cfg_(eps=0.04, deepfool=dict(batching="relaxed", chunk=32))
+    res = craft_deepfool_uap(model, x[:160], torch.zeros(160, dtype=torch.long), cfg, K, generator=gen(3))
+    assert res.delta.abs().max() <= 0.04 + 1e-9
+    assert res.history[-1]["fooling_rate"] > 0.2 and all(r["steps_added"] > 0 for r in res.history[:1])
+
+
 # ---------------------------------------------------------------- (c) converged-only updates
 class Concave(nn.Module):
     """Two classes; the logit gap 1 − 2·exp(−t) is concave in t = 10·(mean(x) − 0.5), so one linearised
@@ -179,10 +199,10 @@ class Concave(nn.Module):
 def test_step_added_only_when_deepfool_converged():
     x = (0.5 + 0.005 * torch.randn(8, 1, 4, 4, generator=gen(0))).double()
     model = Concave()
-    one = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool_iters=1), 2,
+    one = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool=dict(iters=1)), 2,
                              generator=gen())
     assert torch.count_nonzero(one.delta) == 0 and sum(r["steps_added"] for r in one.history) == 0
-    ten = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool_iters=10), 2,
+    ten = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool=dict(iters=10)), 2,
                              generator=gen())
     assert sum(r["steps_added"] for r in ten.history) > 0 and ten.history[-1]["fooling_rate"] == 1.0
 
@@ -234,12 +254,12 @@ def test_uap_linf_config_composes_and_runs(task, validated):
     model, x, *_ = task
     linf = validated(["attack=uap_linf"]).attack
     l2 = validated(["attack=uap"]).attack
-    assert (linf.name, linf.deepfool_norm, l2.deepfool_norm) == ("uap", "linf", "l2")
-    assert dataclasses.replace(linf, deepfool_norm="l2") == l2
+    assert (linf.name, linf.deepfool.norm, l2.deepfool.norm) == ("uap", "linf", "l2")
+    assert dataclasses.replace(linf, deepfool=dataclasses.replace(linf.deepfool, norm="l2")) == l2
     runs = {}
     for cfg in (linf, l2):
         cfg = dataclasses.replace(cfg, eps=0.04, passes=1, batch_size=64)
-        runs[cfg.deepfool_norm] = craft_deepfool_uap(copy.deepcopy(model), x[:96], torch.zeros(96, dtype=torch.long),
+        runs[cfg.deepfool.norm] = craft_deepfool_uap(copy.deepcopy(model), x[:96], torch.zeros(96, dtype=torch.long),
                                                      cfg, K, generator=gen())
     assert runs["linf"].delta.abs().max() <= 0.04 and runs["linf"].history[0]["steps_added"] > 0
     assert not torch.allclose(runs["linf"].delta, runs["l2"].delta)

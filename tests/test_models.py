@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cbuap_runner.errors import UserError
-from cbuap_runner.models import MODELS, build_model, load_model, save_model
+from cbuap_runner.models import MODELS, build_model, load_model, prepare, save_model
 
 
 @pytest.mark.parametrize("name", [m for m in MODELS if m != "wrn28_10"])
@@ -70,3 +70,12 @@ def test_empty_or_foreign_file_is_refused(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(UserError, match="model.checkpoint"):
         load_model(str(path))
+
+
+def test_prepare_compiles_in_place_and_keeps_the_state_dict_keys():
+    model = build_model("small_cnn", 10, (1, 28, 28), [0.5], [0.25])
+    keys = list(model.state_dict())
+    out = prepare(model, channels_last=True, compile=True)
+    assert out is model and list(out.state_dict()) == keys  # model.pt files stay loadable by an eager model
+    assert model._compiled_call_impl is not None
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)

@@ -107,13 +107,13 @@ def test_experiment_config_launches_its_own_multirun(tmp_path, cache_dir):
 
 def ablation_attack(variant: str) -> dict:
     cfg = compose_config(["attack=cb_uap", f"+table/variant={variant}"])
-    return OmegaConf.to_container(cfg.attack, resolve=True)
+    return OmegaConf.to_container(cfg.attack.balance, resolve=True)
 
 
 def test_ablation_rows_add_one_ingredient_each():
     """SGD-UAP; + diversity; + calibration; + penalty (docs/method.md, CB-UAP); then cb_uap's defaults."""
     sgd, div, cal, pen, full = (ablation_attack(v) for v in VARIANTS)
-    defaults = OmegaConf.to_container(compose_config(["attack=cb_uap"]).attack, resolve=True)
+    defaults = OmegaConf.to_container(compose_config(["attack=cb_uap"]).attack.balance, resolve=True)
     assert full == defaults
     assert (sgd["lambda_div"], sgd["lambda_conf"], sgd["lambda_pen"], sgd["class_reweight"]) == (0, 0, 0, False)
     assert div["lambda_div"] == defaults["lambda_div"] > 0 and div["calibration"] == "none"

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cbuap_runner.attacks import ATTACKS
 from cbuap_runner.data import load_data
 from cbuap_runner.models import build_model
 from cbuap_runner.training import DEFENCES, make_adversary
@@ -38,9 +39,14 @@ def test_train_end_to_end_on_synthetic(cli):
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
+# small settings of the sections a defence reads (a defence refuses keys it does not read)
+SMALL = {"cb_uat": ["training.pool.refresh_steps=2", "training.adversary.batch_size=32"],
+         "pgd_at": ["training.pgd.steps=2"], "sat": ["training.pgd.steps=2"]}
+
+
 def _setup(validated, defence, tmp_path, extra=(), seed=0):
     cfg = validated(["dataset=synthetic", f"training={defence}", "training.batch_size=32", "training.epochs=1",
-                     "training.refresh_steps=2", "training.adversary.batch_size=32", "training.steps=2", *extra])
+                     *SMALL.get(defence, []), *extra])
     data = load_data(cfg.dataset, str(tmp_path), cfg.seed, torch.device("cpu"))
     torch.manual_seed(0)
     model = build_model("small_cnn", data.num_classes, data.input_shape, [0.5], [0.25])
@@ -272,7 +278,7 @@ def test_sigma_mix_uses_the_defences_perturbation(defence, validated, tmp_path):
 def test_cb_uat_refresh_warm_starts_the_pool(validated, tmp_path):
     """With one tiny step per refresh, a warm-started pool moves by at most that step; a fresh start would not."""
     cfg, data, model, adversary = _setup(validated, "cb_uat", tmp_path,
-                                         ["training.pool_size=3", "training.refresh_steps=1",
+                                         ["training.pool.size=3", "training.pool.refresh_steps=1",
                                           "training.adversary.step_size=0.001"])
     _start_epoch(adversary, model, data)
     first = adversary.pool.clone()
@@ -306,7 +312,7 @@ class _Wrapper(nn.Module):
 
 
 def test_cb_uat_per_iteration_refresh_crafts_on_the_unwrapped_network(validated, tmp_path):
-    _, data, model, adversary = _setup(validated, "cb_uat", tmp_path, ["training.refresh_unit=iter"])
+    _, data, model, adversary = _setup(validated, "cb_uat", tmp_path, ["training.pool.refresh_unit=iter"])
     wrapped = _Wrapper(model)
     _start_epoch(adversary, wrapped, data)
     adversary.loss(wrapped, *_batch(data), 0)  # refreshes first (step 0), then the training forward
@@ -338,7 +344,8 @@ def test_pipeline_reports_each_attack_and_the_worst(cli):
                          "attack.batch_size=32", "eval.num_images=64"])
     assert proc.returncode == 0, proc.stderr
     m = json.loads((run_dir / "run_summary.json").read_text())["metrics"]
-    attacks = ("sgd_uap", "uap", "cb_uap")
+    attacks = tuple(ATTACKS)  # every registered attack, class-wise UAP included
+    assert set(m["attacks"]) == set(attacks)
     accs = [m[f"adv_acc_{a}"] for a in attacks]
     assert m["worst_adv_acc"] == min(accs) and m[f"adv_acc_{m['worst_attack']}"] == m["worst_adv_acc"]
     cells = {(a, k): acc for a in attacks for k, acc in enumerate(m["attacks"][a]["per_class_adv_acc"])

@@ -37,7 +37,8 @@ def _hydra_main(dcfg: DictConfig) -> None:
 def main() -> None:
     """Run Hydra; any failure becomes one line on stderr and exit code 1 (HYDRA_FULL_ERROR=1 shows the traceback)."""
     register_configs()
-    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    show_traceback = before == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's multi-line report
     _failures.clear()
     try:
@@ -56,6 +57,10 @@ def main() -> None:
         sys.exit(1)
     finally:
         dist.teardown()
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 if __name__ == "__main__":

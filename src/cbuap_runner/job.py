@@ -84,11 +84,12 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
         device = dist.local_device(resolve_device(assign_gpu(job_num, cfg.device)))
-        job_name = f"{cfg.task}-{cfg.dataset.name}-{cfg.model.name}-{cfg.attack.name if cfg.task == 'attack' else cfg.training.name}"
+        subject = cfg.attack.name if TASKS[cfg.task].attacks == "one" else cfg.training.name
+        job_name = f"{cfg.task}-{cfg.dataset.name}-{cfg.model.name}-{subject}"
         tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group, rank=dist.rank())
         log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,
                  device, run_dir)
-        metrics = TASKS[cfg.task](Context(cfg, run_dir, device, tracker))
+        metrics = TASKS[cfg.task].run(Context(cfg, run_dir, device, tracker))
         summary.update(status="completed", metrics=metrics, device=str(device), world_size=dist.world_size())
         tracker.set_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
         status = "completed"

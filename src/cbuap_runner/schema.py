@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 from .errors import UserError
-
-TASKS = ("train", "attack", "evaluate", "pipeline")
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "image_folder", "synthetic")
-MODELS = ("small_cnn", "resnet20", "resnet18", "preact_resnet18", "wrn28_10", "vgg16")
-ATTACKS = ("sgd_uap", "cb_uap", "uap", "cw_uap")
-DEFENCES = ("natural", "pgd_at", "uat", "fast_uat", "sat", "cw_uat", "cb_uat")
 
 
 @dataclass
@@ -43,6 +37,40 @@ class ModelConfig:
     name: str = MISSING
     checkpoint: Optional[str] = None
     channels_last: bool = False
+    compile: bool = False  # torch.compile the forward (docs/PERFORMANCE.md: measured, off by default)
+
+
+@dataclass
+class BalanceConfig:
+    """attack=cb_uap's class-balance terms (docs/method.md, CB-UAP). The weights are the setting chosen by
+    table=tune_cb_uap on the validation split; all three weights at zero and class_reweight off reproduce sgd_uap."""
+
+    calibration: str = "exclude_true"  # none | exclude_true | temperature
+    temperature: float = 1.0
+    lambda_div: float = 0.5  # diversity H(mean q) of the calibrated distributions
+    lambda_conf: float = 0.0  # sharpness of each calibrated distribution
+    lambda_pen: float = 0.5  # penalty on the classes above 1/K of the mean q
+    penalty: str = "hinge"  # none | hinge | frequency
+    penalty_weights: str = "indicator"  # indicator | histogram (hinge only)
+    ema: bool = False
+    ema_decay: float = 0.9
+    start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
+    stop: Optional[int] = None  # switch the balance terms off again from this pass on (null = never)
+    class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
+    lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
+    fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
+
+
+@dataclass
+class DeepFoolConfig:
+    """attack=uap's DeepFool (docs/method.md, DeepFool UAP)."""
+
+    overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
+    iters: int = 10  # DeepFool iterations; a step is added to v only if the label changed within them
+    candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
+    norm: str = "l2"  # l2 (the reference DeepFool) | linf (the DeepFool step in L-inf geometry)
+    batching: str = "exact"  # exact (the sequential loop's result) | relaxed (chunks of images share one v)
+    chunk: int = 32  # relaxed: images per chunk
 
 
 @dataclass
@@ -67,26 +95,28 @@ class AttackConfig:
     beta: float = 12.0  # clip of the cross-entropy
     kappa: float = 10.0  # clip of the CW margin
     target: Optional[int] = None  # targeted attack towards this class
-    # class balance (cb_uap); all three weights at zero and class_reweight off reproduce sgd_uap exactly
-    calibration: str = "exclude_true"  # none | exclude_true | temperature
-    temperature: float = 1.0
-    lambda_div: float = 0.0
-    lambda_conf: float = 0.0
-    lambda_pen: float = 0.0
-    penalty: str = "none"  # none | hinge | frequency
-    penalty_weights: str = "indicator"  # indicator | histogram (hinge only)
-    ema: bool = False
-    ema_decay: float = 0.9
-    balance_start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
-    class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
-    balance_stop: Optional[int] = None  # switch the balance terms off again from this pass on (null = never)
-    lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
-    fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
-    # DeepFool UAP (uap)
-    overshoot: float = 0.02
-    deepfool_iters: int = 10
-    deepfool_candidates: int = 10
-    deepfool_norm: str = "l2"  # l2 (the reference DeepFool) | linf (the DeepFool step in L-inf geometry)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)  # cb_uap
+    deepfool: DeepFoolConfig = field(default_factory=DeepFoolConfig)  # uap
+
+
+@dataclass
+class PGDConfig:
+    steps: int = 10  # PGD steps per batch (pgd_at, sat)
+
+
+@dataclass
+class SATConfig:
+    heap_size: int = 16  # samples that share one perturbation
+
+
+@dataclass
+class PoolConfig:
+    """cb_uat's stage 1: a pool of CB-UAPs refreshed against the frozen model."""
+
+    size: int = 4  # M perturbations in the pool
+    refresh_every: int = 1  # refresh the pool every k units
+    refresh_unit: str = "epoch"  # epoch | iter
+    refresh_steps: int = 20  # S minibatch steps per refresh
 
 
 @dataclass
@@ -105,10 +135,10 @@ class TrainingConfig:
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
     gamma: float = 0.1
     amp: bool = False  # bf16 autocast on CUDA
-    # adversaries (the threat geometry is training.adversary.norm: linf | l2)
+    init_checkpoint: Optional[str] = None  # start from these weights (e.g. a natural model)
+    # adversarial training (every defence but natural; the threat geometry is training.adversary.norm: linf | l2)
     eps: float = II("dataset.eps")
-    step_size: Optional[float] = None  # null = the paper's convention: uat/fast_uat/cw_uat ε, pgd_at/sat ε/4
-    steps: int = 10  # pgd_at / sat PGD steps
+    step_size: Optional[float] = None  # null = the paper's convention: uat/fast_uat/cw_uat ε, pgd_at/sat ε/4 (cb_uat: unread)
     # (1 - sigma) CE(clean) + sigma CE(adv), read by every defence but natural. 1.0 = adversarial examples only, the
     # loss of UAT and FastUAT (Shafahi et al. 2020, Alg. 3-4), CW-UAT (Benz et al. 2021) and PGD-AT (Madry et al.
     # 2018); SAT (Mummadi et al. 2019) sweeps this weight as its trade-off. One default for all, so that a
@@ -117,13 +147,10 @@ class TrainingConfig:
     # uat / cw_uat: the model's mode during the δ step. eval = as every evaluation attack sees it (running statistics
     # untouched); train = batch statistics and updated running statistics, kept only to measure the difference
     delta_model_mode: str = "eval"  # eval | train
-    heap_size: int = 16  # sat: samples that share one perturbation
-    pool_size: int = 4  # cb_uat: M perturbations in the pool
-    refresh_every: int = 1  # cb_uat: refresh the pool every k units
-    refresh_unit: str = "epoch"  # epoch | iter
-    refresh_steps: int = 20  # cb_uat: S minibatch steps per refresh
-    init_checkpoint: Optional[str] = None  # start from these weights (e.g. a natural model)
-    # the threat model of every defence (norm) and cb_uat's stage-1 attack
+    pgd: PGDConfig = field(default_factory=PGDConfig)  # pgd_at, sat
+    sat: SATConfig = field(default_factory=SATConfig)  # sat
+    pool: PoolConfig = field(default_factory=PoolConfig)  # cb_uat
+    # the threat model of every defence (norm); cb_uat reads all of it: its stage-1 attack
     adversary: AttackConfig = field(default_factory=lambda: AttackConfig(eps=II("training.eps")))
 
 
@@ -164,16 +191,24 @@ class Config:
 
 
 _CHOICES = {
-    ("task",): TASKS,
-    ("dataset", "name"): DATASETS,
-    ("model", "name"): MODELS,
-    ("attack", "name"): ATTACKS,
-    ("training", "name"): DEFENCES,
     ("device",): None,
     ("progress",): ("auto", "on", "off"),
     ("logger", "name"): ("local", "wandb"),
     ("logger", "mode"): ("online", "offline", "disabled"),
 }
+
+
+def registries() -> dict[tuple[str, ...], Mapping[str, Any]]:
+    """The registry behind each name key. Read when validating, not at import: the packages that own the
+    registries import this module's config types."""
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .models import MODELS
+    from .tasks import TASKS
+    from .training import DEFENCES
+
+    return {("task",): TASKS, ("dataset", "name"): DATASETS, ("model", "name"): MODELS, ("attack", "name"): ATTACKS,
+            ("training", "name"): DEFENCES}
 
 
 def _fail(key: str, value: Any, rule: str) -> None:
@@ -195,14 +230,45 @@ def _one_of(key: str, value: Any, options: tuple) -> None:
         _fail(key, value, f"must be one of {', '.join(options)}")
 
 
-def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
-    """Range and cross-field checks of one attack configuration."""
-    _one_of(f"{prefix}.name", a.name, ATTACKS)
+def _changed(key: str, value: Any, usual: Any) -> Iterator[tuple[str, Any]]:
+    """The keys under `key` whose value differs from the default `usual`, section by section; an interpolated
+    default such as `${dataset.eps}` follows another key and never counts."""
+    if isinstance(usual, str) and usual.startswith("${"):
+        return
+    if is_dataclass(value) and is_dataclass(usual):
+        for f in fields(value):
+            yield from _changed(f"{key}.{f.name}", getattr(value, f.name), getattr(usual, f.name))
+    elif value != usual:
+        yield key, value
+
+
+def _unread(prefix: str, config: Any, default: Any, option: str, registry: Mapping[str, Any],
+            always: frozenset[str]) -> None:
+    """Refuse a key of `config` (or of one of its sections) that `option` does not read but that was set; the
+    registry entries say what each option reads (`reads`)."""
+    group, name = option.split("=")
+    for f in fields(config):
+        if f.name in always or f.name in registry[name].reads:
+            continue
+        for key, value in _changed(f"{prefix}.{f.name}", getattr(config, f.name), getattr(default, f.name)):
+            readers = [n for n, spec in registry.items() if f.name in spec.reads]
+            _fail(key, to_plain(value), f"{option} does not read {prefix}.{f.name}; "
+                  + (f"{group}={', '.join(readers)} do" if readers else "only other tasks do"))
+
+
+def validate_attack(a: AttackConfig, prefix: str, num_classes: int, every_attack: bool = False) -> None:
+    """Range and cross-field checks of one attack configuration, and no key set that the attack does not read
+    (unless `every_attack`: the base config from which task=pipeline derives every attack)."""
+    from .attacks import ATTACKS, SHARED_KEYS
+
+    _one_of(f"{prefix}.name", a.name, tuple(ATTACKS))
+    if not every_attack:
+        _unread(prefix, a, AttackConfig(), f"attack={a.name}", ATTACKS, SHARED_KEYS)
     _one_of(f"{prefix}.norm", a.norm, ("linf", "l2"))
     _positive(f"{prefix}.eps", a.eps)
     if a.norm == "linf" and a.eps > 1:
         _fail(f"{prefix}.eps", a.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
-    for key in ("passes", "batch_size", "num_starts", "deepfool_iters", "deepfool_candidates"):
+    for key in ("passes", "batch_size", "num_starts"):
         _positive(f"{prefix}.{key}", getattr(a, key))
     if a.patience is not None:
         _positive(f"{prefix}.patience", a.patience)
@@ -212,40 +278,63 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int) -> None:
         _positive(f"{prefix}.crafting_images", a.crafting_images)
     if a.step_size is not None:
         _positive(f"{prefix}.step_size", a.step_size)
-    for key in ("adam_lr", "beta", "kappa", "temperature"):
+    for key in ("adam_lr", "beta", "kappa"):
         _positive(f"{prefix}.{key}", getattr(a, key))
-    if a.temperature < 1:
-        _fail(f"{prefix}.temperature", a.temperature, "must be >= 1")
-    for key in ("lambda_div", "lambda_conf", "lambda_pen", "overshoot", "tol", "balance_start", "lambda_ramp"):
-        _non_negative(f"{prefix}.{key}", getattr(a, key))
-    if a.balance_stop is not None and a.balance_stop <= a.balance_start:
-        _fail(f"{prefix}.balance_stop", a.balance_stop, "must exceed balance_start (or be null)")
-    if a.fooling_guard is not None and not (0 < a.fooling_guard <= 1):
-        _fail(f"{prefix}.fooling_guard", a.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
-    for key in ("step_decay", "ema_decay"):
-        value = getattr(a, key)
-        if not (0 < value <= 1):
-            _fail(f"{prefix}.{key}", value, "must lie in (0, 1]")
+    _non_negative(f"{prefix}.tol", a.tol)
+    if not (0 < a.step_decay <= 1):
+        _fail(f"{prefix}.step_decay", a.step_decay, "must lie in (0, 1]")
     _one_of(f"{prefix}.optimizer", a.optimizer, ("sign", "adam"))
     _one_of(f"{prefix}.init", a.init, ("zero", "uniform"))
     if a.num_starts > 1 and a.init == "zero":
         _fail(f"{prefix}.num_starts", a.num_starts, f"starts from zero are identical perturbations; set {prefix}.init=uniform")
     _one_of(f"{prefix}.loss", a.loss, ("ce", "cw"))
-    _one_of(f"{prefix}.calibration", a.calibration, ("none", "exclude_true", "temperature"))
-    _one_of(f"{prefix}.penalty", a.penalty, ("none", "hinge", "frequency"))
-    _one_of(f"{prefix}.penalty_weights", a.penalty_weights, ("indicator", "histogram"))
-    _one_of(f"{prefix}.deepfool_norm", a.deepfool_norm, ("l2", "linf"))
     if a.target is not None and not (0 <= a.target < num_classes):
         _fail(f"{prefix}.target", a.target, f"must be a class index in [0, {num_classes - 1}]")
-    if a.target is not None and a.name in ("uap", "cw_uap"):
-        _fail(f"{prefix}.target", a.target, f"targeted mode is not defined for attack={a.name}; use sgd_uap or cb_uap")
+    _validate_balance(a.balance, f"{prefix}.balance")
+    _validate_deepfool(a.deepfool, f"{prefix}.deepfool")
 
 
-def validate_training(t: TrainingConfig) -> None:
-    """Range and cross-field checks of the training configuration."""
-    _one_of("training.name", t.name, DEFENCES)
-    for key in ("epochs", "batch_size", "lr", "steps", "heap_size", "pool_size", "refresh_every", "refresh_steps", "eps"):
+def _validate_balance(b: BalanceConfig, prefix: str) -> None:
+    _positive(f"{prefix}.temperature", b.temperature)
+    if b.temperature < 1:
+        _fail(f"{prefix}.temperature", b.temperature, "must be >= 1")
+    for key in ("lambda_div", "lambda_conf", "lambda_pen", "start", "lambda_ramp"):
+        _non_negative(f"{prefix}.{key}", getattr(b, key))
+    if b.stop is not None and b.stop <= b.start:
+        _fail(f"{prefix}.stop", b.stop, "must exceed start (or be null)")
+    if b.fooling_guard is not None and not (0 < b.fooling_guard <= 1):
+        _fail(f"{prefix}.fooling_guard", b.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
+    if not (0 < b.ema_decay <= 1):
+        _fail(f"{prefix}.ema_decay", b.ema_decay, "must lie in (0, 1]")
+    _one_of(f"{prefix}.calibration", b.calibration, ("none", "exclude_true", "temperature"))
+    _one_of(f"{prefix}.penalty", b.penalty, ("none", "hinge", "frequency"))
+    _one_of(f"{prefix}.penalty_weights", b.penalty_weights, ("indicator", "histogram"))
+
+
+def _validate_deepfool(d: DeepFoolConfig, prefix: str) -> None:
+    for key in ("iters", "candidates", "chunk"):
+        _positive(f"{prefix}.{key}", getattr(d, key))
+    _non_negative(f"{prefix}.overshoot", d.overshoot)
+    _one_of(f"{prefix}.norm", d.norm, ("l2", "linf"))
+    _one_of(f"{prefix}.batching", d.batching, ("exact", "relaxed"))
+
+
+def validate_training(t: TrainingConfig, num_classes: int) -> None:
+    """Range and cross-field checks of the training configuration, and no key set that the defence does not read;
+    training.adversary is checked as an attack when the defence crafts with it (cb_uat), else only its norm is read."""
+    from .training import DEFENCES, SHARED_KEYS
+
+    _one_of("training.name", t.name, tuple(DEFENCES))
+    spec = DEFENCES[t.name]
+    _unread("training", t, TrainingConfig(), f"training={t.name}", DEFENCES, SHARED_KEYS)
+    for key in ("epochs", "batch_size", "lr", "eps"):
         _positive(f"training.{key}", getattr(t, key))
+    for key in ("steps",):
+        _positive(f"training.pgd.{key}", getattr(t.pgd, key))
+    _positive("training.sat.heap_size", t.sat.heap_size)
+    for key in ("size", "refresh_every", "refresh_steps"):
+        _positive(f"training.pool.{key}", getattr(t.pool, key))
+    _one_of("training.pool.refresh_unit", t.pool.refresh_unit, ("epoch", "iter"))
     if t.adversary.norm == "linf" and t.eps > 1:
         _fail("training.eps", t.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
     for key in ("momentum", "weight_decay", "gamma"):
@@ -255,24 +344,30 @@ def validate_training(t: TrainingConfig) -> None:
     if not (0 <= t.sigma <= 1):
         _fail("training.sigma", t.sigma, "must lie in [0, 1]")
     _one_of("training.schedule", t.schedule, ("cosine", "step", "constant"))
-    _one_of("training.refresh_unit", t.refresh_unit, ("epoch", "iter"))
     _one_of("training.delta_model_mode", t.delta_model_mode, ("eval", "train"))
-    if t.delta_model_mode == "train" and t.name not in ("uat", "cw_uat"):
-        _fail("training.delta_model_mode", t.delta_model_mode, f"only uat and cw_uat read it; training={t.name} "
-              "steps its perturbation with the model in eval mode (fast_uat: in the training forward)")
     for m in t.milestones:
         if not (0 < m < 1):
             _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
+    if spec.crafts_with_adversary:
+        validate_attack(t.adversary, "training.adversary", num_classes)
+    else:
+        _one_of("training.adversary.norm", t.adversary.norm, ("linf", "l2"))
+        crafting = ", ".join(n for n, d in DEFENCES.items() if d.crafts_with_adversary)
+        for f in fields(AttackConfig):
+            if f.name not in ("name", "eps", "norm"):
+                for key, value in _changed(f"training.adversary.{f.name}", getattr(t.adversary, f.name),
+                                           getattr(AttackConfig(), f.name)):
+                    _fail(key, to_plain(value), f"training={t.name} reads only training.adversary.norm; "
+                          f"training={crafting} craft with the whole adversary")
 
 
 def validate(cfg: Config) -> None:
     """All start-up checks; raises UserError naming the first offending key."""
+    for path, registry in registries().items():
+        _one_of(".".join(path), _get(cfg, path), tuple(registry))
     for path, options in _CHOICES.items():
-        value = cfg
-        for part in path:
-            value = getattr(value, part)
         if options is not None:
-            _one_of(".".join(path), value, options)
+            _one_of(".".join(path), _get(cfg, path), options)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
@@ -289,14 +384,19 @@ def validate(cfg: Config) -> None:
         _fail("dataset.mean", list(d.mean), f"mean and std need one value per channel ({d.channels})")
     for s in d.std:
         _positive("dataset.std", s)
-    validate_attack(cfg.attack, "attack", d.num_classes)
-    validate_training(cfg.training)
-    validate_attack(cfg.training.adversary, "training.adversary", d.num_classes)
+    from .tasks import TASKS
+
+    validate_attack(cfg.attack, "attack", d.num_classes, every_attack=TASKS[cfg.task].attacks == "every")
+    validate_training(cfg.training, d.num_classes)
     _positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.num_images is not None:
         _positive("eval.num_images", cfg.eval.num_images)
-    if cfg.task == "evaluate" and cfg.model.checkpoint is None and cfg.perturbation is None:
-        pass  # evaluates the cached natural model
+
+
+def _get(cfg: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def to_plain(obj: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -16,12 +15,12 @@ import torch
 from torch import nn
 
 from . import dist, figures
-from .attacks import apply_delta, craft
+from .attacks import ATTACKS, apply_delta, attack_for, craft
 from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .metrics import evaluate_clean, evaluate_perturbation, fooling_rates
-from .models import build_model, load_model, read_model_file, save_model
+from .models import build_model, load_model, prepare, read_model_file, save_model
 from .progress import progress_enabled
 from .schema import AttackConfig, Config, to_plain
 from .tracking.local import forget_rows
@@ -73,8 +72,7 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     if cfg.training.init_checkpoint:
         _check_model_fits(cfg.training.init_checkpoint, data, "training.init_checkpoint")
         model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare(model, channels_last=cfg.model.channels_last, compile=cfg.model.compile)
     adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
                                seed=cfg.seed)
     result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
@@ -92,16 +90,20 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     return model.eval(), {**result, "final_train_acc": history[-1]["train_acc"] if history else None}
 
 
+def _prepared(cfg: Config, model: nn.Module) -> nn.Module:
+    return prepare(model, channels_last=cfg.model.channels_last, compile=cfg.model.compile)
+
+
 def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
     """model.checkpoint if given; else the cached model for this config, trained once on first use."""
     cfg = ctx.cfg
     if cfg.model.checkpoint:
         _check_model_fits(cfg.model.checkpoint, data, "model.checkpoint")
-        return load_model(cfg.model.checkpoint, ctx.device), cfg.model.checkpoint
+        return _prepared(cfg, load_model(cfg.model.checkpoint, ctx.device)), cfg.model.checkpoint
     cached = _model_cache_path(cfg)
     if cached.is_file():
         log.info("using the cached model %s", cached)
-        return load_model(str(cached), ctx.device, key="cache_dir"), str(cached)
+        return _prepared(cfg, load_model(str(cached), ctx.device, key="cache_dir")), str(cached)
     log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
              cfg.training.name)
     model, _ = train_model(ctx, data)
@@ -142,7 +144,7 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     """Craft `attack` on training images (validation images judge stopping and pick among several
     starts), evaluate it on the test split; returns metrics and δ (the chosen start only)."""
     crafting = crafting_split(attack, data, ctx.cfg.seed)
-    if attack.name != "uap":  # gradient attacks split the crafting set over the ranks and average ∇δ
+    if ATTACKS[attack.name].splits_over_ranks:  # each rank crafts on its shard; ∇δ is averaged
         crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
     g = torch.Generator().manual_seed(ctx.cfg.seed)
     t0 = time.perf_counter()
@@ -157,7 +159,7 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
         forget_rows(ctx.run_dir, f"{prefix}pass")
     for row in result.history:
         ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
-    class_wise = attack.name == "cw_uap"
+    class_wise = ATTACKS[attack.name].class_wise
     delta, chosen = result.delta, {}
     if delta.dim() == 4 and not class_wise:
         best, rates = select_start(model, data, delta, ctx.cfg.eval.batch_size)
@@ -184,13 +186,14 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
         return
     run_dir = ctx.run_dir
     torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": attack.norm, "attack": attack.name,
+                "class_wise": ATTACKS[attack.name].class_wise,
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "config": to_plain(attack)}, run_dir / f"{stem}.pt")
     test = eval_split(ctx, data)
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
     x = examples.float_x()
-    adv = apply_delta(x, delta, examples.y if attack.name == "cw_uap" else None)
+    adv = apply_delta(x, delta, examples.y if ATTACKS[attack.name].class_wise else None)
     figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
     prefix = "" if stem == "perturbation" else f"{stem}_"  # pipeline runs hold one set per attack
     figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
@@ -200,6 +203,12 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
                              type="perturbation", metadata={"eps": attack.eps, "norm": attack.norm,
                                                             "attack": attack.name, **_scalars(metrics)})
+
+
+def stored_class_wise(blob: dict[str, Any]) -> bool:
+    """Whether a perturbation file holds one δ per class (its flag, or else its attack's registry entry)."""
+    spec = ATTACKS.get(blob.get("attack"))
+    return bool(blob.get("class_wise", spec is not None and spec.class_wise))
 
 
 def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
@@ -214,10 +223,10 @@ def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
     if tuple(delta.shape[-3:]) != tuple(data.input_shape) or delta.dim() not in (3, 4):
         raise UserError(f"perturbation={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
                         f"{tuple(data.input_shape)}; give a perturbation crafted on this dataset")
-    if delta.dim() == 4 and blob.get("attack") != "cw_uap":
+    if delta.dim() == 4 and not stored_class_wise(blob):
         raise UserError(f"perturbation={path!r}: holds a stack of {delta.shape[0]} perturbations; give a file with "
                         "one δ (task=attack saves the start chosen on the validation split)")
-    if blob.get("attack") == "cw_uap" and delta.shape[0] != data.num_classes:
+    if stored_class_wise(blob) and delta.shape[0] != data.num_classes:
         raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, the dataset has "
                         f"{data.num_classes}; give a perturbation crafted on this dataset")
     return blob
@@ -245,7 +254,7 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     blob = load_perturbation(ctx.cfg.perturbation, data)
     delta = blob["delta"].to(ctx.device)
     metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
-                                    class_wise=blob.get("attack") == "cw_uap")
+                                    class_wise=stored_class_wise(blob))
     metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
                    source_model=blob.get("model_checkpoint"), target_model=model_path)
     return metrics
@@ -261,16 +270,9 @@ def task_attack(ctx: Context) -> dict[str, Any]:
 
 
 def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
-    """SGD-UAP (the CB-UAP settings with zero balance weights), DeepFool UAP and CB-UAP at one ε."""
-    if base.name != "cb_uap":
-        raise UserError(f"attack={base.name}: task=pipeline crafts sgd_uap, uap and cb_uap from attack=cb_uap's "
-                        "settings; drop the attack= override")
-    return {
-        "sgd_uap": dataclasses.replace(base, name="sgd_uap", lambda_div=0.0, lambda_conf=0.0, lambda_pen=0.0,
-                                       class_reweight=False),
-        "uap": dataclasses.replace(base, name="uap"),
-        "cb_uap": base,
-    }
+    """Every registered attack under `base`'s shared budget, each with `base`'s values of the keys it reads
+    (attacks.attack_for): the same crafting images, passes and stopping rule for all."""
+    return {name: attack_for(base, name) for name in ATTACKS}
 
 
 def task_pipeline(ctx: Context) -> dict[str, Any]:
@@ -310,6 +312,18 @@ def worst_case(per_attack: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "worst_class_attack": attack, "worst_class": cls, "per_class_worst_adv_acc": per_class}
 
 
-TASKS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "train": task_train, "attack": task_attack, "evaluate": task_evaluate, "pipeline": task_pipeline,
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: what it runs and which attacks it crafts."""
+
+    run: Callable[[Context], dict[str, Any]]
+    attacks: str  # none | one (attack=) | every (every registered attack, derived from attack= by attack_for)
+
+
+# the only list of task names (`task=` options)
+TASKS: dict[str, TaskSpec] = {
+    "train": TaskSpec(task_train, attacks="none"),
+    "attack": TaskSpec(task_attack, attacks="one"),
+    "evaluate": TaskSpec(task_evaluate, attacks="none"),
+    "pipeline": TaskSpec(task_pipeline, attacks="every"),
 }

@@ -1,8 +1,8 @@
-"""Universal perturbation attacks: one registry, one entry point (`craft`)."""
+"""Universal perturbation attacks: one registry (registry.py), one entry point (`craft`)."""
 
-from . import classwise, deepfool_uap  # noqa: F401  (register cw_uap and uap)
-from .engine import ATTACKS, CraftResult, apply_delta, craft
+from .engine import CraftResult, apply_delta
+from .registry import ASCENT_KEYS, ATTACKS, SHARED_KEYS, AttackSpec, attack_for, craft, register_attack
 from .threat import L2Threat, LinfThreat, ThreatModel, make_threat
 
-__all__ = ["ATTACKS", "CraftResult", "apply_delta", "craft", "L2Threat", "LinfThreat", "ThreatModel",
-           "make_threat"]
+__all__ = ["ASCENT_KEYS", "ATTACKS", "SHARED_KEYS", "AttackSpec", "CraftResult", "apply_delta", "attack_for", "craft",
+           "register_attack", "L2Threat", "LinfThreat", "ThreatModel", "make_threat"]

@@ -8,10 +8,10 @@ The loop, as the reference: v = 0 (or the warm start `init`); every pass shuffle
 visits them in that order; an image x that the CURRENT v does not fool (argmax f(x + v) == argmax f(x)) gets
 a DeepFool run started at x + v; its step is added to v only if DeepFool converged, and v is then projected
 onto the ε-ball. After each pass the crafting-set fooling rate is measured. DeepFool (L2): the candidates are
-the `deepfool_candidates` most likely classes at the start (the current label first); each iteration takes
+the `deepfool.candidates` most likely classes at the start (the current label first); each iteration takes
 w_k = ∇f_k − ∇f_label and f_k − f_label at the current point for every other candidate k, picks the k with
 the smallest |f_k|/‖w_k‖₂, r_i = (|f_k|/‖w_k‖₂ + 1e-4)·w_k/‖w_k‖₂, r_tot += r_i, moves the point to
-x + (1 + overshoot)·r_tot and stops once the label changes or after `deepfool_iters` iterations; it returns
+x + (1 + overshoot)·r_tot and stops once the label changes or after `deepfool.iters` iterations; it returns
 (1 + overshoot)·r_tot. The 1e-4 term is the one of the DeepFool authors' PyTorch code (LTS4/DeepFool); the
 numpy deepfool.py of LTS4/universal omits it.
 
@@ -19,7 +19,7 @@ Where paper and code are silent, or where this implementation differs:
 - Pixel range (the one place the algorithm differs): the model here only ever sees clamp(x + δ, 0, 1), so
   DeepFool evaluates its point as clamp(x + v + (1 + overshoot)·r_tot, 0, 1), and the gradients are the
   model's input gradients at that clamped point; the reference never clamps.
-- Converged means that the label changed within `deepfool_iters` iterations. The reference tests
+- Converged means that the label changed within `deepfool.iters` iterations. The reference tests
   `iter < max_iter_df - 1`, which also rejects runs that change the label in their last two iterations.
 - L2 projection goes INTO the ball (v is rescaled only when ‖v‖₂ > ε). The reference's proj_lp rescales
   every v onto the sphere ‖v‖₂ = ε, also one inside the ball: a known bug, not copied. L∞: clipping, as there.
@@ -27,7 +27,7 @@ Where paper and code are silent, or where this implementation differs:
   the validation-based rule of stopping.py (`fooling_target`, `patience`); with neither set all `passes`
   passes run and the last v is returned, as the reference returns its last v. The crafting-set fooling rate
   is still measured after each pass and recorded in the history.
-- `deepfool_norm=linf` (attack=uap_linf, not in the reference): the DeepFool step in L∞ geometry, nearest
+- `deepfool.norm=linf` (attack=uap_linf, not in the reference): the DeepFool step in L∞ geometry, nearest
   boundary by |f_k|/‖w_k‖₁ and r = (|f_k| + 1e-4)/‖w_k‖₁·sign(w_k); the rest of the loop is unchanged.
 - `y` is not used: as in the reference, "fooled" compares with the model's clean prediction.
 
@@ -51,11 +51,15 @@ Batching, with the sequential semantics kept exactly:
   tests/test_deepfool.py::test_batched_craft_equals_per_image_reference checks (in float64, both widths)
   against a literal per-image transcription of universal_pert.py. In float32 such differences can flip a
   decision near a boundary, after which the two runs follow different (equally valid) trajectories.
+- `deepfool.batching=relaxed` gives the sequential semantics up where it pays on a CPU: the pass goes in chunks
+  of `deepfool.chunk` images; DeepFool runs batched on every image of the chunk that v does not fool, all at the
+  v of the chunk's start; the converged steps are then walked in order and each is added (and v projected) only
+  if its image is still not fooled by the current v. A step is thus computed at a v that is up to a chunk old.
+  docs/PERFORMANCE.md gives its measured speed and fooling rate beside the exact loop's.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -63,10 +67,8 @@ import torch
 from torch import Tensor, nn
 
 from ..schema import AttackConfig
-from .engine import ATTACKS, CraftResult, PassLoop, frozen, init_delta, pass_record, predict
+from .engine import CraftResult, PassLoop, frozen, init_delta, pass_record, predict
 from .threat import ThreatModel, make_threat
-
-log = logging.getLogger(__name__)
 
 _TINY = 1e-12
 _VMAP_ROWS = 8  # up to this many images the candidate gradients take one vmapped backward
@@ -197,8 +199,9 @@ class _Speculation:
 
 def _run_deepfool(model: nn.Module, xb: Tensor, cfg: AttackConfig) -> DeepFoolResult:
     """DeepFool with the attack's settings, abandoning runs after the first converged one."""
-    return deepfool(model, xb, norm=cfg.deepfool_norm, num_candidates=cfg.deepfool_candidates,
-                    overshoot=cfg.overshoot, max_iter=cfg.deepfool_iters, first_only=True)
+    d = cfg.deepfool
+    return deepfool(model, xb, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot, max_iter=d.iters,
+                    first_only=True)
 
 
 def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
@@ -227,14 +230,37 @@ def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tens
     return v, added
 
 
+def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
+                      cfg: AttackConfig) -> tuple[Tensor, int]:
+    """One pass in chunks: DeepFool runs on every image of the chunk that v does not fool, all at the v of the
+    chunk's start; the converged steps are then walked in order, each added (and v projected) only if its image
+    is still not fooled by the current v."""
+    added = 0
+    d = cfg.deepfool
+    for idx in order.split(d.chunk):
+        with torch.no_grad():
+            todo = idx[model((x[idx] + v).clamp(0, 1)).argmax(1) == clean[idx]]
+        if todo.numel() == 0:
+            continue
+        runs = deepfool(model, x[todo] + v, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot,
+                        max_iter=d.iters)
+        changed = False
+        for i in runs.converged.nonzero().flatten().tolist():
+            if changed:
+                with torch.no_grad():
+                    if model((x[todo[i]] + v).clamp(0, 1).unsqueeze(0)).argmax(1) != clean[todo[i]]:
+                        continue
+            v, changed = threat.project_(v + runs.step[i]), True
+            added += 1
+    return v, added
+
+
 def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
                        generator: torch.Generator | None = None, progress: bool = False,
                        init: Tensor | None = None, max_steps: int | None = None,
                        val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
     """DeepFool UAP (Algorithm 1): one δ [C,H,W]; stops by the shared rule of stopping.py (`val` images);
     `max_steps` bounds the images visited to max_steps·batch_size."""
-    if cfg.num_starts > 1:
-        log.warning("attack=uap crafts one perturbation; num_starts=%d is ignored", cfg.num_starts)
     device, n = x.device, x.shape[0]
     threat = make_threat(cfg.norm, cfg.eps)
     v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0].to(x.dtype)
@@ -249,7 +275,10 @@ def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig
         for order in loop:
             if budget is not None:
                 order = order[:budget - images]
-            v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec)
+            if cfg.deepfool.batching == "exact":
+                v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec)
+            else:
+                v, added = _uap_pass_relaxed(model, x, clean, order, v, threat, cfg)
             images += order.numel()
             rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
             loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added), v,
@@ -258,6 +287,3 @@ def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig
                 loop.finish()
     return CraftResult(delta=loop.monitor.result(v), converged=loop.monitor.converged, passes=loop.passes,
                        images_processed=images, history=loop.history)
-
-
-ATTACKS["uap"] = craft_deepfool_uap

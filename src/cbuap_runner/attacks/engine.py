@@ -130,8 +130,8 @@ class BalanceSchedule:
     EMA_DECAY = 0.8
 
     def __init__(self, cfg: AttackConfig, groups: int, device: torch.device) -> None:
-        self.ramp, self.guard = cfg.lambda_ramp, cfg.fooling_guard
-        self.start = cfg.balance_start
+        self.ramp, self.guard = cfg.balance.lambda_ramp, cfg.balance.fooling_guard
+        self.start = cfg.balance.start
         self.active = self.ramp > 0 or self.guard is not None
         self.fr: Tensor | None = None  # [G] EMA of the batch fooling rate
         self.best = torch.zeros(groups, device=device)
@@ -281,8 +281,8 @@ class PassLoop:
 
 def _balance_on(cfg: AttackConfig, pass_idx: int) -> bool:
     """Whether the balance terms apply in pass `pass_idx` (0-based)."""
-    stop = cfg.balance_stop if cfg.balance_stop is not None else math.inf
-    return cfg.balance_start <= pass_idx < stop
+    stop = cfg.balance.stop if cfg.balance.stop is not None else math.inf
+    return cfg.balance.start <= pass_idx < stop
 
 
 def _make_schedule(cfg: AttackConfig, objective: UAPObjective, groups: int,
@@ -353,17 +353,9 @@ def run_engine(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_cl
                        passes=loop.passes, images_processed=images, history=loop.history)
 
 
-def _check_unbalanced(cfg: AttackConfig) -> None:
-    """Warn when balance knobs are set on an attack that ignores them."""
-    if cfg.lambda_div or cfg.lambda_conf or cfg.lambda_pen or cfg.class_reweight:
-        log.warning("attack=%s ignores the class-balance settings (lambda_*, class_reweight); use attack=cb_uap",
-                    cfg.name)
-
-
 def craft_sgd_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int,
                   **kw) -> CraftResult:
     """SGD-UAP (Shafahi et al. 2020): clipped CE (or CW) ascent, no balance terms."""
-    _check_unbalanced(cfg)
     objective = UAPObjective(cfg, num_classes, balanced=False)
     return run_engine(model, x, y, cfg, num_classes, objective=objective, num_deltas=cfg.num_starts, **kw)
 
@@ -373,19 +365,3 @@ def craft_cb_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_
     """CB-UAP: the SGD-UAP skeleton with the class-balance terms of docs/method.md (CB-UAP)."""
     objective = UAPObjective(cfg, num_classes, balanced=True)
     return run_engine(model, x, y, cfg, num_classes, objective=objective, num_deltas=cfg.num_starts, **kw)
-
-
-# name -> crafting function; classwise.py and deepfool_uap.py add their entries (one line each)
-ATTACKS: dict[str, CraftFn] = {"sgd_uap": craft_sgd_uap, "cb_uap": craft_cb_uap}
-
-
-def craft(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
-          generator: torch.Generator | None = None, progress: bool = False,
-          init: Tensor | None = None, max_steps: int | None = None,
-          val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
-    """Craft the perturbation named by `cfg.name` on the crafting set (x in [0,1], y int64); `val`
-    (validation images in [0,1] and labels) serves the stopping rule."""
-    if cfg.name not in ATTACKS:
-        raise KeyError(f"attack.name={cfg.name!r}: unknown attack; one of {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[cfg.name](model, x, y, cfg, num_classes, generator=generator, progress=progress,
-                             init=init, max_steps=max_steps, val=val)

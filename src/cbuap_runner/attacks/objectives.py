@@ -75,11 +75,11 @@ class UAPObjective:
     """J per perturbation; carries the balance state (EMA of q̄, running counts, class weights)."""
 
     def __init__(self, cfg: AttackConfig, num_classes: int, *, balanced: bool) -> None:
-        self.cfg = cfg
+        self.cfg, self.b = cfg, cfg.balance
         self.K = num_classes
-        lambdas = (cfg.lambda_div, cfg.lambda_conf, cfg.lambda_pen)
+        lambdas = (self.b.lambda_div, self.b.lambda_conf, self.b.lambda_pen)
         self.use_terms = balanced and any(v > 0 for v in lambdas)
-        self.use_reweight = balanced and cfg.class_reweight
+        self.use_reweight = balanced and self.b.class_reweight
         self.ema: Tensor | None = None  # [S,K]
         self.counts: Tensor | None = None  # [S,K] running adversarial-prediction counts
         self.class_weight: Tensor | None = None  # [K] for class_reweight
@@ -109,7 +109,7 @@ class UAPObjective:
         if not (balance_on and self.use_terms):
             return l_atk, parts
         l_div, l_conf, r_pen = self._balance_terms(logits, y)
-        c = self.cfg
+        c = self.b
         balance = c.lambda_div * l_div - c.lambda_conf * l_conf - c.lambda_pen * r_pen
         J = l_atk + (balance if scale is None else scale * balance)
         parts.update(l_div=l_div.detach().mean(), l_conf=l_conf.detach().mean(), r_pen=r_pen.detach().mean())
@@ -119,7 +119,7 @@ class UAPObjective:
 
     def _calibrated(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """q_i and log q_i (log 0 replaced by 0) per the calibration switch; [S,B,K] each."""
-        c = self.cfg
+        c = self.b
         z = logits if c.calibration == "none" else logits / c.temperature
         if c.calibration != "exclude_true":
             log_q = F.log_softmax(z, -1)
@@ -130,7 +130,7 @@ class UAPObjective:
 
     def _balance_terms(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """L_div = H(q̄), L_conf = mean_i H(q_i), R_pen = Σ_k w_k relu(q̄_k − 1/K)², each [S]."""
-        c = self.cfg
+        c = self.b
         q, log_q = self._calibrated(logits, y)
         l_conf = _entropy(q, log_q).mean(-1)
         q_bar = q.mean(1)
@@ -148,12 +148,12 @@ class UAPObjective:
     def _penalty_weights(self, logits: Tensor) -> Tensor:
         """w_k [S,K] from the hard histogram of the current adversarial predictions (or a running count)."""
         onehot = F.one_hot(logits.detach().argmax(-1), self.K).to(logits.dtype)  # [S,B,K]
-        if self.cfg.penalty == "frequency":
+        if self.b.penalty == "frequency":
             batch = onehot.sum(1)
             self.counts = batch if self.counts is None else self.counts + batch
             return self.K * (self.counts + 1) / (self.counts.sum(-1, keepdim=True) + self.K)
         h = onehot.mean(1)
-        if self.cfg.penalty_weights == "indicator":
+        if self.b.penalty_weights == "indicator":
             return (h > 1.0 / self.K).to(logits.dtype)
         return h * self.K
 

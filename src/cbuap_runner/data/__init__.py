@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..progress import progress_enabled
 from ..schema import DatasetConfig
-from .sources import load_split
+from .sources import DATASETS, DatasetSource, load_split  # noqa: F401  (the dataset registry)
 from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _check_shape(split: Split, cfg: DatasetConfig, what: str) -> None:
 
 def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.device) -> DataBundle:
     """Load both splits into memory (uint8) and move them to `device` whole."""
-    if cfg.name == "synthetic":
+    if DATASETS[cfg.name].synthetic:
         shape = (cfg.num_classes, cfg.channels, cfg.image_size)
         train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
         test = Split(*make_synthetic(max(cfg.synthetic_size // 4, cfg.num_classes), *shape, seed=seed + 1))

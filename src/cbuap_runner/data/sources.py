@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 Split = tuple[torch.Tensor, torch.Tensor]
+Loader = Callable[[Path, bool, bool], Split]  # (root, train, download) -> split
 
 
 def _tv_mnist_like(cls_name: str) -> Callable[[Path, bool, bool], Split]:
@@ -47,23 +49,32 @@ def _tv_svhn(root: Path, train: bool, download: bool) -> Split:
     return torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels).long()
 
 
-TORCHVISION = {
-    "fashion_mnist": _tv_mnist_like("FashionMNIST"),
-    "mnist": _tv_mnist_like("MNIST"),
-    "cifar10": _tv_cifar("CIFAR10"),
-    "cifar100": _tv_cifar("CIFAR100"),
-    "svhn": _tv_svhn,
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's images come from, besides a <split>/<class>/ folder layout under dataset.root (always
+    tried first)."""
+
+    download: Loader | None = None  # the torchvision loader (reads root, downloads when allowed); None: folders only
+    idx_dirs: tuple[str, ...] = ()  # folders searched for IDX files first (relative to root, or absolute)
+    synthetic: bool = False  # generated in memory from the seed: no root at all
+
+
+# the only list of dataset names (`dataset=` options); a new dataset adds an entry and conf/dataset/<name>.yaml
+DATASETS: dict[str, DatasetSource] = {
+    "fashion_mnist": DatasetSource(_tv_mnist_like("FashionMNIST"),
+                                   (".", "raw", "FashionMNIST/raw", str(DEBIAN_FASHION_MNIST))),
+    "mnist": DatasetSource(_tv_mnist_like("MNIST"), (".", "raw", "MNIST/raw")),
+    "cifar10": DatasetSource(_tv_cifar("CIFAR10")),
+    "cifar100": DatasetSource(_tv_cifar("CIFAR100")),
+    "svhn": DatasetSource(_tv_svhn),
+    "image_folder": DatasetSource(),
+    "synthetic": DatasetSource(synthetic=True),
 }
 
 
-def _local_idx(name: str, root: Path, split: str) -> Split | None:
-    """IDX files directly under root, or (Fashion-MNIST) Debian's dataset-fashion-mnist package."""
-    places = [root, root / "raw"]
-    if name == "fashion_mnist":
-        places += [root / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
-    if name == "mnist":
-        places += [root / "MNIST" / "raw"]
-    for place in places:
+def _local_idx(name: str, root: Path, split: str, dirs: tuple[str, ...]) -> Split | None:
+    """IDX files in one of `dirs` (relative to root, or absolute)."""
+    for place in (root / d for d in dirs):
         found = load_idx_split(place, split)
         if found is not None:
             log.info("%s %s split read from IDX files in %s", name, split, place)
@@ -71,10 +82,7 @@ def _local_idx(name: str, root: Path, split: str) -> Split | None:
     return None
 
 
-def _torchvision(name: str, root: Path, split: str, download: bool) -> Split:
-    loader = TORCHVISION.get(name)
-    if loader is None:
-        raise UserError(f"dataset.root={str(root)!r}: no {split}/<class>/ image folders there")
+def _torchvision(name: str, loader: Loader, root: Path, split: str, download: bool) -> Split:
     try:
         return loader(root, split == "train", False)
     except (RuntimeError, FileNotFoundError, OSError):
@@ -98,10 +106,11 @@ def load_split(name: str, root: Path, split: str, download: bool, channels: int,
     """One split as uint8 [N,C,H,W] and int64 [N], plus class names where the source has them."""
     if has_folder_layout(root):
         return load_folder_split(root, split, channels, size, cache_dir, progress)
-    if name == "image_folder":
-        raise UserError(f"dataset.root={str(root)!r}: expected train/<class>/ and test/<class>/ image folders there")
-    local = _local_idx(name, root, split) if name in ("fashion_mnist", "mnist") else None
+    source = DATASETS[name]
+    local = _local_idx(name, root, split, source.idx_dirs)
     if local is not None:
         return local[0], local[1], None
-    x, y = _torchvision(name, root, split, download)
+    if source.download is None:
+        raise UserError(f"dataset.root={str(root)!r}: expected train/<class>/ and test/<class>/ image folders there")
+    x, y = _torchvision(name, source.download, root, split, download)
     return x, y, None

@@ -62,6 +62,16 @@ def save_model(path: str, model: nn.Module, model_cfg: dict, dataset: str, num_c
                 "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {})}, path)
 
 
+def prepare(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """The model in the memory format and execution mode of `model.*`: channels_last, and torch.compile of its
+    forward in place (nn.Module.compile, so the state_dict keys stay those of the eager model)."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return model
+
+
 def read_model_file(path: str, key: str = "model.checkpoint") -> dict[str, Any]:
     """Load and check a model.pt; a perturbation file or a foreign file is refused with a clear line."""
     blob = safe_torch_load(path, key)

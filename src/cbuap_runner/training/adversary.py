@@ -6,17 +6,13 @@ so that defences compared at the same σ differ only in how they build the adver
 
 from __future__ import annotations
 
-import logging
-from dataclasses import fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..schema import AttackConfig, TrainingConfig
-
-log = logging.getLogger(__name__)
+from ..schema import TrainingConfig
 
 
 class Adversary:
@@ -71,13 +67,3 @@ def mixed_loss(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.
     if sigma < 1:
         loss = loss + (1 - sigma) * F.cross_entropy(model(x), y)
     return loss, logits_adv
-
-
-def warn_unread_adversary_keys(cfg: TrainingConfig) -> None:
-    """Log the training.adversary keys set away from their defaults: this defence reads only norm (and eps)."""
-    defaults = AttackConfig()
-    unread = [f.name for f in fields(AttackConfig)
-              if f.name not in ("name", "eps", "norm") and getattr(cfg.adversary, f.name) != getattr(defaults, f.name)]
-    if unread:
-        log.warning("training=%s reads only training.adversary.norm; it ignores training.adversary.%s",
-                    cfg.name, ", training.adversary.".join(unread))

@@ -1,6 +1,6 @@
 """Two-stage CB-UAT: stage 1 refreshes a pool of M CB-UAPs against the frozen model; stage 2 trains on them.
 
-Stage 1 (every `refresh_every` epochs or iterations): `refresh_steps` minibatch steps of the CB-UAP attack
+Stage 1 (every `pool.refresh_every` epochs or iterations): `pool.refresh_steps` minibatch steps of the CB-UAP attack
 (`training.adversary`, norm included) on all M members at once, warm-started from the pool, on a class-balanced
 subset of the training split, with the network frozen (eval mode, running statistics untouched: the engine's
 `frozen`), i.e. the model as every evaluation attack sees it. Under torchrun the refresh runs on the unwrapped
@@ -37,15 +37,15 @@ class CBUAT(Adversary):
         # init="uniform": the first refresh starts every member from its own random point in the ε-ball. The
         # pool used to start as M zeros and be warm-started from itself, and since all members see the same
         # batches, M identical zeros gave M identical CB-UAPs forever (the pool collapsed to one δ).
-        self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool_size, init="uniform")
-        self.pool = torch.zeros((cfg.pool_size, *input_shape), device=device)
+        self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool.size, init="uniform")
+        self.pool = torch.zeros((cfg.pool.size, *input_shape), device=device)
         self.refreshes = 0
         self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._generator: Optional[torch.Generator] = None
 
     def on_epoch_start(self, model, epoch, train_x, train_y, generator):
         self._train, self._generator = (train_x, train_y), generator
-        if self.cfg.refresh_unit == "epoch" and epoch % self.cfg.refresh_every == 0:
+        if self.cfg.pool.refresh_unit == "epoch" and epoch % self.cfg.pool.refresh_every == 0:
             self.refresh(model)
 
     def refresh_seeds(self) -> tuple[int, int]:
@@ -54,24 +54,24 @@ class CBUAT(Adversary):
         return base, base + 1
 
     def refresh(self, model: nn.Module) -> None:
-        """Stage 1: `refresh_steps` minibatch steps of CB-UAP on every pool member, the network frozen."""
+        """Stage 1: `pool.refresh_steps` minibatch steps of CB-UAP on every pool member, the network frozen."""
         x, y = self._train
-        n = min(len(y), self.cfg.refresh_steps * self.attack_cfg.batch_size)
+        n = min(len(y), self.cfg.pool.refresh_steps * self.attack_cfg.batch_size)
         subset_seed, attack_seed = self.refresh_seeds()
         idx = balanced_subset(y, n, seed=subset_seed)
         g = torch.Generator().manual_seed(attack_seed)
         init = self.pool if self.refreshes > 0 else None  # None: independent uniform starts (see __init__)
         result = craft(unwrap(model), x[idx].float().div_(255), y[idx], self.attack_cfg, self.num_classes,
-                       generator=g, init=init, max_steps=self.cfg.refresh_steps)
+                       generator=g, init=init, max_steps=self.cfg.pool.refresh_steps)
         self.pool.copy_(result.delta.detach().view_as(self.pool))
         self.refreshes += 1
         if not dist.same_on_all_ranks([self.pool]):  # one checksum all-gather; True outside torchrun
             raise RuntimeError(f"CB-UAT refresh {self.refreshes}: the ranks crafted different pools")
 
     def loss(self, model, x, y, step):
-        if self.cfg.refresh_unit == "iter" and step % self.cfg.refresh_every == 0:
+        if self.cfg.pool.refresh_unit == "iter" and step % self.cfg.pool.refresh_every == 0:
             self.refresh(model)
-        member = torch.randint(0, self.cfg.pool_size, (x.shape[0],), generator=self._generator).to(x.device)
+        member = torch.randint(0, self.cfg.pool.size, (x.shape[0],), generator=self._generator).to(x.device)
         return mixed_loss(model, x, apply_delta(x, self.pool, member), y, self.cfg.sigma)
 
     def state_dict(self) -> dict[str, Any]:

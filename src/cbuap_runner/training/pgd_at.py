@@ -6,7 +6,7 @@ projected gradient descent from a random start in S. Their CIFAR-10 training adv
 7 steps of 2/255 (= ε/4). What we implement:
 - Step: ε/4 (`training.step_size` when set); ℓ∞ steps along sign(∇), ℓ2 along ∇/‖∇‖₂ (`training.adversary.norm`;
   the paper's PGD is a projection onto any set S, so l2 is allowed).
-- Steps: `training.steps` (default 10, a choice: slightly more than the paper's 7).
+- Steps: `training.pgd.steps` (default 10, a choice: slightly more than the paper's 7).
 - Start: uniform in the ε-ball (ℓ2: uniform in the ball), drawn from torch's global generator.
 - Loss of the inner maximisation: the mean cross-entropy of the batch; model frozen (eval mode, running
   statistics untouched, no parameter gradients: attacks.engine.frozen), as every evaluation attack sees it.
@@ -14,13 +14,13 @@ projected gradient descent from a random start in S. Their CIFAR-10 training adv
   loss (adversary.mixed_loss).
 
 SAT — Mummadi, Brox, Metzen, "Defending Against Universal Perturbations With Shared Adversarial Training",
-ICCV 2019 (arXiv 1812.03705): the batch is split into heaps of s = `training.heap_size` samples and each heap
+ICCV 2019 (arXiv 1812.03705): the batch is split into heaps of s = `training.sat.heap_size` samples and each heap
 shares one perturbation that maximises the heap's loss; s = 1 is PGD-AT, large s approaches a universal
 perturbation. The weights are trained on a convex combination of the clean and the shared-adversarial loss,
 whose weight the paper varies to trade clean accuracy for robustness (checked only against secondary summaries
 of the full text). Here: (1 − σ)·CE(clean) + σ·CE(adv) with σ = `training.sigma`, through the one `mixed_loss`,
 default 1 as for every defence. Choices: the heap perturbation uses the PGD-AT settings above (random start,
-ε/4, `training.steps`, mean cross-entropy over the heap), so that SAT and PGD-AT differ only in the heap
+ε/4, `training.pgd.steps`, mean cross-entropy over the heap), so that SAT and PGD-AT differ only in the heap
 size; heaps are consecutive samples of the already shuffled batch (the last heap may be smaller).
 """
 
@@ -34,7 +34,7 @@ from torch import nn
 
 from ..attacks.engine import apply_delta, frozen
 from ..attacks.threat import ThreatModel, make_threat
-from .adversary import Adversary, mixed_loss, warn_unread_adversary_keys
+from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ class PGDAT(Adversary):
     def __init__(self, cfg, num_classes, input_shape, device, seed: int = 0):
         super().__init__(cfg, num_classes, input_shape, device, seed)
         self.threat = make_threat(cfg.adversary.norm, cfg.eps)
-        warn_unread_adversary_keys(cfg)
 
     @property
     def group_size(self) -> int:
@@ -74,7 +73,7 @@ class PGDAT(Adversary):
         return self.cfg.step_size if self.cfg.step_size is not None else self.cfg.eps / 4
 
     def loss(self, model, x, y, step):
-        x_adv = pgd(unwrap(model), x, y, self.threat, self.step_size, self.cfg.steps, self.group_size)
+        x_adv = pgd(unwrap(model), x, y, self.threat, self.step_size, self.cfg.pgd.steps, self.group_size)
         return mixed_loss(model, x, x_adv, y, self.cfg.sigma)
 
 
@@ -83,4 +82,4 @@ class SharedAT(PGDAT):
 
     @property
     def group_size(self) -> int:
-        return self.cfg.heap_size
+        return self.cfg.sat.heap_size

@@ -51,7 +51,7 @@ from torch import nn
 from .. import dist
 from ..attacks.engine import apply_delta, frozen
 from ..attacks.threat import make_threat
-from .adversary import Adversary, mixed_loss, warn_unread_adversary_keys
+from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ class UAT(Adversary):
     def __init__(self, cfg, num_classes, input_shape, device, seed: int = 0):
         super().__init__(cfg, num_classes, input_shape, device, seed)
         self.threat = make_threat(cfg.adversary.norm, cfg.eps)
-        warn_unread_adversary_keys(cfg)
         self.delta = torch.zeros(self._shape(), device=device)
         self._pending: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # the batch whose δ step is due
 
