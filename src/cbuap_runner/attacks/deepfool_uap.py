@@ -89,20 +89,23 @@ def _take(t: Tensor, index: Tensor) -> Tensor:
     return t[torch.arange(t.shape[0], device=t.device), index]
 
 
-def _candidate_grads(model: nn.Module, x: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits [B,K] at x and the input gradients [B,k,...] of the candidate logits cand [B,k]: one forward, then
-    one vmapped backward over the k candidates (small B) or one backward per candidate (large B)."""
-    b, k = cand.shape
+def _forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The leaf x (requiring grad) and the logits [B,K] at it, with the graph kept for `_candidate_grads`."""
     with torch.enable_grad():
         xi = x.detach().requires_grad_(True)
-        z = model(xi)
-        if b <= _VMAP_ROWS:
-            onehot = torch.zeros(k, *z.shape, dtype=z.dtype, device=z.device).scatter_(2, cand.T.unsqueeze(2), 1.0)
-            (g,) = torch.autograd.grad(z, xi, grad_outputs=onehot, is_grads_batched=True)
-            return z.detach(), g.transpose(0, 1)
-        zc = z.gather(1, cand)
-        grads = [torch.autograd.grad(zc[:, j].sum(), xi, retain_graph=j < k - 1)[0] for j in range(k)]
-        return z.detach(), torch.stack(grads, 1)
+        return xi, model(xi)
+
+
+def _candidate_grads(xi: Tensor, z: Tensor, cand: Tensor) -> Tensor:
+    """The input gradients [B,k,...] of the candidate logits cand [B,k] from a `_forward` at xi: one vmapped
+    backward over the k candidates (small B) or one backward per candidate (large B)."""
+    b, k = cand.shape
+    if b <= _VMAP_ROWS:
+        onehot = torch.zeros(k, *z.shape, dtype=z.dtype, device=z.device).scatter_(2, cand.T.unsqueeze(2), 1.0)
+        (g,) = torch.autograd.grad(z, xi, grad_outputs=onehot, is_grads_batched=True)
+        return g.transpose(0, 1)
+    zc = z.gather(1, cand)
+    return torch.stack([torch.autograd.grad(zc[:, j].sum(), xi, retain_graph=j < k - 1)[0] for j in range(k)], 1)
 
 
 def _deepfool_step(f: Tensor, w: Tensor, norm: str) -> Tensor:
@@ -126,32 +129,35 @@ def deepfool(model: nn.Module, x: Tensor, *, norm: str = "l2", num_candidates: i
     `converged` is False and their step partial): all that the sequential UAP loop can use.
     """
     scale, b = 1 + overshoot, x.shape[0]
-    with torch.no_grad():
-        logits = model(x.clamp(0, 1))
-    cand = logits.topk(max(2, min(num_candidates, logits.shape[1])), dim=1).indices  # the current label first
+    xi, z = _forward(model, x.clamp(0, 1))  # one forward per iteration: it checks the last step and feeds the next
+    cand = z.detach().topk(max(2, min(num_candidates, z.shape[1])), dim=1).indices  # the current label first
     label = cand[:, 0]
     r_tot = torch.zeros_like(x)
     iters = torch.zeros(b, dtype=torch.long, device=x.device)
     converged = torch.zeros(b, dtype=torch.bool, device=x.device)
     final = label.clone()
-    rows = torch.arange(b, device=x.device)  # the runs still going
+    rows = torch.arange(b, device=x.device)  # the runs still going; xi and z hold their current points
     for _ in range(max_iter):
         if rows.numel() == 0:
             break
-        z, g = _candidate_grads(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1), cand[rows])
-        zc, g = z.gather(1, cand[rows]), g.flatten(2)
+        g = _candidate_grads(xi, z, cand[rows]).flatten(2)
+        zc = z.detach().gather(1, cand[rows])
         r = _deepfool_step(zc[:, 1:] - zc[:, :1], g[:, 1:] - g[:, :1], norm)
         r_tot[rows] += r.view(-1, *x.shape[1:])
         iters[rows] += 1
-        with torch.no_grad():
-            now = model((x[rows] + scale * r_tot[rows]).clamp(0, 1)).argmax(1)
+        xi, z = _forward(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1))
+        now = z.detach().argmax(1)
         flipped = now != label[rows]
         final[rows], converged[rows] = now, flipped
-        rows = rows[~flipped]
+        keep = ~flipped
         if first_only and bool(flipped.any()):
             first = converged.nonzero()[0, 0]
             converged[first + 1:] = False
-            rows = rows[rows < first]
+            keep &= rows < first
+        if not bool(keep.all()):  # the runs that stop leave the batch (a fresh forward: the graph is per batch)
+            rows = rows[keep]
+            if rows.numel():
+                xi, z = _forward(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1))
     return DeepFoolResult(step=scale * r_tot, converged=converged, iters=iters, label=final)
 
 
