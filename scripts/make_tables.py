@@ -2,6 +2,7 @@
 """Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
 
     python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|auto]
+    python scripts/make_tables.py --document docs/results/document.json   (docs/results.md, see results_document.py)
 
 Runs that share every setting except the seed form one row; metrics are shown as
 mean ± sample std over those seeds (n = number of runs). A run that did not complete gets
@@ -55,6 +56,7 @@ DEFENCE_METRICS = (
     "adv_acc_sgd_uap",
     "adv_acc_uap",
     "adv_acc_cb_uap",
+    "adv_acc_cw_uap",
     "worst_adv_acc",
     "worst_class_adv_acc",
     "wall_seconds",
@@ -537,12 +539,18 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", help="a sweep directory or outputs/ (searched recursively for run_summary.json)")
+    parser.add_argument("root", nargs="?", help="a sweep directory or outputs/ (searched recursively for run_summary.json)")
     parser.add_argument("--out", default=None, help="where to write the tables (default: ROOT/tables)")
     parser.add_argument("--kind", default="auto", choices=KINDS, help="which metric columns to show")
     parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    parser.add_argument("--document", default=None, metavar="MANIFEST",
+                        help="write the results document a manifest describes (docs/results/document.json)")
     args = parser.parse_args(argv)
+    if args.document:
+        return _document(args.document, figures=not args.no_figures)
+    if args.root is None:
+        parser.error("give a sweep directory (or --document MANIFEST)")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         written = write_tables(args.root, args.out, args.kind, metrics, figures=not args.no_figures)
@@ -552,6 +560,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(Path(written[0]).read_text(), end="")
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _document(manifest: str, figures: bool) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.modules.setdefault("make_tables", sys.modules[__name__])
+    from results_document import write_document
+
+    try:
+        print(f"wrote {write_document(manifest, figures)}")
+    except (NoRecords, OSError, KeyError, ValueError) as err:
+        print(f"make_tables: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

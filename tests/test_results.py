@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,3 +29,19 @@ def test_committed_table_regenerates_from_its_records(make_tables, tmp_path, tab
     make_tables.write_tables(RESULTS / table / "records", tmp_path, kind, figures=False)
     for suffix in ("md", "csv"):
         assert (tmp_path / f"{kind}.{suffix}").read_text() == (RESULTS / table / f"{kind}.{suffix}").read_text()
+
+
+def test_results_document_regenerates_from_the_committed_records(make_tables, tmp_path):
+    """docs/results.md, every table in it and the claims it answers come from the records alone."""
+    shutil.copytree(RESULTS, tmp_path / "docs" / "results")
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from results_document import write_document
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    doc = write_document(tmp_path / "docs" / "results" / "document.json", figures=False)
+    assert doc.read_text() == (REPO / "docs" / "results.md").read_text()
+    for table in json.loads((RESULTS / "document.json").read_text())["sections"]:
+        for suffix in ("md", "csv"):
+            name = f"{table['kind']}.{suffix}"
+            assert (doc.parent / "results" / table["name"] / name).read_text() == (RESULTS / table["name"] / name).read_text()

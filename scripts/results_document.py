@@ -1,0 +1,207 @@
+"""The results document: docs/results.md and its figures, generated from the committed records.
+
+    python scripts/make_tables.py --document docs/results/document.json
+
+The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, what the
+table compares and the commands that rerun it; every number in the document is computed here from the records.
+Besides one table per section it draws the fooling-rate/label-entropy plane (one point per run) and the clean
+against worst-case accuracy of each defence (mean ± std), and it answers the paper's two claims in one sentence
+each from the rows (or says which records are missing).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import make_tables as mt
+
+# claim 1 (CB-UAP against SGD-UAP): label entropy up by at least this, fooling rate down by at most this
+ENTROPY_GAIN = 0.15
+FOOLING_LOSS = 0.02
+UAT_FAMILY = ("cb_uat", "uat", "cw_uat")
+
+
+def _rows(base: Path, section: Mapping[str, Any]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    records = [r for folder in section["records"] for r in mt.load_records(base / folder)]
+    if not records:
+        raise mt.NoRecords(f"section {section['name']}: no records under {', '.join(section['records'])}")
+    keys, columns, rows = mt.build_rows(records, section["kind"])
+    if section["kind"] == "tuning":
+        mt.choose_tuned(rows)
+    return keys, columns, rows
+
+
+def _matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    return all(row.get(k) == v for k, v in where.items())
+
+
+def _mean(row: Mapping[str, Any] | None, metric: str) -> float | None:
+    return None if row is None else row.get(metric, (None,))[0]
+
+
+def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> dict[str, Any] | None:
+    found = [r for r in rows if r["status"] == "completed" and _matches(r, where)]
+    return found[0] if len(found) == 1 else None
+
+
+def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], where: Mapping[str, Any]) -> str:
+    """Claim 1 in one sentence: does CB-UAP raise label entropy by ENTROPY_GAIN over SGD-UAP with the fooling
+    rate within FOOLING_LOSS?"""
+    sgd = _find([r for r in rows if _matches(r, where)], attack="sgd_uap")
+    cb = _find([r for r in rows if _matches(r, where)], attack="cb_uap")
+    if sgd is None or cb is None:
+        return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
+    d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
+    d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
+    holds = d_ent >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
+    return (f"{label}: CB-UAP {'raises' if d_ent >= 0 else 'lowers'} the label entropy by {abs(d_ent):.3f} "
+            f"({mt.format_cell(sgd['label_entropy'])} → {mt.format_cell(cb['label_entropy'])}) with the fooling rate "
+            f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} "
+            f"({mt.format_cell(sgd['fooling_rate'])} → {mt.format_cell(cb['fooling_rate'])}; n = {sgd['n']}, "
+            f"{cb['n']}): the claim (≥ {ENTROPY_GAIN} with at most {FOOLING_LOSS * 100:.0f} points lost) "
+            f"{'holds' if holds else 'does not hold'}.")
+
+
+def claim_defence(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Claim 2 in one sentence: does CB-UAT beat UAT and CW-UAT on worst-case white-box UAP accuracy at equal or
+    better clean accuracy?"""
+    found = {name: _find(rows, training=name) for name in UAT_FAMILY}
+    missing = [name for name, row in found.items() if row is None]
+    if missing:
+        return f"{label}: not answered (no completed row for {', '.join(missing)})."
+    cb = found["cb_uat"]
+    parts, wins = [], True
+    for other in ("uat", "cw_uat"):
+        row = found[other]
+        worst = _mean(cb, "worst_adv_acc") - _mean(row, "worst_adv_acc")
+        clean = _mean(cb, "clean_acc") - _mean(row, "clean_acc")
+        wins &= worst > 0 and clean >= 0
+        parts.append(f"against {other} worst-case {worst * 100:+.1f} points and clean {clean * 100:+.1f} points")
+    return (f"{label}: CB-UAT (clean {mt.format_cell(cb['clean_acc'])}, worst case "
+            f"{mt.format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)}: the claim "
+            f"{'holds' if wins else 'does not hold'}.")
+
+
+def frontier_figure(points: Sequence[tuple[str, float, float]], title: str, path: Path) -> Path:
+    """Label entropy against test fooling rate, one marker per run, one colour per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    labels = list(dict.fromkeys(p[0] for p in points))
+    markers = dict(zip(dict.fromkeys(label.split(",")[0] for label in labels), "osD^vP*X"))  # one per attack
+    colours = plt.get_cmap("tab20")
+    for i, label in enumerate(labels):
+        xy = [(p[1], p[2]) for p in points if p[0] == label]
+        ax.scatter([p[0] for p in xy], [p[1] for p in xy], label=label, alpha=0.8, s=30,
+                   marker=markers[label.split(",")[0]], color=colours(i % 20))
+    ax.set_xlabel("fooling rate (test)")
+    ax.set_ylabel("label entropy of the adversarial predictions (test)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", loc="best")
+    out = mt._save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def defence_figure(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
+    """Clean accuracy against worst-case UAP accuracy per defence row, mean ± std over the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in rows:
+        if row["status"] != "completed" or row.get("worst_adv_acc", (None,))[0] is None:
+            continue
+        (cx, sx, _), (wy, sy, _) = row["clean_acc"], row["worst_adv_acc"]
+        ax.errorbar(cx, wy, xerr=sx or 0, yerr=sy or 0, fmt="o", capsize=3, label=row["_label"])
+    ax.set_xlabel("clean accuracy (test)")
+    ax.set_ylabel("worst-case accuracy under white-box UAPs (test)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    out = mt._save_figure(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _labelled(keys: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = [r for r in rows if r["status"] == "completed"]
+    varying = [k for k in keys if k not in ("task", "dataset", "model")
+               and len({mt._hashable(r.get(k)) for r in done}) > 1]
+    for row in rows:
+        row["_label"] = mt._label(row, keys, varying)
+    return rows
+
+
+def _section_text(base: Path, out_dir: Path, section: Mapping[str, Any], figures: bool) -> tuple[list[str], Any]:
+    keys, columns, rows = _rows(base, section)
+    _labelled(keys, rows)
+    folder = base / section["name"]
+    mt._write_text(folder / f"{section['kind']}.md", mt.to_markdown(keys, columns, rows))
+    mt._write_text(folder / f"{section['kind']}.csv", mt.to_csv(keys, columns, rows))
+    mt._write_text(folder / f"{section['kind']}.tex", mt.to_latex(keys, columns, rows))
+    rel = folder.relative_to(out_dir)
+    lines = [f"## {section['title']}", "", section["about"], ""]
+    lines += ["Rerun:", "", "```bash", *section["rerun"], "```", ""]
+    lines += [mt.to_markdown(keys, columns, rows), f"CSV and LaTeX: [{rel}/{section['kind']}.csv]"
+              f"({rel}/{section['kind']}.csv), [{rel}/{section['kind']}.tex]({rel}/{section['kind']}.tex).", ""]
+    if section["kind"] == "defences":
+        png = folder / "clean_vs_worst.png"
+        if figures:
+            defence_figure(rows, section["title"], png)
+        lines += [f"![clean against worst-case accuracy]({png.relative_to(out_dir)})", ""]
+    return lines, (keys, rows)
+
+
+def _frontier_text(base: Path, out_dir: Path, spec: Mapping[str, Any], figures: bool) -> list[str]:
+    records = [r for folder in spec["records"] for r in mt.load_records(base / folder)]
+    keys, _, rows = mt.build_rows(records, "attacks", ["fooling_rate", "label_entropy"])
+    rows = _labelled(keys, [r for r in rows if r["status"] == "completed" and _matches(r, spec.get("where", {}))])
+    points = [(r["_label"], mt._value(rec, "fooling_rate"), mt._value(rec, "label_entropy"))
+              for r in rows for rec in r["_records"]]
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    png = base / "figures" / spec["figure"]
+    if figures:
+        frontier_figure(points, spec["title"], png)
+    lines = [f"### {spec['title']}", "", spec["about"], "", f"![fooling rate against label entropy]"
+             f"({png.relative_to(out_dir)})", "", "| setting | n | fooling rate | label entropy |", "|---|---|---|---|"]
+    lines += [f"| {r['_label']} | {r['n']} | {mt.format_cell(r['fooling_rate'])} | {mt.format_cell(r['label_entropy'])} |"
+              for r in sorted(rows, key=lambda r: -(r["fooling_rate"][0] or 0))]
+    return [*lines, ""]
+
+
+def write_document(manifest: str | Path, figures: bool = True) -> Path:
+    """Write the document the manifest describes (and its section tables and figures); returns its path."""
+    manifest = Path(manifest)
+    spec = json.loads(manifest.read_text())
+    base = manifest.parent
+    doc = (base / spec["document"]).resolve()
+    out_dir = doc.parent
+    base = base.resolve()
+    lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
+             "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
+             f"{(base / manifest.name).relative_to(out_dir.parent)}", "```", ""]
+    body, tables = [], {}
+    for section in spec["sections"]:
+        text, tables[section["name"]] = _section_text(base, out_dir, section, figures)
+        body += text
+    body += ["## The fooling-rate/label-entropy plane", ""]
+    for frontier in spec["frontiers"]:
+        body += _frontier_text(base, out_dir, frontier, figures)
+    claims = ["## The paper's claims, answered from these tables", ""]
+    for claim in spec["claims"]["balance"]:
+        claims += [f"- {claim_balance(claim['label'], tables[claim['section']][1], claim.get('where', {}))}"]
+    for claim in spec["claims"]["defence"]:
+        rows = tables.get(claim["section"], (None, []))[1]
+        claims += [f"- {claim_defence(claim['label'], rows)}"]
+    mt._write_text(doc, "\n".join([*lines, *claims, "", *body]).rstrip() + "\n")
+    return doc
