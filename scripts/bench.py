@@ -35,7 +35,7 @@ from cbuap_runner.attacks import craft
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.models import build_model, load_model
-from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
+from cbuap_runner.schema import AttackConfig, DatasetConfig, DeepFoolConfig, TrainingConfig
 from cbuap_runner.training import DEFENCES, make_adversary
 from cbuap_runner.training.loop import fit
 
@@ -235,15 +235,23 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
         delta = torch.from_numpy(attack.noise[0]).float().to(device)
         out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": _test_fooling_rate(model, data, delta),
                     "crafting_fooling_rate": round(float(attack.fooling_rate), 4)}
-    for attacker in dict.fromkeys([*inner, "fgsm"]):  # our SGD-UAP always runs alongside
-        key, name = ours[attacker]
-        cfg = AttackConfig(name=name, eps=eps, norm=norm, passes=passes, batch_size=ours_batch, crafting_images=None)
+    runs = [ours[attacker] for attacker in dict.fromkeys([*inner, "fgsm"])]  # our SGD-UAP always runs alongside
+    if "deepfool" in inner:  # and the relaxed batching of our DeepFool UAP
+        runs.append(("ours_uap_relaxed", "uap"))
+    for key, name in runs:
+        cfg = AttackConfig(name=name, eps=eps, norm=norm, passes=passes, batch_size=ours_batch, crafting_images=None,
+                           deepfool=DeepFoolConfig(batching="relaxed" if key.endswith("relaxed") else "exact"))
         result, seconds = _timed_craft(model, x, y, cfg, data.num_classes, device)
         out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": _test_fooling_rate(model, data, result.delta),
                     "crafting_fooling_rate": round(result.history[-1]["fooling_rate"], 4)}
     for attacker in inner:
         art_key, ours_key = arts[attacker][0], ours[attacker][0]
         out[f"speedup_{ours_key}_vs_{art_key}"] = round(out[art_key]["seconds"] / out[ours_key]["seconds"], 1)
+    if "deepfool" in inner:
+        art = out["art_uap_deepfool"]["seconds"]
+        out["speedup_ours_uap_relaxed_vs_art_uap_deepfool"] = round(art / out["ours_uap_relaxed"]["seconds"], 1)
+        for key in ("ours_uap", "ours_uap_relaxed"):
+            out[f"{key}_over_ours_sgd_uap_seconds"] = round(out[key]["seconds"] / out["ours_sgd_uap"]["seconds"], 1)
     return out
 
 

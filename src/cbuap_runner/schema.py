@@ -349,6 +349,10 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
         if not (0 < m < 1):
             _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
     if spec.crafts_with_adversary:
+        for key, pool_value in (("num_starts", 1), ("init", "zero")):  # the pool sets them (training.pool.size)
+            if getattr(t.adversary, key) != pool_value:
+                _fail(f"training.adversary.{key}", getattr(t.adversary, key),
+                      f"training={t.name} sets it from its pool (training.pool.size, uniform starts)")
         validate_attack(t.adversary, "training.adversary", num_classes)
     else:
         _one_of("training.adversary.norm", t.adversary.norm, ("linf", "l2"))
