@@ -53,10 +53,7 @@ TUNING_METRICS = (
 )
 DEFENCE_METRICS = (
     "clean_acc",
-    "adv_acc_sgd_uap",
-    "adv_acc_uap",
-    "adv_acc_cb_uap",
-    "adv_acc_cw_uap",
+    "adv_acc_*",  # one column per attack the records report, in their order
     "worst_adv_acc",
     "worst_class_adv_acc",
     "wall_seconds",
@@ -211,16 +208,21 @@ def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> st
 
 
 def metric_columns(records: Sequence[Mapping[str, Any]], kind: str) -> list[str]:
-    """The kind's metric columns that at least one run reports."""
-    wanted = list(dict.fromkeys(KIND_METRICS[kind] if kind in KIND_METRICS else ATTACK_METRICS + DEFENCE_METRICS))
-    present = set()
+    """The kind's metric columns that at least one run reports (a `prefix*` entry: every such metric, in the
+    records' order)."""
+    present: dict[str, None] = {}
     for r in records:
-        present |= set((r.get("metrics") or {}).keys())
+        present.update(dict.fromkeys((r.get("metrics") or {}).keys()))
         if r.get("wall_seconds") is not None:
-            present.add("wall_seconds")
+            present["wall_seconds"] = None
     if "wall_seconds" in present:
-        present.add("time_vs_natural")
-    return [m for m in wanted if m in present]
+        present["time_vs_natural"] = None
+    wanted = KIND_METRICS[kind] if kind in KIND_METRICS else ATTACK_METRICS + DEFENCE_METRICS
+    columns: list[str] = []
+    for m in wanted:
+        matches = [k for k in present if k.startswith(m[:-1])] if m.endswith("*") else [m] if m in present else []
+        columns += [k for k in matches if k not in columns]
+    return columns
 
 
 def _value(record: Mapping[str, Any], metric: str) -> float | None:

@@ -381,7 +381,7 @@ def test_schedule_settings_are_validated():
 
 def test_registry_and_unknown_attack(task):
     model, x, y, *_ = task
-    assert set(ATTACKS) == {"sgd_uap", "cb_uap", "uap", "cw_uap"}
+    assert {"sgd_uap", "cb_uap", "uap", "cw_uap"} <= set(ATTACKS)
     with pytest.raises(KeyError, match="attack.name"):
         craft(model, x, y, cfg_(name="nope"), K)
 
