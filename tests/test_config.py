@@ -6,7 +6,7 @@ import pytest
 
 from cbuap_runner.attacks import ATTACKS
 from cbuap_runner.data import DATASETS
-from cbuap_runner.errors import UserError
+from cbuap_runner.errors import UserError, describe
 from cbuap_runner.models import MODELS
 from cbuap_runner.tasks import TASKS
 from cbuap_runner.training import DEFENCES
@@ -57,7 +57,6 @@ def test_hydra_settings():
     ("training.epochs=0", "training.epochs"),
     ("training.batch_size=0", "training.batch_size"),
     ("training.lr=nan", "training.lr"),
-    ("attack.norm=l3", "attack.norm"),
     ("attack.target=10", "attack.target"),
     ("attack.step_decay=1.5", "attack.step_decay"),
     ("training.sigma=2", "training.sigma"),
@@ -69,3 +68,12 @@ def test_hydra_settings():
 def test_out_of_range_values_name_the_key(override, key, validated):
     with pytest.raises(UserError, match=f"^{key.replace('.', '[.]')}="):
         validated([override])
+
+
+@pytest.mark.parametrize("override", ["attack.norm=l3", "attack.deepfool.batching=lazy", "attack.balance.penalty=l1",
+                                      "training.schedule=linear", "training.pool.refresh_unit=batch", "progress=maybe"])
+def test_closed_choices_are_enums_refused_when_composing(override):
+    key, value = override.split("=")
+    with pytest.raises(Exception) as refused:
+        compose_config([override])
+    assert describe(refused.value).startswith(f"{key}={value!r}: must be one of ")

@@ -1,5 +1,7 @@
 """The one exception type whose message is shown to the user as a single line."""
 
+import re
+
 
 class UserError(Exception):
     """Bad input: a config value, a path or a file. The message names it and says what to do."""
@@ -30,6 +32,9 @@ def describe(ex: BaseException) -> str:
             return f"{key}: no value given; set it on the command line ({key}=...)"
         if key and "not in" in msg:
             return f"{key}: unknown config key ({msg}); check the spelling, or list the keys with --cfg job"
+        choice = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
+        if key and choice:  # a closed choice (schema.Choice)
+            return f"{key}={choice.group(1)!r}: must be one of {choice.group(2)}"
         if key and isinstance(cause, ValidationError):
             return f"{key}: {msg}; give a value of that type"
         if key:

@@ -41,9 +41,9 @@ def _summary_base(dcfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
 
 def _resolved_config(dcfg: DictConfig) -> dict[str, Any]:
     try:
-        return OmegaConf.to_container(dcfg, resolve=True)
+        return OmegaConf.to_container(dcfg, resolve=True, enum_to_str=True)
     except Exception:  # an unresolvable value is reported by validation; keep the raw form here
-        return OmegaConf.to_container(dcfg, resolve=False)
+        return OmegaConf.to_container(dcfg, resolve=False, enum_to_str=True)
 
 
 _NO_EARLIER_RUN = "resume=true"

@@ -5,12 +5,94 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any, Iterator, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 from .errors import UserError
+
+
+class Choice(str, Enum):
+    """A closed choice: OmegaConf accepts only its members' names; a member compares equal to, hashes and prints
+    as its value (the name), so code and records read it as that string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return self.value.__format__(spec)
+
+
+class Norm(Choice):
+    linf = "linf"
+    l2 = "l2"
+
+
+class Optimizer(Choice):
+    sign = "sign"
+    adam = "adam"
+
+
+class Init(Choice):
+    zero = "zero"
+    uniform = "uniform"
+
+
+class Loss(Choice):
+    ce = "ce"
+    cw = "cw"
+
+
+class Calibration(Choice):
+    none = "none"
+    exclude_true = "exclude_true"
+    temperature = "temperature"
+
+
+class Penalty(Choice):
+    none = "none"
+    hinge = "hinge"
+    frequency = "frequency"
+
+
+class PenaltyWeights(Choice):
+    indicator = "indicator"
+    histogram = "histogram"
+
+
+class Batching(Choice):
+    exact = "exact"
+    relaxed = "relaxed"
+
+
+class Schedule(Choice):
+    cosine = "cosine"
+    step = "step"
+    constant = "constant"
+
+
+class ModelMode(Choice):
+    eval = "eval"
+    train = "train"
+
+
+class RefreshUnit(Choice):
+    epoch = "epoch"
+    iter = "iter"
+
+
+class LoggerMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Progress(Choice):
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 @dataclass
@@ -45,13 +127,13 @@ class BalanceConfig:
     """attack=cb_uap's class-balance terms (docs/method.md, CB-UAP). The weights are the setting chosen by
     table=tune_cb_uap on the validation split; all three weights at zero and class_reweight off reproduce sgd_uap."""
 
-    calibration: str = "exclude_true"  # none | exclude_true | temperature
+    calibration: Calibration = Calibration.exclude_true
     temperature: float = 1.0
     lambda_div: float = 0.5  # diversity H(mean q) of the calibrated distributions
     lambda_conf: float = 0.0  # sharpness of each calibrated distribution
     lambda_pen: float = 0.5  # penalty on the classes above 1/K of the mean q
-    penalty: str = "hinge"  # none | hinge | frequency
-    penalty_weights: str = "indicator"  # indicator | histogram (hinge only)
+    penalty: Penalty = Penalty.hinge
+    penalty_weights: PenaltyWeights = PenaltyWeights.indicator  # hinge only
     ema: bool = False
     ema_decay: float = 0.9
     start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
@@ -68,8 +150,8 @@ class DeepFoolConfig:
     overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
     iters: int = 10  # DeepFool iterations; a step is added to v only if the label changed within them
     candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
-    norm: str = "l2"  # l2 (the reference DeepFool) | linf (the DeepFool step in L-inf geometry)
-    batching: str = "exact"  # exact (the sequential loop's result) | relaxed (chunks of images share one v)
+    norm: Norm = Norm.l2  # l2: the reference DeepFool; linf: the DeepFool step in L-inf geometry
+    batching: Batching = Batching.exact  # exact: the sequential loop's result; relaxed: chunks of images share one v
     chunk: int = 32  # relaxed: images per chunk
 
 
@@ -77,7 +159,7 @@ class DeepFoolConfig:
 class AttackConfig:
     name: str = "sgd_uap"
     eps: float = II("dataset.eps")
-    norm: str = "linf"  # linf | l2
+    norm: Norm = Norm.linf
     # the crafting budget and stopping rule, shared by every attack (set them here, never per attack)
     passes: int = 10  # passes over the crafting set
     crafting_images: Optional[int] = 5000  # null = the whole training split
@@ -85,13 +167,13 @@ class AttackConfig:
     patience: Optional[int] = None  # stop when the validation fooling rate stalls this many passes (null = never)
     tol: float = 1e-3  # ... an improvement of at most this counts as a stall
     fooling_target: Optional[float] = None  # stop once the validation fooling rate reaches this (null = never)
-    optimizer: str = "sign"  # sign | adam
+    optimizer: Optimizer = Optimizer.sign
     step_size: Optional[float] = None  # sign step; null = eps / 4 (L2: eps / 4 along the unit gradient)
     step_decay: float = 0.8  # multiplies the step after every pass
     adam_lr: float = 5e-3
-    init: str = "zero"  # zero | uniform
+    init: Init = Init.zero
     num_starts: int = 1  # M independent perturbations crafted as one [M,C,H,W] tensor
-    loss: str = "ce"  # ce | cw
+    loss: Loss = Loss.ce
     beta: float = 12.0  # clip of the cross-entropy
     kappa: float = 10.0  # clip of the CW margin
     target: Optional[int] = None  # targeted attack towards this class
@@ -115,7 +197,7 @@ class PoolConfig:
 
     size: int = 4  # M perturbations in the pool
     refresh_every: int = 1  # refresh the pool every k units
-    refresh_unit: str = "epoch"  # epoch | iter
+    refresh_unit: RefreshUnit = RefreshUnit.epoch
     refresh_steps: int = 20  # S minibatch steps per refresh
 
 
@@ -131,7 +213,7 @@ class TrainingConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    schedule: str = "cosine"  # cosine | step | constant
+    schedule: Schedule = Schedule.cosine
     milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run
     gamma: float = 0.1
     amp: bool = False  # bf16 autocast on CUDA
@@ -146,7 +228,7 @@ class TrainingConfig:
     sigma: float = 1.0
     # uat / cw_uat: the model's mode during the δ step. eval = as every evaluation attack sees it (running statistics
     # untouched); train = batch statistics and updated running statistics, kept only to measure the difference
-    delta_model_mode: str = "eval"  # eval | train
+    delta_model_mode: ModelMode = ModelMode.eval
     pgd: PGDConfig = field(default_factory=PGDConfig)  # pgd_at, sat
     sat: SATConfig = field(default_factory=SATConfig)  # sat
     pool: PoolConfig = field(default_factory=PoolConfig)  # cb_uat
@@ -163,7 +245,7 @@ class EvalConfig:
 @dataclass
 class LoggerConfig:
     name: str = "local"  # local | wandb
-    mode: str = "offline"  # online | offline | disabled
+    mode: LoggerMode = LoggerMode.offline
     project: str = "cbuap-runner"
     entity: Optional[str] = None
     group: Optional[str] = None
@@ -186,16 +268,11 @@ class Config:
     perturbation: Optional[str] = None  # task=evaluate: a perturbation.pt to evaluate
     resume: Any = "auto"  # auto | true | false (a bool or "auto"; OmegaConf 2.3 has no Union[bool, str])
     cache_dir: str = "outputs/cache"
-    progress: str = "auto"  # auto | on | off
+    progress: Progress = Progress.auto
     deterministic: bool = False
 
 
-_CHOICES = {
-    ("device",): None,
-    ("progress",): ("auto", "on", "off"),
-    ("logger", "name"): ("local", "wandb"),
-    ("logger", "mode"): ("online", "offline", "disabled"),
-}
+_CHOICES = {("logger", "name"): ("local", "wandb")}  # a group option: the name its config node sets
 
 
 def registries() -> dict[tuple[str, ...], Mapping[str, Any]]:
@@ -264,7 +341,6 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int, every_attack
     _one_of(f"{prefix}.name", a.name, tuple(ATTACKS))
     if not every_attack:
         _unread(prefix, a, AttackConfig(), f"attack={a.name}", ATTACKS, SHARED_KEYS)
-    _one_of(f"{prefix}.norm", a.norm, ("linf", "l2"))
     _positive(f"{prefix}.eps", a.eps)
     if a.norm == "linf" and a.eps > 1:
         _fail(f"{prefix}.eps", a.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
@@ -283,11 +359,8 @@ def validate_attack(a: AttackConfig, prefix: str, num_classes: int, every_attack
     _non_negative(f"{prefix}.tol", a.tol)
     if not (0 < a.step_decay <= 1):
         _fail(f"{prefix}.step_decay", a.step_decay, "must lie in (0, 1]")
-    _one_of(f"{prefix}.optimizer", a.optimizer, ("sign", "adam"))
-    _one_of(f"{prefix}.init", a.init, ("zero", "uniform"))
     if a.num_starts > 1 and a.init == "zero":
         _fail(f"{prefix}.num_starts", a.num_starts, f"starts from zero are identical perturbations; set {prefix}.init=uniform")
-    _one_of(f"{prefix}.loss", a.loss, ("ce", "cw"))
     if a.target is not None and not (0 <= a.target < num_classes):
         _fail(f"{prefix}.target", a.target, f"must be a class index in [0, {num_classes - 1}]")
     _validate_balance(a.balance, f"{prefix}.balance")
@@ -306,17 +379,12 @@ def _validate_balance(b: BalanceConfig, prefix: str) -> None:
         _fail(f"{prefix}.fooling_guard", b.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
     if not (0 < b.ema_decay <= 1):
         _fail(f"{prefix}.ema_decay", b.ema_decay, "must lie in (0, 1]")
-    _one_of(f"{prefix}.calibration", b.calibration, ("none", "exclude_true", "temperature"))
-    _one_of(f"{prefix}.penalty", b.penalty, ("none", "hinge", "frequency"))
-    _one_of(f"{prefix}.penalty_weights", b.penalty_weights, ("indicator", "histogram"))
 
 
 def _validate_deepfool(d: DeepFoolConfig, prefix: str) -> None:
     for key in ("iters", "candidates", "chunk"):
         _positive(f"{prefix}.{key}", getattr(d, key))
     _non_negative(f"{prefix}.overshoot", d.overshoot)
-    _one_of(f"{prefix}.norm", d.norm, ("l2", "linf"))
-    _one_of(f"{prefix}.batching", d.batching, ("exact", "relaxed"))
 
 
 def validate_training(t: TrainingConfig, num_classes: int) -> None:
@@ -334,7 +402,6 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
     _positive("training.sat.heap_size", t.sat.heap_size)
     for key in ("size", "refresh_every", "refresh_steps"):
         _positive(f"training.pool.{key}", getattr(t.pool, key))
-    _one_of("training.pool.refresh_unit", t.pool.refresh_unit, ("epoch", "iter"))
     if t.adversary.norm == "linf" and t.eps > 1:
         _fail("training.eps", t.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
     for key in ("momentum", "weight_decay", "gamma"):
@@ -343,8 +410,6 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
         _positive("training.step_size", t.step_size)
     if not (0 <= t.sigma <= 1):
         _fail("training.sigma", t.sigma, "must lie in [0, 1]")
-    _one_of("training.schedule", t.schedule, ("cosine", "step", "constant"))
-    _one_of("training.delta_model_mode", t.delta_model_mode, ("eval", "train"))
     for m in t.milestones:
         if not (0 < m < 1):
             _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
@@ -355,7 +420,6 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
                       f"training={t.name} sets it from its pool (training.pool.size, uniform starts)")
         validate_attack(t.adversary, "training.adversary", num_classes)
     else:
-        _one_of("training.adversary.norm", t.adversary.norm, ("linf", "l2"))
         crafting = ", ".join(n for n, d in DEFENCES.items() if d.crafts_with_adversary)
         for f in fields(AttackConfig):
             if f.name not in ("name", "eps", "norm"):
@@ -370,8 +434,7 @@ def validate(cfg: Config) -> None:
     for path, registry in registries().items():
         _one_of(".".join(path), _get(cfg, path), tuple(registry))
     for path, options in _CHOICES.items():
-        if options is not None:
-            _one_of(".".join(path), _get(cfg, path), options)
+        _one_of(".".join(path), _get(cfg, path), options)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
@@ -404,7 +467,9 @@ def _get(cfg: Any, path: tuple[str, ...]) -> Any:
 
 
 def to_plain(obj: Any) -> Any:
-    """A dataclass config as plain dicts and lists (for JSON, torch.save and wandb)."""
+    """A dataclass config as plain dicts, lists and strings (for JSON, torch.save and wandb)."""
+    if isinstance(obj, Enum):
+        return obj.value
     if is_dataclass(obj):
         return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, (list, tuple)):

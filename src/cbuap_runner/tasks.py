@@ -185,7 +185,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     if not dist.is_main():
         return
     run_dir = ctx.run_dir
-    torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": attack.norm, "attack": attack.name,
+    torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": str(attack.norm), "attack": attack.name,
                 "class_wise": ATTACKS[attack.name].class_wise,
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
@@ -201,7 +201,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     figures.save_transition_png(run_dir / f"{prefix}transition.png", metrics["transition_matrix"], data.class_names)
     ctx.tracker.log_images({stem: run_dir / f"{stem}.png", f"{prefix}label_hist": run_dir / f"{prefix}label_hist.png"})
     ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
-                             type="perturbation", metadata={"eps": attack.eps, "norm": attack.norm,
+                             type="perturbation", metadata={"eps": attack.eps, "norm": str(attack.norm),
                                                             "attack": attack.name, **_scalars(metrics)})
 
 

@@ -32,7 +32,7 @@ def plain(value: Any) -> Any:
         if type(value).__name__ in ("DictConfig", "ListConfig"):
             from omegaconf import OmegaConf
 
-            return plain(OmegaConf.to_container(value, resolve=True))
+            return plain(OmegaConf.to_container(value, resolve=True, enum_to_str=True))
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
