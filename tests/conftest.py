@@ -15,9 +15,11 @@ import torch
 from cbuap_runner.job import to_config
 from helpers import compose_config, run_cli
 
-# One thread per process: the suite runs subprocesses and parallel sweep jobs on small machines, where
-# several multi-threaded BLAS pools competing for the same cores slow every step down by orders of magnitude.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One thread per process, here and in every subprocess (they inherit the environment): the suite runs subprocesses
+# and parallel sweep jobs on small machines, where several multi-threaded BLAS pools competing for the same cores
+# slow every step down by orders of magnitude, and one thread count everywhere keeps CPU results bit-identical
+# between an in-process run and a subprocess.
+os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
 
 

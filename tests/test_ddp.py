@@ -16,7 +16,7 @@ def torchrun_two_ranks(args: list[str], tmp_path: Path, port: int) -> tuple[dict
     """Run `python -m cbuap_runner ARGS` on 2 gloo ranks in tmp_path; (run summary, its one run directory)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "cbuap_runner", *args, "progress=off", "device=cpu", f"cache_dir={tmp_path / 'cache'}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -36,10 +36,6 @@ DEFENCES = {
 }
 
 
-# One thread, here and in the subprocesses: on a loaded machine two OpenMP threads can be 50x slower, and one
-# thread count for every run keeps CPU results comparable bit for bit.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
@@ -314,7 +310,7 @@ main()
 def run_killed(args: list[str], run_dir: Path, kill: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", KILLER, *FAST, f"hydra.run.dir={run_dir}", f"cache_dir={run_dir.parent / 'cache'}",
            *args]
-    env = {**os.environ, "WANDB_MODE": "disabled", "CBUAP_KILL": kill, **ONE_THREAD}
+    env = {**os.environ, "WANDB_MODE": "disabled", "CBUAP_KILL": kill}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
@@ -339,7 +335,7 @@ def kill_and_resume(kill: str, tmp_path: Path, reference: Path, checkpoint_epoch
     assert not (run_dir / "model.pt").exists()
     assert summary(run_dir)["status"] == "running"  # a killed run's record does not claim completion
 
-    proc = run_cli([*TRAIN, "resume=true"], run_dir, env=ONE_THREAD)
+    proc = run_cli([*TRAIN, "resume=true"], run_dir)
     assert proc.returncode == 0, proc.stderr
     assert_completed(run_dir)
     assert_same_weights(reference, run_dir / "model.pt")
@@ -356,7 +352,7 @@ def launch_multirun(sweep: Path, kill: str | None = None) -> subprocess.Complete
     this process); with `kill`, the same command line run by KILLER, which SIGKILLs the whole multirun there."""
     args = ["-m", *FAST, f"hydra.sweep.dir={sweep}", f"cache_dir={sweep.parent / 'cache'}", *TRAIN, "seed=1,0"]
     entry = ["-m", "cbuap_runner"] if kill is None else ["-c", KILLER]
-    env = {**os.environ, "WANDB_MODE": "disabled", **ONE_THREAD, **({"CBUAP_KILL": kill} if kill else {})}
+    env = {**os.environ, "WANDB_MODE": "disabled", **({"CBUAP_KILL": kill} if kill else {})}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, *entry, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env=env)

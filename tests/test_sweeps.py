@@ -37,7 +37,7 @@ def multirun(args: list[str], sweep_dir: Path, cache: Path, timeout: int = 240) 
     flags = [a for a in args if a.startswith("-")]  # argparse wants -m before the overrides
     cmd = [sys.executable, "-m", "cbuap_runner", *flags, *FAST, *TINY, f"hydra.sweep.dir={sweep_dir}",
            f"cache_dir={cache}", *(a for a in args if not a.startswith("-"))]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
