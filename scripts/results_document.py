@@ -85,6 +85,34 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
             f"{'holds' if wins else 'does not hold'}.")
 
 
+def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch training rows of a run (its metrics.jsonl, committed beside the record), in order."""
+    path = Path(record.get("_dir") or "") / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "epoch" in r and "val_acc" in r]
+
+
+def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per defence row: epochs trained, the final validation accuracy, how far it lies below the best epoch and how
+    much it moved over the last three epochs (means over the seeds; the check: both within 1 point)."""
+    lines = ["| defence | n | epochs | final val_acc | best − final | range over the last 3 epochs | within 1 point |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        runs = [epoch_rows(rec) for rec in row.get("_records", [])]
+        runs = [r for r in runs if len(r) >= 3]
+        if row["status"] != "completed" or not runs:
+            continue
+        final = [r[-1]["val_acc"] for r in runs]
+        gap = [max(e["val_acc"] for e in r) - r[-1]["val_acc"] for r in runs]
+        spread = [max(e["val_acc"] for e in r[-3:]) - min(e["val_acc"] for e in r[-3:]) for r in runs]
+        ok = all(g <= 0.01 for g in gap) and all(s <= 0.01 for s in spread)
+        cell = [mt.format_cell((*mt.mean_std(v), len(v))) for v in (final, gap, spread)]
+        lines.append(f"| {row['_label']} | {len(runs)} | {len(runs[0])} | {' | '.join(cell)} | {'yes' if ok else 'no'} |")
+    return lines if len(lines) > 2 else []
+
+
 def frontier_figure(points: Sequence[tuple[str, float, float]], title: str, path: Path) -> Path:
     """Label entropy against test fooling rate, one marker per run, one colour per setting."""
     import matplotlib
@@ -155,6 +183,10 @@ def _section_text(base: Path, out_dir: Path, section: Mapping[str, Any], figures
     lines += [mt.to_markdown(keys, columns, rows), f"CSV and LaTeX: [{rel}/{section['kind']}.csv]"
               f"({rel}/{section['kind']}.csv), [{rel}/{section['kind']}.tex]({rel}/{section['kind']}.tex).", ""]
     if section["kind"] == "defences":
+        plateau = plateau_lines(rows)
+        if plateau:
+            lines += ["Training to its plateau (validation accuracy per epoch, from each run's `metrics.jsonl`):", "",
+                      *plateau, ""]
         png = folder / "clean_vs_worst.png"
         if figures:
             defence_figure(rows, section["title"], png)
