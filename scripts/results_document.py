@@ -25,7 +25,8 @@ UAT_FAMILY = ("cb_uat", "uat", "cw_uat")
 
 
 def _rows(base: Path, section: Mapping[str, Any]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    records = [r for folder in section["records"] for r in mt.load_records(base / folder)]
+    records = [{**r, "_path": str(base / folder / r["_dir"])} for folder in section["records"]
+               for r in mt.load_records(base / folder)]
     if not records:
         raise mt.NoRecords(f"section {section['name']}: no records under {', '.join(section['records'])}")
     keys, columns, rows = mt.build_rows(records, section["kind"])
@@ -87,7 +88,7 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
 
 def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch training rows of a run (its metrics.jsonl, committed beside the record), in order."""
-    path = Path(record.get("_dir") or "") / "metrics.jsonl"
+    path = Path(record.get("_path") or "") / "metrics.jsonl"
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
