@@ -25,74 +25,23 @@ class Choice(str, Enum):
         return self.value.__format__(spec)
 
 
-class Norm(Choice):
-    linf = "linf"
-    l2 = "l2"
+def _choice(name: str, *values: str) -> type[Choice]:
+    return Choice(name, {v: v for v in values}, module=__name__, qualname=name)
 
 
-class Optimizer(Choice):
-    sign = "sign"
-    adam = "adam"
-
-
-class Init(Choice):
-    zero = "zero"
-    uniform = "uniform"
-
-
-class Loss(Choice):
-    ce = "ce"
-    cw = "cw"
-
-
-class Calibration(Choice):
-    none = "none"
-    exclude_true = "exclude_true"
-    temperature = "temperature"
-
-
-class Penalty(Choice):
-    none = "none"
-    hinge = "hinge"
-    frequency = "frequency"
-
-
-class PenaltyWeights(Choice):
-    indicator = "indicator"
-    histogram = "histogram"
-
-
-class Batching(Choice):
-    exact = "exact"
-    relaxed = "relaxed"
-
-
-class Schedule(Choice):
-    cosine = "cosine"
-    step = "step"
-    constant = "constant"
-
-
-class ModelMode(Choice):
-    eval = "eval"
-    train = "train"
-
-
-class RefreshUnit(Choice):
-    epoch = "epoch"
-    iter = "iter"
-
-
-class LoggerMode(Choice):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-class Progress(Choice):
-    auto = "auto"
-    on = "on"
-    off = "off"
+Norm = _choice("Norm", "linf", "l2")
+Optimizer = _choice("Optimizer", "sign", "adam")
+Init = _choice("Init", "zero", "uniform")
+Loss = _choice("Loss", "ce", "cw")
+Calibration = _choice("Calibration", "none", "exclude_true", "temperature")
+Penalty = _choice("Penalty", "none", "hinge", "frequency")
+PenaltyWeights = _choice("PenaltyWeights", "indicator", "histogram")
+Batching = _choice("Batching", "exact", "relaxed")
+Schedule = _choice("Schedule", "cosine", "step", "constant")
+ModelMode = _choice("ModelMode", "eval", "train")
+RefreshUnit = _choice("RefreshUnit", "epoch", "iter")
+LoggerMode = _choice("LoggerMode", "online", "offline", "disabled")
+Progress = _choice("Progress", "auto", "on", "off")
 
 
 @dataclass
