@@ -81,8 +81,9 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
         clean = _mean(cb, "clean_acc") - _mean(row, "clean_acc")
         wins &= worst > 0 and clean >= 0
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points and clean {clean * 100:+.1f} points")
+    runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
     return (f"{label}: CB-UAT (clean {mt.format_cell(cb['clean_acc'])}, worst case "
-            f"{mt.format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)}: the claim "
+            f"{mt.format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "
             f"{'holds' if wins else 'does not hold'}.")
 
 
