@@ -23,7 +23,7 @@ CONF = REPO / "conf"
 TABLES = sorted(p.stem for p in (CONF / "table").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 VARIANTS = sorted(p.stem for p in (CONF / "table" / "variant").glob("*.yaml"))
-DEFAULTS_ROW = "+table/variant=5_cb_uap_defaults"  # may equal row 4 if cb_uap's defaults add nothing to it
+DEFAULTS_ROW = "+table/variant=4_penalty"  # row 4 is cb_uap with its defaults: it may equal another row
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,10 @@ def ablation_attack(variant: str) -> dict:
 
 
 def test_ablation_rows_add_one_ingredient_each():
-    """SGD-UAP; + diversity; + calibration; + penalty (docs/method.md, CB-UAP); then cb_uap's defaults."""
-    sgd, div, cal, pen, full = (ablation_attack(v) for v in VARIANTS)
+    """SGD-UAP; + diversity; + calibration; + penalty (= cb_uap's defaults, docs/method.md, CB-UAP); + reweighting."""
+    sgd, div, cal, pen, rew = (ablation_attack(v) for v in VARIANTS)
     defaults = OmegaConf.to_container(compose_config(["attack=cb_uap"]).attack.balance, resolve=True)
-    assert full == defaults
+    assert pen == defaults
     assert (sgd["lambda_div"], sgd["lambda_conf"], sgd["lambda_pen"], sgd["class_reweight"]) == (0, 0, 0, False)
     assert div["lambda_div"] == defaults["lambda_div"] > 0 and div["calibration"] == "none"
     assert div["lambda_pen"] == 0 and div["class_reweight"] is False
@@ -123,6 +123,7 @@ def test_ablation_rows_add_one_ingredient_each():
     changed = {k for k in pen if pen[k] != cal[k]}
     assert changed == {"lambda_pen", "penalty"} and pen["lambda_pen"] == defaults["lambda_pen"] > 0
     assert pen["penalty"] == "hinge"
+    assert {k for k in rew if rew[k] != pen[k]} == {"class_reweight"} and rew["class_reweight"] is True
 
 
 # ---------------------------------------------------------------- composition only
