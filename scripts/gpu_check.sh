@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, at most 8 minutes on one H100: CIFAR-10 ResNet-20 (the setting cifar10_resnet20_eps8 with fewer
 # epochs) trained naturally, with UAT and with CB-UAT (bf16 autocast, channels-last, device-resident data), each
-# attacked white-box by SGD-UAP, UAP and CB-UAP at 8/255 (task=pipeline), plus the throughput of training and
+# attacked white-box by every attack at 8/255 (task=pipeline), plus the throughput of training and
 # crafting (scripts/bench.py) and the fraction of the card's bf16 peak it implies. Prints the wall time of every
 # stage. Writes docs/results/gpu/: bench.json, gpu_check.json, throughput.md, defences.{md,csv,tex} + figures,
 # records/<defence>/ and gpu_check.log (runs themselves under outputs/gpu_check/<time>/). Never downloads.
