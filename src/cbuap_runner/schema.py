@@ -279,7 +279,7 @@ def _unread(prefix: str, config: Any, default: Any, option: str, registry: Mappi
         for key, value in _changed(f"{prefix}.{f.name}", getattr(config, f.name), getattr(default, f.name)):
             readers = [n for n, spec in registry.items() if f.name in spec.reads]
             _fail(key, to_plain(value), f"{option} does not read {prefix}.{f.name}; "
-                  + (f"{group}={', '.join(readers)} do" if readers else "only other tasks do"))
+                  + (f"{group}={', '.join(readers)} do" if readers else f"no {group} option reads it"))
 
 
 def validate_attack(a: AttackConfig, prefix: str, num_classes: int, every_attack: bool = False) -> None:

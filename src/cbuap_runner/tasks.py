@@ -72,7 +72,7 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     if cfg.training.init_checkpoint:
         _check_model_fits(cfg.training.init_checkpoint, data, "training.init_checkpoint")
         model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
-    model = prepare(model, channels_last=cfg.model.channels_last, compile=cfg.model.compile)
+    model = _prepared(cfg, model)
     adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
                                seed=cfg.seed)
     result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
@@ -184,16 +184,16 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     """perturbation.pt plus its figures (δ with examples, label histogram, transition matrix); rank 0 only."""
     if not dist.is_main():
         return
-    run_dir = ctx.run_dir
+    run_dir, class_wise = ctx.run_dir, ATTACKS[attack.name].class_wise
     torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": str(attack.norm), "attack": attack.name,
-                "class_wise": ATTACKS[attack.name].class_wise,
+                "class_wise": class_wise,
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "config": to_plain(attack)}, run_dir / f"{stem}.pt")
     test = eval_split(ctx, data)
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
     x = examples.float_x()
-    adv = apply_delta(x, delta, examples.y if ATTACKS[attack.name].class_wise else None)
+    adv = apply_delta(x, delta, examples.y if class_wise else None)
     figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
     prefix = "" if stem == "perturbation" else f"{stem}_"  # pipeline runs hold one set per attack
     figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
