@@ -13,7 +13,7 @@ from torch import nn
 
 from cbuap_runner.attacks import ATTACKS, L2Threat, LinfThreat, apply_delta, craft
 from cbuap_runner.attacks.engine import BalanceSchedule, PassLoop, PassStats, Stepper, batch_objective
-from cbuap_runner.attacks.objectives import UAPObjective, attack_loss
+from cbuap_runner.attacks.objectives import UAPObjective, attack_loss, balanced_targets
 from cbuap_runner.data import DataBundle, Split
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
 from cbuap_runner.schema import AttackConfig, BalanceConfig
@@ -288,6 +288,8 @@ def test_cw_uap_gives_one_delta_per_class(task):
     dict(lambda_pen=10.0, penalty="frequency", class_reweight=True, start=1),
     dict(lambda_div=1.0, lambda_pen=1.0, penalty="hinge", start=1, lambda_ramp=2, fooling_guard=0.05,
          num_starts=2, init="uniform"),
+    dict(lambda_div=0.0, lambda_pen=0.0, lambda_pull=2.0),
+    dict(lambda_div=0.0, lambda_pen=0.0, dro_eta=0.5),
 ])
 def test_cb_uap_variants_run_and_stay_in_budget(task, extra):
     model, x, y, *_ = task
@@ -314,6 +316,50 @@ def test_balance_terms_pull_mass_off_the_dominant_label():
             assert parts["r_pen"] > 0
     assert (grads["cb"][0, :, 0] < grads["sgd"][0, :, 0]).all()
     assert (grads["cb"][0, :, 0] < 0).all()  # J is pushed to move mass off the dominant class
+
+
+def test_balanced_targets_are_wrong_classes_shared_equally():
+    """Every image prefers class 1; the equipartition plan still spreads the targets over the wrong classes."""
+    torch.manual_seed(0)
+    B = 60
+    y = torch.arange(B) % K
+    log_p = torch.log_softmax(torch.randn(2, B, K) * 0.1 + torch.eye(K)[1] * 4.0, -1)
+    t = balanced_targets(log_p, y)
+    assert t.shape == (2, B) and not (t == y).any()
+    counts = torch.stack([torch.bincount(row, minlength=K) for row in t])
+    assert counts.max() <= 2 * B // K  # near 1/K each, though argmax would send all but class 1's images to 1
+    assert (log_p.argmax(-1) == 1).all()
+
+
+def test_pull_term_acts_on_fooled_images_only():
+    y = torch.tensor([0, 1, 2, 3])
+    z = torch.zeros(1, 4, K)
+    z[0, 0, 1] = z[0, 1, 1] = 5.0  # image 0 fooled (to 1), image 1 not (predicted as its label), 2 and 3 fooled
+    z[0, 2, 0] = z[0, 3, 0] = 5.0
+    z.requires_grad_(True)
+    obj = UAPObjective(cfg_(lambda_div=0.0, lambda_pen=0.0, lambda_pull=1.0), K, balanced=True)
+    J, parts = obj(z, y)
+    assert parts["l_pull"] > 0
+    (grad,) = torch.autograd.grad(J.sum(), z)
+    plain = torch.autograd.grad(attack_loss(z, y, obj.cfg).mean(-1).sum(), z)[0]
+    assert torch.equal(grad[0, 1], plain[0, 1])  # the unfooled image feels the attack loss alone
+    assert not torch.equal(grad[0, 0], plain[0, 0])
+
+
+def test_dro_weights_follow_the_least_fooled_class():
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    z = torch.zeros(1, 6, K)
+    z[0, :2, 0] = 8.0  # class 0 keeps its label: the lowest attack loss
+    z[0, 2:, 0] = 8.0  # classes 1 and 2 are fooled into 0: high loss
+    obj = UAPObjective(cfg_(lambda_div=0.0, lambda_pen=0.0, dro_eta=0.1), K, balanced=True)
+    for _ in range(3):
+        obj(z, y)
+    w = obj.K * torch.softmax(obj.dro_logits, 0)
+    assert w[0] > w[3] > w[1] and torch.isclose(w[1], w[2])  # absent classes keep their weight
+    assert torch.isclose(w.sum(), torch.tensor(float(K)))
+    unbalanced = UAPObjective(cfg_(dro_eta=0.1), K, balanced=False)
+    unbalanced(z, y)
+    assert not unbalanced.dro_logits.any()  # sgd_uap ignores the balance section
 
 
 def test_balance_scale_multiplies_only_the_balance_terms():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cbuap_runner.attacks import ATTACKS
+from cbuap_runner.attacks import ATTACKS, apply_delta
 from cbuap_runner.data import load_data
 from cbuap_runner.models import build_model
 from cbuap_runner.training import DEFENCES, make_adversary
@@ -317,6 +317,23 @@ def test_cb_uat_per_iteration_refresh_crafts_on_the_unwrapped_network(validated,
     _start_epoch(adversary, wrapped, data)
     adversary.loss(wrapped, *_batch(data), 0)  # refreshes first (step 0), then the training forward
     assert adversary.refreshes == 1 and wrapped.calls == 1
+
+
+def test_cb_uat_worst_member_takes_each_samples_highest_loss_member(validated, tmp_path):
+    _, data, model, adversary = _setup(validated, "cb_uat", tmp_path, ["training.pool.member=worst"])
+    _start_epoch(adversary, model, data)
+    x, y = _batch(data)
+    bn = _bn_state(model)
+    chosen = adversary.worst_member(model, x, y)
+    model.eval()
+    with torch.no_grad():
+        losses = torch.stack([F.cross_entropy(model(apply_delta(x, d)), y, reduction="none")
+                              for d in adversary.pool])
+    model.train()
+    assert torch.equal(chosen, losses.argmax(0)) and len(set(chosen.tolist())) > 1
+    assert all(torch.equal(bn[k], v) for k, v in _bn_state(model).items())  # the choice leaves BatchNorm alone
+    assert model.training
+    assert torch.isfinite(adversary.loss(model, x, y, 1)[0])
 
 
 # ---------------------------------------------------------------- model cache and pipeline

@@ -40,6 +40,7 @@ Batching = _choice("Batching", "exact", "relaxed")
 Schedule = _choice("Schedule", "cosine", "step", "constant")
 ModelMode = _choice("ModelMode", "eval", "train")
 RefreshUnit = _choice("RefreshUnit", "epoch", "iter")
+PoolMember = _choice("PoolMember", "random", "worst")
 LoggerMode = _choice("LoggerMode", "online", "offline", "disabled")
 Progress = _choice("Progress", "auto", "on", "off")
 
@@ -90,6 +91,8 @@ class BalanceConfig:
     class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
     lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
     fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
+    lambda_pull: float = 0.0  # pull each fooled image toward its wrong-class target, targets balanced over classes (Sinkhorn)
+    dro_eta: Optional[float] = None  # group-DRO weights on the attack loss: step size of the per-batch class-weight update
 
 
 @dataclass
@@ -148,6 +151,7 @@ class PoolConfig:
     refresh_every: int = 1  # refresh the pool every k units
     refresh_unit: RefreshUnit = RefreshUnit.epoch
     refresh_steps: int = 20  # S minibatch steps per refresh
+    member: PoolMember = PoolMember.random  # stage 2 trains each sample on a random member, or on its worst one
 
 
 @dataclass
@@ -320,8 +324,10 @@ def _validate_balance(b: BalanceConfig, prefix: str) -> None:
     _positive(f"{prefix}.temperature", b.temperature)
     if b.temperature < 1:
         _fail(f"{prefix}.temperature", b.temperature, "must be >= 1")
-    for key in ("lambda_div", "lambda_conf", "lambda_pen", "start", "lambda_ramp"):
+    for key in ("lambda_div", "lambda_conf", "lambda_pen", "lambda_pull", "start", "lambda_ramp"):
         _non_negative(f"{prefix}.{key}", getattr(b, key))
+    if b.dro_eta is not None:
+        _positive(f"{prefix}.dro_eta", b.dro_eta)
     if b.stop is not None and b.stop <= b.start:
         _fail(f"{prefix}.stop", b.stop, "must exceed start (or be null)")
     if b.fooling_guard is not None and not (0 < b.fooling_guard <= 1):

@@ -1,5 +1,6 @@
 """Attack objectives: the clipped SGD-UAP loss (CE or CW margin, untargeted or targeted) and the
-class-balanced CB-UAP objective J = L_atk + λ_div·L_div − λ_conf·L_conf − λ_pen·R_pen (docs/method.md, CB-UAP).
+class-balanced CB-UAP objective J = L_atk + λ_div·L_div − λ_conf·L_conf − λ_pen·R_pen − λ_pull·L_pull
+(docs/method.md, CB-UAP).
 
 Logits arrive as [S,B,K]: S perturbations (M random starts, or 1) evaluated on the same B samples. Every
 term is reduced per perturbation, so J is a vector [S] and summing it gives each δ_s its own mean-reduced
@@ -23,6 +24,15 @@ Choices where the paper is silent (all documented in docs/method.md, CB-UAP, and
   batches) crafting fooling rate of a start and f* its best value so far (plain passes included), the
   factor is clamp((f − (f* − g)) / g, 0, 1): full balance weights while the attack is as strong as it
   has been, none once it has lost g, linear in between. scale = None is exactly the unscaled objective.
+- balanced targets (`lambda_pull`): each batch, a Sinkhorn equipartition plan (3 alternating normalisations of
+  the joint softmax with the true class masked: every wrong class receives 1/K of the batch, every image 1/B)
+  assigns image i the target t_i = argmax_k of its row; L_pull = mean_i 1[fooled_i]·CE(z_i, t_i) pulls only the
+  images the δ already fools (pred ≠ y), so images it does not fool keep the untargeted push alone. The plan uses
+  the detached probabilities; the targets change with δ from batch to batch (Asano et al. 2020, SeLa, §3.1, for
+  the equipartition; its use as an attack target is this runner's).
+- group DRO (`dro_eta` = η): class weights w = K·softmax(θ) on the attack loss, θ_k ← θ_k − η·(L̄_k − mean L̄)
+  after each batch from the batch's mean loss L̄_k of each present class (Sagawa et al. 2020, Alg. 1, with
+  classes as the groups): the least-fooled classes gain weight. Applied on top of `class_reweight` when both are set.
 - targeted CE: ℓ = −max(CE(z, t), c) with c = −log(1 − e^{−β}), the analogue of clipping CE at β: a sample
   stops contributing once all but e^{−β} of its mass sits on t. Targeted CW: min(z_t − max_{k≠t} z_k, κ).
 """
@@ -66,6 +76,17 @@ def attack_loss(logits: Tensor, y: Tensor, cfg: AttackConfig) -> Tensor:
     return (-_margin(logits, tgt)).clamp(max=cfg.kappa)
 
 
+def balanced_targets(log_p: Tensor, y: Tensor, iters: int = 3) -> Tensor:
+    """Wrong-class targets [S,B] from log-probabilities [S,B,K]: the row argmax of a Sinkhorn equipartition plan."""
+    S, B, K = log_p.shape
+    true = F.one_hot(y, K).bool().unsqueeze(0)
+    plan = torch.softmax(log_p.masked_fill(true, float("-inf")).reshape(S, B * K), -1).view(S, B, K)
+    for _ in range(iters):
+        plan = plan / (plan.sum(1, keepdim=True).clamp_min(1e-30) * K)  # each class 1/K of the batch
+        plan = plan / (plan.sum(2, keepdim=True).clamp_min(1e-30) * B)  # each image 1/B
+    return plan.argmax(-1)
+
+
 def _entropy(p: Tensor, log_p: Tensor) -> Tensor:
     """−Σ p log p over the last dim."""
     return -(p * log_p).sum(-1)
@@ -77,9 +98,11 @@ class UAPObjective:
     def __init__(self, cfg: AttackConfig, num_classes: int, *, balanced: bool) -> None:
         self.cfg, self.b = cfg, cfg.balance
         self.K = num_classes
-        lambdas = (self.b.lambda_div, self.b.lambda_conf, self.b.lambda_pen)
+        lambdas = (self.b.lambda_div, self.b.lambda_conf, self.b.lambda_pen, self.b.lambda_pull)
         self.use_terms = balanced and any(v > 0 for v in lambdas)
         self.use_reweight = balanced and self.b.class_reweight
+        self.use_dro = balanced and self.b.dro_eta is not None
+        self.dro_logits = torch.zeros(num_classes)  # θ of the group-DRO class weights
         self.ema: Tensor | None = None  # [S,K]
         self.counts: Tensor | None = None  # [S,K] running adversarial-prediction counts
         self.class_weight: Tensor | None = None  # [K] for class_reweight
@@ -89,7 +112,7 @@ class UAPObjective:
     @property
     def balanced(self) -> bool:
         """Whether any balance mechanism is configured."""
-        return self.use_terms or self.use_reweight
+        return self.use_terms or self.use_reweight or self.use_dro
 
     def __call__(self, logits: Tensor, y: Tensor, *, balance_on: bool = True,
                  sample_weight: Tensor | None = None,
@@ -101,6 +124,9 @@ class UAPObjective:
         if balance_on and self.use_reweight and self.class_weight is not None:
             cw = self.class_weight[y]
             weight = cw if weight is None else weight * cw
+        if balance_on and self.use_dro:
+            dw = self._dro_weights(loss.detach(), y)[y]
+            weight = dw if weight is None else weight * dw
         if weight is None:
             l_atk = loss.mean(-1)
         else:
@@ -111,6 +137,10 @@ class UAPObjective:
         l_div, l_conf, r_pen = self._balance_terms(logits, y)
         c = self.b
         balance = c.lambda_div * l_div - c.lambda_conf * l_conf - c.lambda_pen * r_pen
+        if c.lambda_pull > 0:
+            l_pull = self._pull_term(logits, y)
+            balance = balance - c.lambda_pull * l_pull
+            parts["l_pull"] = l_pull.detach().mean()
         J = l_atk + (balance if scale is None else scale * balance)
         parts.update(l_div=l_div.detach().mean(), l_conf=l_conf.detach().mean(), r_pen=r_pen.detach().mean())
         if scale is not None:
@@ -144,6 +174,25 @@ class UAPObjective:
             w = self._penalty_weights(logits)
             r_pen = (w * F.relu(q_bar - 1.0 / self.K).pow(2)).sum(-1)
         return l_div, l_conf, r_pen
+
+    def _pull_term(self, logits: Tensor, y: Tensor) -> Tensor:
+        """L_pull [S]: mean over the batch of 1[fooled_i]·CE(z_i, t_i), t the balanced targets."""
+        log_p = F.log_softmax(logits, -1)
+        targets = balanced_targets(log_p.detach(), y)
+        fooled = (logits.detach().argmax(-1) != y).to(logits.dtype)
+        return (fooled * -log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)).mean(-1)
+
+    def _dro_weights(self, loss: Tensor, y: Tensor) -> Tensor:
+        """Update θ from the batch's per-class mean loss (loss [S,B], detached) and return the weights [K]."""
+        K = self.K
+        theta = self.dro_logits = self.dro_logits.to(loss.device)
+        total = torch.zeros(K, device=loss.device).scatter_add_(0, y, loss.mean(0))
+        count = torch.zeros(K, device=loss.device).scatter_add_(0, y, torch.ones_like(y, dtype=loss.dtype))
+        present = (count > 0).to(loss.dtype)
+        mean_k = total / count.clamp_min(1)
+        centred = (mean_k - (mean_k * present).sum() / present.sum()) * present
+        theta.sub_(self.b.dro_eta * centred).sub_(theta.max())
+        return K * torch.softmax(theta, 0)
 
     def _penalty_weights(self, logits: Tensor) -> Tensor:
         """w_k [S,K] from the hard histogram of the current adversarial predictions (or a running count)."""

@@ -6,8 +6,10 @@ subset of the training split, with the network frozen (eval mode, running statis
 `frozen`), i.e. the model as every evaluation attack sees it. Under torchrun the refresh runs on the unwrapped
 network and its seeds and data are the same on every rank, so every rank keeps the same pool (checked after
 every refresh: a pool that differs between ranks raises).
-Stage 2: sample i gets pool member m_i (uniform, from the epoch generator) and the loss is the exact
-(1 − σ)·CE(clean) + σ·CE(x + δ_{m_i}) of adversary.mixed_loss, the same loss as every other defence.
+Stage 2: sample i gets pool member m_i and the loss is the exact (1 − σ)·CE(clean) + σ·CE(x + δ_{m_i}) of
+adversary.mixed_loss, the same loss as every other defence. `pool.member=random` draws m_i uniformly (from the
+epoch generator); `pool.member=worst` takes the member with the highest CE on sample i, judged by M extra forwards
+without gradient in eval mode (BatchNorm statistics untouched), the pool analogue of SAT's max over its heap.
 Seeds: the refresh subset and the attack's generator derive from the run's `seed` and the refresh count.
 """
 
@@ -18,6 +20,7 @@ import logging
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import dist
@@ -71,8 +74,24 @@ class CBUAT(Adversary):
     def loss(self, model, x, y, step):
         if self.cfg.pool.refresh_unit == "iter" and step % self.cfg.pool.refresh_every == 0:
             self.refresh(model)
-        member = torch.randint(0, self.cfg.pool.size, (x.shape[0],), generator=self._generator).to(x.device)
+        if self.cfg.pool.member == "worst":
+            member = self.worst_member(model, x, y)
+        else:
+            member = torch.randint(0, self.cfg.pool.size, (x.shape[0],), generator=self._generator).to(x.device)
         return mixed_loss(model, x, apply_delta(x, self.pool, member), y, self.cfg.sigma)
+
+    @torch.no_grad()
+    def worst_member(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per sample, the pool member with the highest cross-entropy (the network in eval mode for the choice)."""
+        net = unwrap(model)
+        was_training = net.training
+        net.eval()
+        try:
+            losses = torch.stack([F.cross_entropy(net(apply_delta(x, delta)), y, reduction="none")
+                                  for delta in self.pool])
+        finally:
+            net.train(was_training)
+        return losses.argmax(0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pool": self.pool.detach().cpu(), "refreshes": self.refreshes}
