@@ -45,3 +45,42 @@ def test_results_document_regenerates_from_the_committed_records(make_tables, tm
         for suffix in ("md", "csv"):
             name = f"{table['kind']}.{suffix}"
             assert (doc.parent / "results" / table["name"] / name).read_text() == (RESULTS / table["name"] / name).read_text()
+
+
+@pytest.fixture(scope="module")
+def document(make_tables):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import results_document
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return results_document
+
+
+def _row(**values):
+    """A completed table row: settings as given, metrics as (mean, std, n) cells."""
+    cells = {k: (v, 0.0, 3) for k, v in values.items() if isinstance(v, float)}
+    return {"status": "completed", "n": 3, **{k: v for k, v in values.items() if not isinstance(v, float)}, **cells}
+
+
+def test_tuned_claim_judges_the_validation_choice_on_test(document):
+    sgd = _row(attack="sgd_uap", _label="sgd_uap", fooling_rate=0.90, label_entropy=0.01,
+               min_class_attack_success_rate=0.0)
+    near = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.89, label_entropy=0.20,
+                min_class_attack_success_rate=0.1)
+    far = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.85, label_entropy=0.40,
+               min_class_attack_success_rate=0.1)
+    assert document.claim_tuned("x", [sgd, near]).endswith("the claim holds.")
+    assert "5.0 points lower" in document.claim_tuned("x", [sgd, far])
+    assert document.claim_tuned("x", [sgd, far]).endswith("the claim does not hold.")
+    assert "not answered" in document.claim_tuned("x", [sgd])
+
+
+def test_defence_claim_reads_the_chosen_cb_uat_variant(document):
+    rows = [_row(training="uat", clean_acc=0.88, worst_adv_acc=0.70),
+            _row(training="cw_uat", clean_acc=0.87, worst_adv_acc=0.65),
+            _row(training="cb_uat", **{"table/cb_uat": None}, clean_acc=0.84, worst_adv_acc=0.50),
+            _row(training="cb_uat", **{"table/cb_uat": "worst_member"}, clean_acc=0.89, worst_adv_acc=0.75)]
+    assert "not answered" in document.claim_defence("x", rows)  # two CB-UAT rows and no choice between them
+    assert document.claim_defence("x", rows, {"table/cb_uat": "worst_member"}).endswith("the claim holds.")
+    assert document.claim_defence("x", rows, {"table/cb_uat": None}).endswith("the claim does not hold.")

@@ -14,7 +14,8 @@ from torch import nn
 from cbuap_runner.attacks import ATTACKS, apply_delta
 from cbuap_runner.data import load_data
 from cbuap_runner.models import build_model
-from cbuap_runner.training import DEFENCES, make_adversary
+from cbuap_runner.schema import to_plain
+from cbuap_runner.training import DEFENCES, make_adversary, read_settings
 from cbuap_runner.training.loop import fit
 from cbuap_runner.training.pgd_at import pgd
 from cbuap_runner.training.uat import UAT
@@ -337,6 +338,25 @@ def test_cb_uat_worst_member_takes_each_samples_highest_loss_member(validated, t
 
 
 # ---------------------------------------------------------------- model cache and pipeline
+
+
+def test_model_cache_key_follows_only_what_the_defence_reads(validated):
+    from cbuap_runner.tasks import _model_cache_path
+
+    def slot(*overrides):
+        return _model_cache_path(validated(["dataset=synthetic", *overrides])).parent.name
+
+    base = slot("training=natural")
+    assert slot("training=natural", "training.amp=true") == base  # autocast does not change what is trained
+    assert slot("training=natural", "training.lr=0.01") != base
+    assert slot("training=natural", "seed=1") != base
+    cb = slot("training=cb_uat")
+    assert slot("training=cb_uat", "training.pool.member=worst") != cb
+    assert slot("training=cb_uat", "training.adversary.balance.lambda_div=0.5") != cb  # CB-UAT crafts with it
+    assert slot("training=uat", "training.adversary.norm=l2") != slot("training=uat")
+    plain = to_plain(validated(["dataset=synthetic", "training=natural"]).training)
+    grown = {**plain, "pool": {**plain["pool"], "new_key": 1}}  # a key that only another defence reads
+    assert read_settings(grown) == read_settings(plain)
 
 
 @pytest.mark.e2e

@@ -24,7 +24,7 @@ from .models import build_model, load_model, prepare, read_model_file, save_mode
 from .progress import progress_enabled
 from .schema import AttackConfig, Config, to_plain
 from .tracking.local import forget_rows
-from .training import make_adversary
+from .training import make_adversary, read_settings
 from .training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def _model_cache_path(cfg: Config) -> Path:
     """Cache slot of the model that cfg's dataset + model + training + seed would train."""
     dataset = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download", "classes")}
     model = {"name": cfg.model.name}
-    training = {k: v for k, v in to_plain(cfg.training).items() if k != "amp"}
+    training = read_settings(to_plain(cfg.training))
     key = json.dumps({"dataset": dataset, "model": model, "training": training, "seed": cfg.seed}, sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.dataset.name}-{cfg.model.name}-{cfg.training.name}-{digest}" / "model.pt"

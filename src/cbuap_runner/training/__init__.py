@@ -50,6 +50,16 @@ DEFENCES: dict[str, DefenceSpec] = {
 }
 
 
+def read_settings(cfg: dict) -> dict:
+    """The part of a plain training config (`to_plain(cfg.training)`) that its defence reads, bf16 autocast aside:
+    what identifies the model it trains (the model cache's key), unchanged when another defence's keys are added."""
+    spec = DEFENCES[cfg["name"]]
+    out = {k: v for k, v in cfg.items() if (k in SHARED_KEYS or k in spec.reads) and k != "amp"}
+    if spec.adversarial and not spec.crafts_with_adversary:
+        out["adversary"] = {"norm": cfg["adversary"]["norm"]}
+    return out
+
+
 def make_adversary(name: str, cfg: TrainingConfig, num_classes: int, input_shape: tuple[int, int, int],
                    device: torch.device, seed: int = 0) -> Adversary:
     """The adversary of defence `name`; `seed` (the run's) seeds whatever randomness it owns (CB-UAT's refreshes)."""
