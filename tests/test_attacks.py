@@ -32,7 +32,7 @@ BALANCE_KEYS = {f.name for f in dataclasses.fields(BalanceConfig)}
 def cfg_(**kw) -> AttackConfig:
     """An attack config; keys of attack.balance go into that section, whose weights start at zero here (each test
     switches on the terms it needs)."""
-    balance = {"lambda_div": 0.0, "lambda_pen": 0.0, **{k: kw.pop(k) for k in list(kw) if k in BALANCE_KEYS}}
+    balance = {"lambda_div": 0.0, "lambda_pen": 0.0, "lambda_pull": 0.0, **{k: kw.pop(k) for k in list(kw) if k in BALANCE_KEYS}}
     base = dict(name="sgd_uap", eps=0.04, passes=5, batch_size=64, balance=BalanceConfig(**balance))
     base.update(kw)
     return AttackConfig(**base)
