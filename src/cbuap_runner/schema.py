@@ -75,14 +75,13 @@ class ModelConfig:
 @dataclass
 class BalanceConfig:
     """attack=cb_uap's class-balance terms (docs/method.md, CB-UAP). The weights are the setting chosen by
-    table=tune_cb_uap on the validation split (balanced targets alone, lambda_pull = 1); every weight at zero, class_reweight
-    off and dro_eta null reproduce sgd_uap."""
+    table=tune_cb_uap on the validation split; every weight at zero, class_reweight off and dro_eta null reproduce sgd_uap."""
 
     calibration: Calibration = Calibration.exclude_true
     temperature: float = 1.0
-    lambda_div: float = 0.0  # diversity H(mean q) of the calibrated distributions
+    lambda_div: float = 0.5  # diversity H(mean q) of the calibrated distributions
     lambda_conf: float = 0.0  # sharpness of each calibrated distribution
-    lambda_pen: float = 0.0  # penalty on the classes above 1/K of the mean q
+    lambda_pen: float = 0.5  # penalty on the classes above 1/K of the mean q
     penalty: Penalty = Penalty.hinge
     penalty_weights: PenaltyWeights = PenaltyWeights.indicator  # hinge only
     ema: bool = False
@@ -92,7 +91,7 @@ class BalanceConfig:
     class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
     lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
     fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
-    lambda_pull: float = 1.0  # pull each fooled image toward its wrong-class target, targets balanced over classes (Sinkhorn)
+    lambda_pull: float = 0.0  # pull each fooled image toward its wrong-class target, targets balanced over classes (Sinkhorn)
     dro_eta: Optional[float] = None  # group-DRO weights on the attack loss: step size of the per-batch class-weight update
 
 
