@@ -50,22 +50,29 @@ def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> dict[str, Any] | N
     return found[0] if len(found) == 1 else None
 
 
+def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str) -> str:
+    """`name` against SGD-UAP on test: entropy gained, fooling rate lost, minimum per-class success, the verdict."""
+    d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
+    d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
+    holds = d_ent >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
+    cell = mt.format_cell
+    return (f"{name} {'raises' if d_ent >= 0 else 'lowers'} the test label entropy by {abs(d_ent):.3f} "
+            f"({cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
+            f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
+            f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
+            f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
+            f"(n = {sgd['n']}, {cb['n']}): the claim (≥ {ENTROPY_GAIN} with at most {FOOLING_LOSS * 100:.0f} points "
+            f"lost) {'holds' if holds else 'does not hold'}.")
+
+
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], where: Mapping[str, Any]) -> str:
-    """Claim 1 in one sentence: does CB-UAP raise label entropy by ENTROPY_GAIN over SGD-UAP with the fooling
-    rate within FOOLING_LOSS?"""
+    """Claim 1 in one sentence: does CB-UAP (the defaults) raise label entropy by ENTROPY_GAIN over SGD-UAP with
+    the fooling rate within FOOLING_LOSS?"""
     sgd = _find([r for r in rows if _matches(r, where)], attack="sgd_uap")
     cb = _find([r for r in rows if _matches(r, where)], attack="cb_uap")
     if sgd is None or cb is None:
         return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
-    d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
-    d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
-    holds = d_ent >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
-    return (f"{label}: CB-UAP {'raises' if d_ent >= 0 else 'lowers'} the label entropy by {abs(d_ent):.3f} "
-            f"({mt.format_cell(sgd['label_entropy'])} → {mt.format_cell(cb['label_entropy'])}) with the fooling rate "
-            f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} "
-            f"({mt.format_cell(sgd['fooling_rate'])} → {mt.format_cell(cb['fooling_rate'])}; n = {sgd['n']}, "
-            f"{cb['n']}): the claim (≥ {ENTROPY_GAIN} with at most {FOOLING_LOSS * 100:.0f} points lost) "
-            f"{'holds' if holds else 'does not hold'}.")
+    return f"{label}: {_balance_verdict(sgd, cb, 'CB-UAP')}"
 
 
 def claim_tuned(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -74,17 +81,7 @@ def claim_tuned(label: str, rows: Sequence[Mapping[str, Any]]) -> str:
     chosen = _find(rows, chosen=True)
     if sgd is None or chosen is None:
         return f"{label}: not answered (the tuning table lacks a completed SGD-UAP row or a chosen row)."
-    d_ent = _mean(chosen, "label_entropy") - _mean(sgd, "label_entropy")
-    d_fr = _mean(chosen, "fooling_rate") - _mean(sgd, "fooling_rate")
-    holds = d_ent >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
-    return (f"{label}: the setting chosen on validation ({chosen['_label']}) {'raises' if d_ent >= 0 else 'lowers'} "
-            f"the test label entropy by {abs(d_ent):.3f} ({mt.format_cell(sgd['label_entropy'])} → "
-            f"{mt.format_cell(chosen['label_entropy'])}) with the test fooling rate {abs(d_fr) * 100:.1f} points "
-            f"{'higher' if d_fr >= 0 else 'lower'} ({mt.format_cell(sgd['fooling_rate'])} → "
-            f"{mt.format_cell(chosen['fooling_rate'])}) and the minimum per-class attack success "
-            f"{mt.format_cell(sgd['min_class_attack_success_rate'])} → "
-            f"{mt.format_cell(chosen['min_class_attack_success_rate'])} (n = {sgd['n']}, {chosen['n']}): the claim "
-            f"{'holds' if holds else 'does not hold'}.")
+    return f"{label}: {_balance_verdict(sgd, chosen, 'the setting chosen on validation (' + chosen['_label'] + ')')}"
 
 
 def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mapping[str, Any] | None = None) -> str:

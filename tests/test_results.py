@@ -70,9 +70,9 @@ def test_tuned_claim_judges_the_validation_choice_on_test(document):
                 min_class_attack_success_rate=0.1)
     far = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.85, label_entropy=0.40,
                min_class_attack_success_rate=0.1)
-    assert document.claim_tuned("x", [sgd, near]).endswith("the claim holds.")
+    assert document.claim_tuned("x", [sgd, near]).endswith(") holds.")
     assert "5.0 points lower" in document.claim_tuned("x", [sgd, far])
-    assert document.claim_tuned("x", [sgd, far]).endswith("the claim does not hold.")
+    assert document.claim_tuned("x", [sgd, far]).endswith("does not hold.")
     assert "not answered" in document.claim_tuned("x", [sgd])
 
 
