@@ -234,9 +234,25 @@ def _frontier_text(base: Path, out_dir: Path, spec: Mapping[str, Any], figures: 
         frontier_figure(points, spec["title"], png)
     lines = [f"### {spec['title']}", "", spec["about"], "", f"![fooling rate against label entropy]"
              f"({png.relative_to(out_dir)})", "", "| setting | n | fooling rate | label entropy |", "|---|---|---|---|"]
+    ordered = sorted(rows, key=lambda r: -(r["fooling_rate"][0] or 0))
     lines += [f"| {r['_label']} | {r['n']} | {mt.format_cell(r['fooling_rate'])} | {mt.format_cell(r['label_entropy'])} |"
-              for r in sorted(rows, key=lambda r: -(r["fooling_rate"][0] or 0))]
-    return [*lines, ""]
+              for r in ordered]
+    return [*lines, "", *_per_seed_lines(ordered), ""]
+
+
+def _per_seed_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The points of a frontier figure, one table row per run, folded away."""
+    def number(rec: Mapping[str, Any], metric: str) -> str:
+        value = mt._value(rec, metric)
+        return "–" if value is None else f"{value:.3f}"
+
+    lines = ["<details><summary>Every run (one point of the figure each)</summary>", "",
+             "| setting | seed | fooling rate | label entropy | min per-class attack success |", "|---|---|---|---|---|"]
+    for row in rows:
+        for rec in sorted(row["_records"], key=lambda rec: str(rec.get("seed"))):
+            lines.append(f"| {row['_label']} | {rec.get('seed')} | {number(rec, 'fooling_rate')} | "
+                         f"{number(rec, 'label_entropy')} | {number(rec, 'min_class_attack_success_rate')} |")
+    return [*lines, "", "</details>"]
 
 
 def write_document(manifest: str | Path, figures: bool = True) -> Path:
