@@ -76,7 +76,7 @@ if [[ $SMOKE == 1 ]]; then
   RUN_SIZE=(dataset.val_size=100 dataset.train_subset=256 training.batch_size=32 attack.crafting_images=16
             attack.passes=1 attack.batch_size=16 attack.deepfool.iters=3 attack.deepfool.candidates=3
             eval.num_images=100)
-  POOL_SIZE=(training.pool.refresh_steps=2)  # cb_uat only: a defence refuses keys it does not read
+  POOL_SIZE=(training.pool.refresh_unit=epoch training.pool.refresh_steps=2)  # cb_uat only: a defence refuses keys it does not read
   BENCH_SIZE=(--batch 32 --seconds 0.5 --craft-images 128)
   N_TRAIN=256
 else

@@ -32,7 +32,8 @@ TRAIN = ["task=train", "dataset=synthetic", "model=small_cnn", f"training.epochs
 DEFENCES = {
     "natural": [],
     "uat": [],
-    "cb_uat": ["training.pool.refresh_steps=2", "training.pool.size=2", "training.adversary.batch_size=32"],
+    "cb_uat": ["training.pool.refresh_unit=epoch", "training.pool.refresh_every=1",
+               "training.pool.refresh_steps=2", "training.pool.size=2", "training.adversary.batch_size=32"],
 }
 
 

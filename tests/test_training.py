@@ -41,7 +41,8 @@ def test_train_end_to_end_on_synthetic(cli):
 
 
 # small settings of the sections a defence reads (a defence refuses keys it does not read)
-SMALL = {"cb_uat": ["training.pool.refresh_steps=2", "training.adversary.batch_size=32"],
+SMALL = {"cb_uat": ["training.pool.refresh_unit=epoch", "training.pool.refresh_every=1",
+               "training.pool.refresh_steps=2", "training.adversary.batch_size=32"],
          "pgd_at": ["training.pgd.steps=2"], "sat": ["training.pgd.steps=2"]}
 
 

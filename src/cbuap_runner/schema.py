@@ -148,9 +148,11 @@ class PoolConfig:
     """cb_uat's stage 1: a pool of CB-UAPs refreshed against the frozen model."""
 
     size: int = 4  # M perturbations in the pool
-    refresh_every: int = 1  # refresh the pool every k units
-    refresh_unit: RefreshUnit = RefreshUnit.epoch
-    refresh_steps: int = 20  # S minibatch steps per refresh
+    # the schedule chosen on validation (table=cb_uat_variants): 5 steps every 43 iterations, about ten refreshes per
+    # epoch of 55,000 images, beat one 20-step refresh per epoch on clean and worst-case validation accuracy
+    refresh_every: int = 43  # refresh the pool every k units
+    refresh_unit: RefreshUnit = RefreshUnit.iter
+    refresh_steps: int = 5  # S minibatch steps per refresh
     member: PoolMember = PoolMember.random  # stage 2 trains each sample on a random member, or on its worst one
 
 
