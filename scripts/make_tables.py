@@ -311,8 +311,9 @@ def _sort_key(value: Any) -> tuple:
 
 
 def _add_time_vs_natural(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """Each completed row's training time over that of the natural row with the same other settings."""
-    other = [k for k in keys if k != "training" and not k.startswith("training.")]
+    """Each completed row's training time over that of the natural row with the same other settings (the sweep that
+    ran a row and the table rows it chose, `table` and `table/*`, are labels, not settings of the natural run)."""
+    other = [k for k in keys if k != "training" and not k.startswith(("training.", "table"))]
     natural = {}
     for row in rows:
         if row["status"] == "completed" and row.get("training") == "natural":
