@@ -25,9 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from torchvision.io import write_png
 
 from cbuap_runner.__main__ import main
+from cbuap_runner.data import load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
-from cbuap_runner.training.loop import resume_config
+from cbuap_runner.provenance import weights_key
 from helpers import FAST, REPO, TINY, run_cli
 
 SYNTH_SHAPE = (1, 16, 16)  # conf/dataset/synthetic.yaml: 4 classes of 1x16x16
@@ -171,7 +172,8 @@ def _checkpoint(run_dir: Path, validated, **changes) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {}, "adversary": {},
                 "rng": {"torch": torch.get_rng_state()}, "epoch": 1, "history": [], "train_seconds": 0.0,
-                "config": resume_config(cfg.dataset, cfg.training, cfg.seed)}, run_dir / "checkpoint.pt")
+                "config": weights_key(cfg, load_data(cfg.dataset, "unused", cfg.seed, torch.device("cpu")).fingerprint)},
+               run_dir / "checkpoint.pt")
     return run_dir
 
 

@@ -1,8 +1,8 @@
 """DeepFool and DeepFool-UAP (attack=uap) against closed forms and a per-image reference loop.
 
 The reference loop below is a literal, one-image-at-a-time transcription of the authors' universal_pert.py
-and deepfool.py (with this project's clamp to [0,1], the converged = label-changed rule and the L2
-projection into the ball); the batched implementation must give the same perturbation.
+and deepfool.py (their acceptance test `iter < max_iter_df - 1`; the [0,1] pixel range met as `deepfool.clamp`
+says; the L2 projection into the ball); the batched implementation must give the same perturbation.
 """
 
 from __future__ import annotations
@@ -37,20 +37,29 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 # ---------------------------------------------------------------- the per-image reference
+def ref_point(image: torch.Tensor, clamp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the leaf to differentiate in, what the model sees) at the point `image`, for each `deepfool.clamp`."""
+    if clamp == "point":
+        leaf = image.clamp(0, 1).detach().requires_grad_(True)
+        return leaf, leaf
+    leaf = image.detach().requires_grad_(True)
+    return leaf, leaf.clamp(0, 1) if clamp == "held" else leaf
+
+
 def ref_deepfool(model: nn.Module, image: torch.Tensor, *, num_classes: int, overshoot: float, max_iter: int,
-                 norm: str) -> tuple[torch.Tensor, int, int, int]:
+                 norm: str, clamp: str = "held") -> tuple[torch.Tensor, int, int, int]:
     """deepfool.py for one image [1,C,H,W] (one backward per candidate): (step, iterations, label, new label)."""
-    f_i = model(image.clamp(0, 1))[0].detach()
+    f_i = model(ref_point(image, clamp)[1])[0].detach()
     index = f_i.argsort(descending=True)[:num_classes].tolist()
     label = k_i = index[0]
-    pert_image = image.clamp(0, 1)
+    pert_image = image
     r_tot = torch.zeros_like(image)
     loop_i = 0
     while k_i == label and loop_i < max_iter:
         grads = []
         for c in index:
-            xi = pert_image.detach().requires_grad_(True)
-            grads.append(torch.autograd.grad(model(xi)[0, c], xi)[0])
+            leaf, seen = ref_point(pert_image, clamp)
+            grads.append(torch.autograd.grad(model(seen)[0, c], leaf)[0])
         pert, w, f = float("inf"), None, None
         for k in range(1, len(index)):
             w_k = grads[k] - grads[0]
@@ -63,9 +72,9 @@ def ref_deepfool(model: nn.Module, image: torch.Tensor, *, num_classes: int, ove
         else:
             r_i = (abs(f) + 1e-4) / w.abs().sum() * w.sign()
         r_tot = r_tot + r_i
-        pert_image = (image + (1 + overshoot) * r_tot).clamp(0, 1)
+        pert_image = image + (1 + overshoot) * r_tot
         loop_i += 1
-        f_i = model(pert_image)[0].detach()
+        f_i = model(ref_point(pert_image, clamp)[1])[0].detach()
         k_i = int(f_i.argmax())
     return (1 + overshoot) * r_tot, loop_i, label, k_i
 
@@ -84,10 +93,10 @@ def ref_universal(model: nn.Module, x: torch.Tensor, cfg: AttackConfig, generato
         for k in torch.randperm(x.shape[0], generator=generator).tolist():
             cur = x[k:k + 1]
             if int(model(cur).argmax()) == int(model((cur + v).clamp(0, 1)).argmax()):
-                dr, _, label, k_i = ref_deepfool(model, cur + v, num_classes=cfg.deepfool.candidates,
-                                                 overshoot=cfg.deepfool.overshoot, max_iter=cfg.deepfool.iters,
-                                                 norm=cfg.deepfool.norm)
-                if k_i != label:  # converged
+                dr, iters, _, _ = ref_deepfool(model, cur + v, num_classes=cfg.deepfool.candidates,
+                                               overshoot=cfg.deepfool.overshoot, max_iter=cfg.deepfool.iters,
+                                               norm=cfg.deepfool.norm, clamp=cfg.deepfool.clamp)
+                if iters < cfg.deepfool.iters - 1:  # "Make sure it converged..."
                     v = ref_project(v + dr[0], cfg.eps, cfg.norm)
                     added += 1
     return v, added
@@ -147,8 +156,10 @@ def test_batched_deepfool_equals_per_image_runs(task, which):
 
 
 @pytest.mark.parametrize("adaptive,min_width", [(False, 1), (True, 1), (False, 8)])
-@pytest.mark.parametrize("extra", [dict(norm="linf", eps=0.04), dict(norm="l2", eps=0.6, deepfool=dict(iters=2)),
-                                   dict(norm="linf", eps=0.03, deepfool=dict(norm="linf", iters=3))])
+@pytest.mark.parametrize("extra", [dict(norm="linf", eps=0.04), dict(norm="l2", eps=0.6, deepfool=dict(iters=4)),
+                                   dict(norm="linf", eps=0.03, deepfool=dict(norm="linf", iters=5)),
+                                   dict(norm="linf", eps=0.04, deepfool=dict(clamp="point")),
+                                   dict(norm="linf", eps=0.04, deepfool=dict(clamp="none", iters=4))])
 def test_batched_craft_equals_per_image_reference(task, monkeypatch, extra, adaptive, min_width):
     """The batched loop gives the per-image loop's v: checks batched, DeepFool speculative (the CUDA policy
     `adaptive`) or not (the CPU policy); min_width=8 forces many discarded runs."""
@@ -199,9 +210,11 @@ class Concave(nn.Module):
 def test_step_added_only_when_deepfool_converged():
     x = (0.5 + 0.005 * torch.randn(8, 1, 4, 4, generator=gen(0))).double()
     model = Concave()
-    one = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool=dict(iters=1)), 2,
-                             generator=gen())
+    one = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool=dict(iters=4)), 2,
+                             generator=gen())  # accepted only within 2 iterations: DeepFool needs 3 here
     assert torch.count_nonzero(one.delta) == 0 and sum(r["steps_added"] for r in one.history) == 0
+    # the iterations after iters - 2 can never give an added step, so they are not run
+    assert one.stats["deepfool_mean_iters"] == 2 and one.stats["deepfool_unaccepted_share"] == 1.0
     ten = craft_deepfool_uap(model, x, torch.zeros(8, dtype=torch.long), cfg_(eps=0.2, deepfool=dict(iters=10)), 2,
                              generator=gen())
     assert sum(r["steps_added"] for r in ten.history) > 0 and ten.history[-1]["fooling_rate"] == 1.0

@@ -96,3 +96,12 @@ def broadcast_buffers_(module: torch.nn.Module) -> None:
     if enabled():
         for buffer in module.buffers():
             tdist.broadcast(buffer, src=0)
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's `flag` on every rank (the flag itself outside torchrun)."""
+    if not enabled():
+        return flag
+    box = [bool(flag)]
+    tdist.broadcast_object_list(box, src=0)
+    return bool(box[0])

@@ -75,7 +75,7 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     if writes:
         (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure; this attempt writes its own
         write_json(run_dir / "run_summary.json", summary)
-    tracker, status = None, "failed"
+    tracker, status, ctx = None, "failed", None
     try:
         cfg = to_config(dcfg)
         if cfg.resume is True and not earlier_run:  # resume=auto starts afresh where nothing ran before
@@ -89,7 +89,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group, rank=dist.rank())
         log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,
                  device, run_dir)
-        metrics = TASKS[cfg.task].run(Context(cfg, run_dir, device, tracker))
+        ctx = Context(cfg, run_dir, device, tracker)
+        metrics = TASKS[cfg.task].run(ctx)
         summary.update(status="completed", metrics=metrics, device=str(device), world_size=dist.world_size())
         tracker.set_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
         status = "completed"
@@ -104,6 +105,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
             return None
         raise
     finally:
+        if ctx is not None:  # what decided the results: data fingerprint, the network and perturbation used
+            summary["provenance"] = ctx.provenance
         summary["wall_seconds"] = round(time.time() - t0, 3)
         if writes:
             write_json(run_dir / "run_summary.json", summary)

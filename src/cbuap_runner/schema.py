@@ -37,6 +37,7 @@ Calibration = _choice("Calibration", "none", "exclude_true", "temperature")
 Penalty = _choice("Penalty", "none", "hinge", "frequency")
 PenaltyWeights = _choice("PenaltyWeights", "indicator", "histogram")
 Batching = _choice("Batching", "exact", "relaxed")
+Clamp = _choice("Clamp", "held", "point", "none")
 Schedule = _choice("Schedule", "cosine", "step", "constant")
 ModelMode = _choice("ModelMode", "eval", "train")
 RefreshUnit = _choice("RefreshUnit", "epoch", "iter")
@@ -100,7 +101,8 @@ class DeepFoolConfig:
     """attack=uap's DeepFool (docs/method.md, DeepFool UAP)."""
 
     overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
-    iters: int = 10  # DeepFool iterations; a step is added to v only if the label changed within them
+    iters: int = 10  # the reference's max_iter_df: a step is added to v only if the label changed within iters - 2
+    clamp: Clamp = Clamp.held  # how DeepFool meets the [0,1] range: held = differentiate through the clamp
     candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
     norm: Norm = Norm.l2  # l2: the reference DeepFool; linf: the DeepFool step in L-inf geometry
     batching: Batching = Batching.exact  # exact: the sequential loop's result; relaxed: chunks of images share one v
@@ -341,6 +343,9 @@ def _validate_balance(b: BalanceConfig, prefix: str) -> None:
 def _validate_deepfool(d: DeepFoolConfig, prefix: str) -> None:
     for key in ("iters", "candidates", "chunk"):
         _positive(f"{prefix}.{key}", getattr(d, key))
+    if d.iters < 3:
+        _fail(f"{prefix}.iters", d.iters, "must be >= 3: a step counts only if DeepFool changed the label within "
+              "iters - 2 iterations (the reference's iter < max_iter_df - 1)")
     _non_negative(f"{prefix}.overshoot", d.overshoot)
 
 
@@ -375,6 +380,7 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
             if getattr(t.adversary, key) != pool_value:
                 _fail(f"training.adversary.{key}", getattr(t.adversary, key),
                       f"training={t.name} sets it from its pool (training.pool.size, uniform starts)")
+        _refuse_pass_keys(t.adversary, t.name)
         validate_attack(t.adversary, "training.adversary", num_classes)
     else:
         crafting = ", ".join(n for n, d in DEFENCES.items() if d.crafts_with_adversary)
@@ -384,6 +390,22 @@ def validate_training(t: TrainingConfig, num_classes: int) -> None:
                                            getattr(AttackConfig(), f.name)):
                     _fail(key, to_plain(value), f"training={t.name} reads only training.adversary.norm; "
                           f"training={crafting} craft with the whole adversary")
+
+
+# what a pool refresh cannot honour: it runs training.pool.refresh_steps minibatch steps of one pass on
+# refresh_steps · batch_size images of its own choosing, with no validation split and no pass schedule
+REFRESH_UNREAD = ("passes", "crafting_images", "patience", "tol", "fooling_target", "step_decay", "balance.start",
+                  "balance.stop", "balance.lambda_ramp")
+
+
+def _refuse_pass_keys(adversary: AttackConfig, defence: str) -> None:
+    default = AttackConfig()
+    for key in REFRESH_UNREAD:
+        value, usual = _get(adversary, tuple(key.split("."))), _get(default, tuple(key.split(".")))
+        if value != usual:
+            _fail(f"training.adversary.{key}", to_plain(value),
+                  f"training={defence} refreshes its pool with training.pool.refresh_steps minibatch steps of one "
+                  "pass (no passes, stopping rule or pass schedule); set training.pool.* instead")
 
 
 def validate(cfg: Config) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -19,12 +18,15 @@ from .attacks import ATTACKS, apply_delta, attack_for, craft
 from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
+from .lease import slot_lease
 from .metrics import evaluate_clean, evaluate_perturbation, fooling_rates
 from .models import build_model, load_model, prepare, read_model_file, save_model
 from .progress import progress_enabled
+from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
+from .runinfo import git_commit
 from .schema import AttackConfig, Config, to_plain
 from .tracking.local import forget_rows
-from .training import make_adversary, read_settings
+from .training import make_adversary
 from .training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -38,30 +40,35 @@ class Context:
     run_dir: Path
     device: torch.device
     tracker: Any
+    provenance: dict[str, Any] = field(default_factory=dict)  # what decided the results (run_summary.json)
 
     def data(self) -> DataBundle:
-        return load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device)
+        data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device)
+        self.provenance.update(code=git_commit(), data={"fingerprint": data.fingerprint})
+        return data
 
 
 # ---------------------------------------------------------------- models
 
 
-def _model_cache_path(cfg: Config) -> Path:
-    """Cache slot of the model that cfg's dataset + model + training + seed would train."""
-    dataset = {k: v for k, v in to_plain(cfg.dataset).items() if k not in ("root", "download", "classes")}
-    model = {"name": cfg.model.name}
-    training = read_settings(to_plain(cfg.training))
-    key = json.dumps({"dataset": dataset, "model": model, "training": training, "seed": cfg.seed}, sort_keys=True)
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return Path(cfg.cache_dir).expanduser() / "models" / f"{cfg.dataset.name}-{cfg.model.name}-{cfg.training.name}-{digest}" / "model.pt"
+def model_cache_path(cfg: Config, key: dict[str, Any]) -> Path:
+    """Cache slot of the model that the weights `key` (provenance.weights_key) describes."""
+    name = f"{cfg.dataset.name}-{cfg.model.name}-{cfg.training.name}-{digest(key)[:16]}"
+    return Path(cfg.cache_dir).expanduser() / "models" / name / "model.pt"
 
 
-def _check_model_fits(path: str, data: DataBundle, key: str) -> None:
+def _check_model_fits(path: str, data: DataBundle, key: str, dataset: str | None = None) -> dict[str, Any]:
+    """The model file at `path`, refused with one line if it does not take this data (or, given `dataset`, was
+    trained on another dataset)."""
     blob = read_model_file(path, key)
     if tuple(blob["input_shape"]) != tuple(data.input_shape) or int(blob["num_classes"]) != data.num_classes:
         raise UserError(
             f"{key}={path!r}: model takes {tuple(blob['input_shape'])} with {blob['num_classes']} classes, "
             f"the dataset has {tuple(data.input_shape)} with {data.num_classes}; give a model trained on this dataset")
+    if dataset is not None and blob.get("dataset") != dataset:
+        raise UserError(f"{key}={path!r}: was trained on dataset={blob.get('dataset')}, this run reads "
+                        f"dataset={dataset}; give a model trained on {dataset}, or set dataset= to its dataset")
+    return blob
 
 
 def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, Any]]:
@@ -75,16 +82,21 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     model = _prepared(cfg, model)
     adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
                                seed=cfg.seed)
+    key = weights_key(cfg, data.fingerprint)
     result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
                  lambda row: ctx.tracker.log(row, step=row["epoch"]), resume=cfg.resume,
-                 eval_batch_size=cfg.eval.batch_size)
+                 eval_batch_size=cfg.eval.batch_size, key=key)
     history = result.pop("history")
     if dist.world_size() > 1:
         result["ddp_world_size"] = dist.world_size()
         result["ddp_weights_identical"] = dist.same_on_all_ranks(list(model.state_dict().values()))
     if dist.is_main():
+        stored = {"weights_key": key, "digest": digest(key), "identity": identity(key), "code": git_commit(),
+                  "data": data.fingerprint}
         save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
-                   data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)})
+                   data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)}, provenance=stored)
+        ctx.provenance["model"] = model_file_provenance(str(ctx.run_dir / "model.pt"), {"provenance": stored},
+                                                        "trained")
         ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
                                  type="model", metadata={"training": cfg.training.name, **_scalars(result)})
     return model.eval(), {**result, "final_train_acc": history[-1]["train_acc"] if history else None}
@@ -95,23 +107,63 @@ def _prepared(cfg: Config, model: nn.Module) -> nn.Module:
 
 
 def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
-    """model.checkpoint if given; else the cached model for this config, trained once on first use."""
+    """model.checkpoint if given; else the cached model for this config, trained once on first use (one job of a
+    sweep trains a slot while the others wait for it: lease.py)."""
     cfg = ctx.cfg
     if cfg.model.checkpoint:
-        _check_model_fits(cfg.model.checkpoint, data, "model.checkpoint")
+        blob = _check_model_fits(cfg.model.checkpoint, data, "model.checkpoint", dataset=cfg.dataset.name)
+        _note_model(ctx, cfg.model.checkpoint, blob, "checkpoint", data)
         return _prepared(cfg, load_model(cfg.model.checkpoint, ctx.device)), cfg.model.checkpoint
-    cached = _model_cache_path(cfg)
-    if cached.is_file():
-        log.info("using the cached model %s", cached)
-        return _prepared(cfg, load_model(str(cached), ctx.device, key="cache_dir")), str(cached)
-    log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
-             cfg.training.name)
-    model, _ = train_model(ctx, data)
-    if not dist.is_main():
-        return model, str(cached)
-    with atomic_path(cached) as tmp:  # concurrent sweep jobs may fill the same slot: each renames a whole file
-        shutil.copyfile(ctx.run_dir / "model.pt", tmp)
+    key = weights_key(cfg, data.fingerprint)
+    cached = model_cache_path(cfg, key)
+    with _train_or_wait(cached, lambda: _cached_model(cached, key) is not None) as mine:
+        if not mine:
+            log.info("using the cached model %s", cached)
+            _note_model(ctx, str(cached), _cached_model(cached, key), "cache", data)
+            return _prepared(cfg, load_model(str(cached), ctx.device, key="cache_dir")), str(cached)
+        log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
+                 cfg.training.name)
+        model, _ = train_model(ctx, data)
+        if dist.is_main():
+            with atomic_path(cached) as tmp:
+                shutil.copyfile(ctx.run_dir / "model.pt", tmp)
     return model, str(cached)
+
+
+@contextmanager
+def _train_or_wait(slot: Path, ready: Callable[[], bool]) -> Iterator[bool]:
+    """True: this job trains the slot (holding its lease); False: the slot was filled, by another job perhaps.
+    Under torchrun rank 0 decides for every rank."""
+    if not dist.is_main():
+        yield dist.broadcast_flag(False)
+        return
+    with slot_lease(slot.parent, ready=ready, log_wait=log.info) as mine:
+        yield dist.broadcast_flag(mine)
+
+
+def _cached_model(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The cache slot's model file if it holds the model `key` describes; a file of another key (damaged, or
+    written by an older version) is not used: the slot is trained anew."""
+    if not path.is_file():
+        return None
+    try:
+        blob = read_model_file(str(path), "cache_dir")
+    except UserError as ex:
+        log.warning("ignoring the cached model: %s", ex)
+        return None
+    if (blob.get("provenance") or {}).get("digest") != digest(key):
+        log.warning("ignoring the cached model %s: it was not trained under this run's settings and data", path)
+        return None
+    return blob
+
+
+def _note_model(ctx: Context, path: str, blob: dict[str, Any], source: str, data: DataBundle) -> None:
+    """Record which network this run uses; say so when it was trained on other data than this run reads."""
+    ctx.provenance["model"] = model_file_provenance(path, blob, source)
+    trained_on = ctx.provenance["model"]["data"]
+    if trained_on and trained_on != data.fingerprint:
+        log.warning("%s was trained on other data (fingerprint %s) than this run reads (%s)", path, trained_on[:12],
+                    data.fingerprint[:12])
 
 
 # ---------------------------------------------------------------- perturbations
@@ -130,7 +182,8 @@ def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
 
 
 # what an attack run also reports on the validation split: what tuning and selection read
-VAL_METRICS = ("fooling_rate", "adv_acc", "label_entropy", "dominant_label_ratio", "min_class_attack_success_rate")
+VAL_METRICS = ("fooling_rate", "adv_acc", "label_entropy", "fooled_label_entropy", "dominant_label_ratio",
+               "min_class_attack_success_rate")
 
 
 def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch_size: int) -> tuple[int, list[float]]:
@@ -172,6 +225,7 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     metrics.update({f"val_{k}": val[k] for k in VAL_METRICS}, **chosen)
     if dist.world_size() > 1:
         metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([result.delta]))
+    metrics.update(result.stats)
     metrics.update(craft_seconds=round(craft_seconds, 4),
                    craft_images_processed=int(result.images_processed) * dist.world_size(),
                    craft_passes=int(result.passes), converged=bool(result.converged),
@@ -185,11 +239,15 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     if not dist.is_main():
         return
     run_dir, class_wise = ctx.run_dir, ATTACKS[attack.name].class_wise
+    crafted = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
+               "seed": ctx.cfg.seed}
     torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": str(attack.norm), "attack": attack.name,
                 "class_wise": class_wise,
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
-                "config": to_plain(attack)}, run_dir / f"{stem}.pt")
+                "config": to_plain(attack),
+                "provenance": {"identity": identity(crafted), "crafted": crafted, "code": git_commit()}},
+               run_dir / f"{stem}.pt")
     test = eval_split(ctx, data)
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
     x = examples.float_x()
@@ -232,6 +290,16 @@ def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
     return blob
 
 
+def perturbation_provenance(path: str, blob: dict[str, Any]) -> dict[str, Any]:
+    """What a record says of the perturbation it evaluated: its file's hash, what it is, what crafted it (a file
+    without that gets its hash as its identity)."""
+    sha = file_sha256(Path(path).expanduser())
+    stored = blob.get("provenance") or {}
+    return {"identity": stored.get("identity") or f"sha256:{sha}", "sha256": sha, "path": str(path),
+            "attack": blob.get("attack"), "eps": blob.get("eps"), "norm": blob.get("norm"),
+            "class_wise": stored_class_wise(blob), "crafted_by": stored.get("code")}
+
+
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, bool, str)) or v is None}
 
@@ -252,6 +320,7 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     if ctx.cfg.perturbation is None:
         return evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
     blob = load_perturbation(ctx.cfg.perturbation, data)
+    ctx.provenance["perturbation"] = perturbation_provenance(ctx.cfg.perturbation, blob)
     delta = blob["delta"].to(ctx.device)
     metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
                                     class_wise=stored_class_wise(blob))

@@ -89,11 +89,16 @@ def _take(t: Tensor, index: Tensor) -> Tensor:
     return t[torch.arange(t.shape[0], device=t.device), index]
 
 
-def _forward(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The leaf x (requiring grad) and the logits [B,K] at it, with the graph kept for `_candidate_grads`."""
+def _forward(model: nn.Module, u: Tensor, clamp: str) -> tuple[Tensor, Tensor]:
+    """The leaf (requiring grad) and the logits [B,K] at the point u, with the graph kept for `_candidate_grads`.
+    clamp: `held` differentiates f(clamp(u, 0, 1)) in u (zero where a pixel is held at 0 or 1); `point` evaluates f at
+    clamp(u, 0, 1) and differentiates f there; `none` evaluates and differentiates f at u itself."""
     with torch.enable_grad():
-        xi = x.detach().requires_grad_(True)
-        return xi, model(xi)
+        if clamp == "point":
+            xi = u.clamp(0, 1).detach().requires_grad_(True)
+            return xi, model(xi)
+        xi = u.detach().requires_grad_(True)
+        return xi, model(xi.clamp(0, 1) if clamp == "held" else xi)
 
 
 def _candidate_grads(xi: Tensor, z: Tensor, cand: Tensor) -> Tensor:
@@ -122,14 +127,15 @@ def _deepfool_step(f: Tensor, w: Tensor, norm: str) -> Tensor:
 
 
 def deepfool(model: nn.Module, x: Tensor, *, norm: str = "l2", num_candidates: int = 10, overshoot: float = 0.02,
-             max_iter: int = 10, first_only: bool = False) -> DeepFoolResult:
-    """Batched DeepFool from x [B,C,H,W] (evaluated as clamp(·, 0, 1)); row i equals a run on x_i alone.
+             max_iter: int = 10, first_only: bool = False, clamp: str = "held") -> DeepFoolResult:
+    """Batched DeepFool from x [B,C,H,W] (`clamp`: how the [0,1] pixel range enters, see `_forward`); row i equals a
+    run on x_i alone.
 
     With `first_only`, rows after the first converged row are abandoned as soon as it converges (their
     `converged` is False and their step partial): all that the sequential UAP loop can use.
     """
     scale, b = 1 + overshoot, x.shape[0]
-    xi, z = _forward(model, x.clamp(0, 1))  # one forward per iteration: it checks the last step and feeds the next
+    xi, z = _forward(model, x, clamp)  # one forward per iteration: it checks the last step and feeds the next
     cand = z.detach().topk(max(2, min(num_candidates, z.shape[1])), dim=1).indices  # the current label first
     label = cand[:, 0]
     r_tot = torch.zeros_like(x)
@@ -145,7 +151,7 @@ def deepfool(model: nn.Module, x: Tensor, *, norm: str = "l2", num_candidates: i
         r = _deepfool_step(zc[:, 1:] - zc[:, :1], g[:, 1:] - g[:, :1], norm)
         r_tot[rows] += r.view(-1, *x.shape[1:])
         iters[rows] += 1
-        xi, z = _forward(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1))
+        xi, z = _forward(model, x[rows] + scale * r_tot[rows], clamp)
         now = z.detach().argmax(1)
         flipped = now != label[rows]
         final[rows], converged[rows] = now, flipped
@@ -157,7 +163,7 @@ def deepfool(model: nn.Module, x: Tensor, *, norm: str = "l2", num_candidates: i
         if not bool(keep.all()):  # the runs that stop leave the batch (a fresh forward: the graph is per batch)
             rows = rows[keep]
             if rows.numel():
-                xi, z = _forward(model, (x[rows] + scale * r_tot[rows]).clamp(0, 1))
+                xi, z = _forward(model, x[rows] + scale * r_tot[rows], clamp)
     return DeepFoolResult(step=scale * r_tot, converged=converged, iters=iters, label=final)
 
 
@@ -203,15 +209,38 @@ class _Speculation:
             self.accept = self.DECAY * self.accept + (1 - self.DECAY) * float(accepted and i == used - 1)
 
 
-def _run_deepfool(model: nn.Module, xb: Tensor, cfg: AttackConfig) -> DeepFoolResult:
-    """DeepFool with the attack's settings, abandoning runs after the first converged one."""
+def accept_iters(cfg: AttackConfig) -> int:
+    """Iterations within which DeepFool must change the label for its step to be added: the reference's
+    `iter < max_iter_df - 1` with max_iter_df = deepfool.iters. Later iterations never give an added step, so
+    DeepFool runs at most this many."""
+    return cfg.deepfool.iters - 2
+
+
+def _run_deepfool(model: nn.Module, xb: Tensor, cfg: AttackConfig, first_only: bool = True) -> DeepFoolResult:
+    """DeepFool with the attack's settings (by default abandoning the runs after the first converged one)."""
     d = cfg.deepfool
-    return deepfool(model, xb, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot, max_iter=d.iters,
-                    first_only=True)
+    return deepfool(model, xb, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot,
+                    max_iter=accept_iters(cfg), first_only=first_only, clamp=d.clamp)
+
+
+class _RunStats:
+    """DeepFool runs that the sequential loop would make (abandoned speculative rows aside): how many, their
+    iterations, how many were added to v."""
+
+    def __init__(self) -> None:
+        self.runs = self.iters = self.accepted = 0
+
+    def add(self, res: DeepFoolResult, used: int) -> None:
+        self.runs += used
+        self.iters += int(res.iters[:used].sum())
+        self.accepted += int(res.converged[:used].sum())
+
+    def record(self) -> dict[str, float | int]:
+        return {"deepfool_runs": self.runs, "deepfool_iters": self.iters, "deepfool_accepted": self.accepted}
 
 
 def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-              cfg: AttackConfig, spec: _Speculation) -> tuple[Tensor, int]:
+              cfg: AttackConfig, spec: _Speculation, stats: _RunStats) -> tuple[Tensor, int]:
     """One pass of Algorithm 1 over x[order], image by image in effect; returns v and the steps added."""
     added, pos, n = 0, 0, order.numel()
     while pos < n:
@@ -226,8 +255,10 @@ def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tens
             flags = conv.converged.tolist()
             if True not in flags:  # v unchanged: the check of the rest of the window still holds
                 spec.observe_runs(len(pick), False)
+                stats.add(conv, len(pick))
                 continue
             j = flags.index(True)
+            stats.add(conv, j + 1)
             v = threat.project_(v + conv.step[j])
             added += 1
             spec.observe_runs(j + 1, True)
@@ -237,19 +268,18 @@ def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tens
 
 
 def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-                      cfg: AttackConfig) -> tuple[Tensor, int]:
+                      cfg: AttackConfig, stats: _RunStats) -> tuple[Tensor, int]:
     """One pass in chunks: DeepFool runs on every image of the chunk that v does not fool, all at the v of the
     chunk's start; the converged steps are then walked in order, each added (and v projected) only if its image
     is still not fooled by the current v."""
     added = 0
-    d = cfg.deepfool
-    for idx in order.split(d.chunk):
+    for idx in order.split(cfg.deepfool.chunk):
         with torch.no_grad():
             todo = idx[model((x[idx] + v).clamp(0, 1)).argmax(1) == clean[idx]]
         if todo.numel() == 0:
             continue
-        runs = deepfool(model, x[todo] + v, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot,
-                        max_iter=d.iters)
+        runs = _run_deepfool(model, x[todo] + v, cfg, first_only=False)
+        stats.add(runs, todo.numel())
         changed = False
         for i in runs.converged.nonzero().flatten().tolist():
             if changed:
@@ -281,15 +311,25 @@ def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig
         for order in loop:
             if budget is not None:
                 order = order[:budget - images]
+            stats = _RunStats()
             if cfg.deepfool.batching == "exact":
-                v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec)
+                v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec, stats)
             else:
-                v, added = _uap_pass_relaxed(model, x, clean, order, v, threat, cfg)
+                v, added = _uap_pass_relaxed(model, x, clean, order, v, threat, cfg, stats)
             images += order.numel()
             rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
-            loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added), v,
-                          fr=f"{rate:.3f}")
+            loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added,
+                                      **stats.record()), v, fr=f"{rate:.3f}")
             if budget is not None and images >= budget:
                 loop.finish()
     return CraftResult(delta=loop.monitor.result(v), converged=loop.monitor.converged, passes=loop.passes,
-                       images_processed=images, history=loop.history)
+                       images_processed=images, history=loop.history, stats=run_totals(loop.history))
+
+
+def run_totals(history: list[dict]) -> dict[str, float | None]:
+    """Over every pass: DeepFool runs, their mean iterations and the share whose step was not added."""
+    runs = sum(r["deepfool_runs"] for r in history)
+    if not runs:
+        return {"deepfool_runs": 0, "deepfool_mean_iters": None, "deepfool_unaccepted_share": None}
+    return {"deepfool_runs": runs, "deepfool_mean_iters": round(sum(r["deepfool_iters"] for r in history) / runs, 4),
+            "deepfool_unaccepted_share": round(1 - sum(r["deepfool_accepted"] for r in history) / runs, 4)}

@@ -39,6 +39,7 @@ class CraftResult:
     passes: int
     images_processed: int  # crafting-set images drawn by the loop (summed over steps, not × M)
     history: list[dict] = field(default_factory=list)  # one dict per pass
+    stats: dict = field(default_factory=dict)  # the attack's own totals over the run (reported with the metrics)
 
 
 CraftFn = Callable[..., CraftResult]

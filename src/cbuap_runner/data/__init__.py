@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..progress import progress_enabled
+from ..provenance import SYNTHETIC_GENERATOR, digest, tensors_fingerprint
 from ..schema import DatasetConfig
 from .sources import DATASETS, DatasetSource, load_split  # noqa: F401  (the dataset registry)
 from .synthetic import make_synthetic
@@ -52,6 +53,7 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, int, int]
     class_names: list[str]
+    fingerprint: str = ""  # of the splits as read, before the validation carve (provenance.py)
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -97,12 +99,14 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
         test = Split(*make_synthetic(max(cfg.synthetic_size // 4, cfg.num_classes), *shape, seed=seed + 1))
         names = None
+        fingerprint = digest({"generator": SYNTHETIC_GENERATOR, "size": cfg.synthetic_size, "shape": shape})
     else:
         root, cache = Path(cfg.root).expanduser(), Path(cache_dir).expanduser()
         read = [load_split(cfg.name, root, split, cfg.download, cfg.channels, cfg.image_size, cache,
                            progress_enabled()) for split in ("train", "test")]
         train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])
         names = read[0][2]
+        fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg))
     for split, what in ((train, "train"), (test, "test")):
         _check_shape(split, cfg, what)
     train, val = split_validation(train, cfg.val_size, seed)
@@ -112,7 +116,12 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
              len(test), tuple(train.x.shape[1:]))
     names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
     return DataBundle(train.to(device), val.to(device), test.to(device), cfg.num_classes,
-                      (cfg.channels, cfg.image_size, cfg.image_size), names)
+                      (cfg.channels, cfg.image_size, cfg.image_size), names, fingerprint)
+
+
+def _preprocessing(cfg: DatasetConfig) -> dict:
+    """What turned the files into the tensors: decoded as they are, to this many channels and this size."""
+    return {"decode": "as_is", "channels": cfg.channels, "image_size": cfg.image_size}
 
 
 def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:

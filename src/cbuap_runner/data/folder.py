@@ -36,9 +36,13 @@ def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int) -> str:
-    stat = split_dir.stat()
-    text = f"{split_dir.resolve()}|{len(files)}|{files[-1][0].name if files else ''}|{stat.st_mtime_ns}|{channels}|{size}"
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    """The decoded tensors' key: every file's absolute path, label, size, modification and change times (a file
+    rewritten in place with its mtime restored still changes its ctime), then the decode settings."""
+    h = hashlib.sha256(f"{split_dir.resolve()}|{channels}|{size}\n".encode())
+    for path, label in files:
+        st = path.stat()
+        h.update(f"{path.name}|{path.parent.name}|{label}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
+    return h.hexdigest()[:24]
 
 
 def _decode(files: list[tuple[Path, int]], channels: int, size: int, progress: bool) -> torch.Tensor:

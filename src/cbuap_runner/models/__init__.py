@@ -53,13 +53,16 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int],
 
 
 def save_model(path: str, model: nn.Module, model_cfg: dict, dataset: str, num_classes: int,
-               input_shape: tuple[int, int, int], metrics: Optional[dict] = None) -> None:
-    """Write the model.pt contract: weights plus what is needed to rebuild the network."""
+               input_shape: tuple[int, int, int], metrics: Optional[dict] = None,
+               provenance: Optional[dict] = None) -> None:
+    """Write the model.pt contract: weights plus what is needed to rebuild the network, and what trained it
+    (`provenance`: the weights key, its digest and identity, the data fingerprint, the code version)."""
     net = getattr(model, "module", model)  # unwrap DDP
     net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     torch_save({"state_dict": state, "model": dict(model_cfg), "dataset": dataset, "num_classes": int(num_classes),
-                "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {})}, path)
+                "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {}),
+                "provenance": dict(provenance or {})}, path)
 
 
 def prepare(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:

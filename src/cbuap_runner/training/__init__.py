@@ -51,10 +51,10 @@ DEFENCES: dict[str, DefenceSpec] = {
 
 
 def read_settings(cfg: dict) -> dict:
-    """The part of a plain training config (`to_plain(cfg.training)`) that its defence reads, bf16 autocast aside:
-    what identifies the model it trains (the model cache's key), unchanged when another defence's keys are added."""
+    """The part of a plain training config (`to_plain(cfg.training)`) that its defence reads: what of the training
+    decides the model it trains (provenance.weights_key), unchanged when another defence's keys are added."""
     spec = DEFENCES[cfg["name"]]
-    out = {k: v for k, v in cfg.items() if (k in SHARED_KEYS or k in spec.reads) and k != "amp"}
+    out = {k: v for k, v in cfg.items() if k in SHARED_KEYS or k in spec.reads}
     if spec.adversarial and not spec.crafts_with_adversary:
         out["adversary"] = {"norm": cfg["adversary"]["norm"]}
     return out

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..io import atomic_path
 from ..metrics import evaluate_clean
 from ..progress import progress_bar
-from ..schema import DatasetConfig, TrainingConfig, to_plain
+from ..schema import DatasetConfig, TrainingConfig
 from .adversary import Adversary
 from .checkpoint import CHECKPOINT, check_same_config, load_checkpoint, resume_label, save_checkpoint, set_rng_states, start_afresh_hint
 from .schedule import make_optimizer
@@ -90,12 +90,6 @@ def distribute(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def resume_config(dcfg: DatasetConfig, cfg: TrainingConfig, seed: int) -> dict[str, Any]:
-    """What must not change between a checkpoint and the run that resumes from it (plain data)."""
-    dataset = {k: v for k, v in to_plain(dcfg).items() if k not in ("root", "download", "classes")}
-    return {"seed": seed, "dataset": dataset, "training": to_plain(cfg)}
-
-
 def rewind_metrics(path: Path, epoch: int) -> set[int]:
     """Cut metrics.jsonl back to what checkpoint `epoch` covers; returns the epochs whose rows remain.
 
@@ -145,16 +139,18 @@ def checkpoint_to_resume(run_dir: Path, resume: bool | str, config: dict[str, An
 
 def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetConfig, cfg: TrainingConfig,
         run_dir: Path, seed: int, device: torch.device, log_metrics: Callable[[dict], None],
-        resume: bool | str = False, eval_batch_size: int = 500, stop_after: Optional[int] = None) -> dict[str, Any]:
+        resume: bool | str = False, eval_batch_size: int = 500, stop_after: Optional[int] = None, *,
+        key: dict[str, Any]) -> dict[str, Any]:
     """Train for cfg.epochs with a checkpoint after every epoch; returns the final metrics.
 
-    `resume` is auto, True or False (see `checkpoint_to_resume`). `stop_after` (a test hook) raises
+    `resume` is auto, True or False (see `checkpoint_to_resume`); a checkpoint is continued only under the same
+    weights `key` (provenance.weights_key: the settings and the data fingerprint). `stop_after` (a test hook) raises
     KeyboardInterrupt after that many iterations of this call, as a Ctrl-C in the middle of an epoch would.
     """
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
-    config = resume_config(dcfg, cfg, seed)
+    config = key
     ckpt = checkpoint_to_resume(run_dir, resume, config)
     if ckpt is not None:
         try:
