@@ -167,7 +167,7 @@ def defence_epoch_times(name: str, data: DataBundle, dcfg: DatasetConfig, batch:
         model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
         adversary = make_adversary(defence, tcfg, data.num_classes, data.input_shape, device)
         with tempfile_dir() as tmp:
-            result = fit(model, adversary, subset, dcfg, tcfg, tmp, 0, device, lambda row: None)
+            result = fit(model, adversary, subset, dcfg, tcfg, tmp, 0, device, lambda row: None, key={})
         times[defence] = result["train_seconds"]
     return times
 

@@ -4,10 +4,13 @@
     python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|auto]
     python scripts/make_tables.py --document docs/results/document.json   (docs/results.md, see results_document.py)
 
-Runs that share every setting except the seed form one row; metrics are shown as
-mean ± sample std over those seeds (n = number of runs). A run that did not complete gets
-a row of its own, marked with its status and error. The script needs only the standard
-library and matplotlib (for the figures), so it runs from a checkout without installing.
+Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
+shown as mean ± sample std over those seeds (n = number of runs; two runs of one seed in a row are an error).
+What decides a result: the config keys the task reads, and where a record carries `provenance`, the data's
+fingerprint and the identities of its model and perturbation in place of their paths. A row whose runs come from
+more than one code version is marked (`n†`). A run that did not complete gets a row of its own, marked with its
+status and error. The script needs only the standard library and matplotlib (for the figures), so it runs from a
+checkout without installing.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ ATTACK_METRICS = (
     "attack_success_rate",
     "adv_acc",
     "label_entropy",
+    "fooled_label_entropy",
     "dominant_label_ratio",
     "num_target_labels",
     "worst_class_adv_acc",
@@ -47,10 +51,12 @@ ATTACK_METRICS = (
 TUNING_METRICS = (  # the choice reads the val_* columns only; the test columns show what it gives
     "val_fooling_rate",
     "val_label_entropy",
+    "val_fooled_label_entropy",
     "val_dominant_label_ratio",
     "val_min_class_attack_success_rate",
     "fooling_rate",
     "label_entropy",
+    "fooled_label_entropy",
     "min_class_attack_success_rate",
     "craft_seconds",
 )
@@ -64,13 +70,16 @@ DEFENCE_METRICS = (
 )
 KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS,
                 "tuning": TUNING_METRICS}
-# tuning: the CB-UAP setting with the highest validation label entropy among those whose validation fooling
-# rate is within this of SGD-UAP's (the paper's goal: spread the labels without losing strength)
+# tuning: the CB-UAP setting with the highest validation entropy among those whose validation fooling rate is
+# within this of SGD-UAP's (the paper's goal: spread the labels without losing strength)
 TUNING_FOOLING_MARGIN = 0.02
 KINDS = ("auto", *KIND_METRICS)
-# Settings that differ between runs without defining a different experiment.
-IGNORED_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "perturbation"}
-IGNORED_LEAVES = {"root", "checkpoint", "init_checkpoint", "download"}
+# Settings that differ between runs without changing a result (besides the paths provenance stands in for).
+HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "deterministic"}
+HARMLESS_KEYS = {"dataset.download"}
+# tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
+TASKS_WITHOUT_ATTACK = ("train", "evaluate")
+SHORT_ID = 12  # hex characters of a fingerprint or identity shown as a setting
 PER_CLASS_KEYS = ("per_class_worst_adv_acc", "per_class_adv_acc")
 
 
@@ -141,13 +150,19 @@ def _override_key(override: str) -> str | None:
 
 
 def _ignored(key: str) -> bool:
-    """Seed, paths and logging options: they differ between runs of one experiment."""
-    parts = re.split(r"[./]", key)
-    return parts[0] in IGNORED_ROOTS or parts[-1] in IGNORED_LEAVES
+    """Seed, execution and logging options: they differ between runs of one experiment."""
+    return re.split(r"[./]", key)[0] in HARMLESS_ROOTS or key in HARMLESS_KEYS
+
+
+def _short_id(value: Any) -> str:
+    """A fingerprint or identity cut to SHORT_ID hex characters (a `sha256:` prefix kept)."""
+    prefix, _, digest = str(value).rpartition(":")
+    return f"{prefix}:{digest[:SHORT_ID]}" if prefix else digest[:SHORT_ID]
 
 
 def _settings(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record's settings: flattened config, overrides, then the top-level identity fields."""
+    """What decides the record's result: flattened config, overrides and the top-level identity fields, with
+    provenance in place of the paths it identifies and the attack a task actually ran."""
     out = _flatten(record.get("config") or {})
     for override in record.get("overrides") or []:
         key = _override_key(str(override))
@@ -158,7 +173,39 @@ def _settings(record: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = record[key]
         elif isinstance(out.get(f"{key}.name"), str):
             out[key] = out[f"{key}.name"]
+    _use_provenance(out, record.get("provenance") or {})
+    if out.get("task") in TASKS_WITHOUT_ATTACK:
+        _use_attack_run(out, record)
     return out
+
+
+def _use_provenance(settings: dict[str, Any], provenance: Mapping[str, Any]) -> None:
+    """Replace the paths of the data, model and perturbation by what the record says they held (a path alone is
+    a setting like any other: another path may hold other contents)."""
+    data, model, perturbation = (provenance.get(k) or {} for k in ("data", "model", "perturbation"))
+    if data.get("fingerprint"):
+        for key in ("dataset.root", "dataset.download"):
+            settings.pop(key, None)
+        settings["data"] = _short_id(data["fingerprint"])
+    if model.get("identity"):
+        for key in ("model.checkpoint", "training.init_checkpoint"):
+            settings.pop(key, None)
+        settings["model.identity"] = _short_id(model["identity"])
+    if perturbation:
+        settings.pop("perturbation", None)
+        settings["perturbation.identity"] = _short_id(perturbation.get("identity") or perturbation.get("sha256"))
+
+
+def _use_attack_run(settings: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """For a task that reads no `attack.*` key: drop the config's attack, and label an evaluated perturbation by
+    the attack that made it (from its provenance, else the file's attack name with ε unknown)."""
+    for key in [k for k in settings if k == "attack" or k.startswith("attack.")]:
+        del settings[key]
+    stored = (record.get("provenance") or {}).get("perturbation")
+    if stored:
+        settings.update({"attack": stored.get("attack"), "attack.eps": stored.get("eps"), "attack.norm": stored.get("norm")})
+    elif (record.get("metrics") or {}).get("perturbation_attack") is not None:
+        settings.update({"attack": record["metrics"]["perturbation_attack"], "attack.eps": None})
 
 
 def _hashable(value: Any) -> str:
@@ -167,8 +214,8 @@ def _hashable(value: Any) -> str:
 
 def group_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The settings that define a table row: the identity fields and `attack.eps` where any run
-    has them, every key a run overrode (except seed and paths), and any other config key that
-    would otherwise put two different experiments into one row."""
+    has them, every key a run overrode (except the seed and execution options), and any other
+    setting that would otherwise put two different experiments into one row."""
     settings = [_settings(r) for r in records]
     keys = [k for k in BASE_KEYS if any(s.get(k) is not None for s in settings)]
     for record in records:
@@ -260,9 +307,10 @@ def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics
                ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """Aggregate records into table rows; returns (setting columns, metric columns, rows).
 
-    Each completed row holds its settings, `status`, `n`, `seeds`, the run directories and
-    `<metric>: (mean, std, n)`; each run that did not complete is a row of its own with its
-    `error`. Rows are sorted by their settings; failed rows follow their group.
+    Each completed row holds its settings, `status`, `n`, `seeds`, `commits` ({code version: runs}), the run
+    directories and `<metric>: (mean, std, n)`; each run that did not complete is a row of its own with its
+    `error`. Rows are sorted by their settings; failed rows follow their group. Two completed runs of one seed in
+    a row raise ValueError: the row would count one experiment twice.
     """
     kind = resolve_kind(records, kind)
     keys = group_keys(records)
@@ -287,7 +335,10 @@ def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics
         row: dict[str, Any] = dict(group["settings"])
         row["status"] = group["status"]
         row["n"] = len(recs)
+        if row["status"] == "completed":
+            _check_seeds_unique(group["settings"], recs)
         row["seeds"] = sorted({r.get("seed") for r in recs if r.get("seed") is not None}, key=str)
+        row["commits"] = commit_counts(recs)
         row["dirs"] = [r.get("_dir") for r in recs]
         row["error"] = "; ".join(str(r.get("error") or "").splitlines()[0] for r in recs if r.get("error")) or None
         row["_records"] = recs
@@ -297,9 +348,43 @@ def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics
             row[m] = (mean, std, len(values))
         rows.append(row)
     if "time_vs_natural" in columns:
-        _add_time_vs_natural(rows, keys)
+        _add_time_vs_natural(rows)
     rows.sort(key=lambda r: ([_sort_key(r.get(k)) for k in keys], r["status"] != "completed", r["dirs"]))
     return keys, columns, rows
+
+
+def _check_seeds_unique(settings: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> None:
+    by_seed: dict[str, list[str]] = {}
+    for record in records:
+        if record.get("seed") is not None:
+            by_seed.setdefault(_hashable(record["seed"]), []).append(str(record.get("_path") or record.get("_dir")))
+    for seed, dirs in by_seed.items():
+        if len(dirs) > 1:
+            shown = ", ".join(f"{k}={_setting_text(v)}" for k, v in settings.items())
+            raise ValueError(f"row {shown}: seed {seed} in more than one run ({', '.join(dirs)})")
+
+
+def commit_of(record: Mapping[str, Any]) -> str:
+    """The code version that produced the record (provenance.code, else git_commit)."""
+    return str((record.get("provenance") or {}).get("code") or record.get("git_commit") or "unknown")
+
+
+def short_commit(commit: str) -> str:
+    """A 7-character hash, `-dirty` kept."""
+    return commit.removesuffix("-dirty")[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def commit_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{code version: number of records}, the most frequent first."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[commit_of(record)] = counts.get(commit_of(record), 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def commits_text(counts: Mapping[str, int]) -> str:
+    """`abc1234 (2 runs), def5678 (1 run)`."""
+    return ", ".join(f"{short_commit(c)} ({k} run{'s' if k != 1 else ''})" for c, k in counts.items())
 
 
 def _sort_key(value: Any) -> tuple:
@@ -310,22 +395,33 @@ def _sort_key(value: Any) -> tuple:
     return (2, 0, str(value))
 
 
-def _add_time_vs_natural(rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """Each completed row's training time over that of the natural row with the same other settings (the sweep that
-    ran a row and the table rows it chose, `table` and `table/*`, are labels, not settings of the natural run)."""
-    other = [k for k in keys if k != "training" and not k.startswith(("training.", "table"))]
-    natural = {}
+def _epochs(record: Mapping[str, Any]) -> Any:
+    training = (record.get("config") or {}).get("training")
+    return training.get("epochs") if isinstance(training, Mapping) else None
+
+
+def _training_budget(row: Mapping[str, Any]) -> str:
+    """What a natural row must share with `row` to be its baseline: dataset, model and epochs (the sweep that ran
+    a row and the table rows it chose, `table` and `table/*`, are labels, not settings of the natural run)."""
+    epochs = sorted({_hashable(_epochs(r)) for r in row["_records"]})
+    return _hashable([row.get("dataset"), row.get("model"), epochs])
+
+
+def _seconds_by_seed(row: Mapping[str, Any]) -> dict[str, float]:
+    times = {_hashable(r.get("seed")): _train_seconds(r) for r in row["_records"] if r.get("seed") is not None}
+    return {seed: t for seed, t in times.items() if t is not None}
+
+
+def _add_time_vs_natural(rows: list[dict[str, Any]]) -> None:
+    """Each completed row's training time over natural training's, seed by seed, from the one natural row with the
+    same training budget that holds every seed of the row (none or several: no ratio)."""
+    naturals = [r for r in rows if r["status"] == "completed" and r.get("training") == "natural"]
     for row in rows:
-        if row["status"] == "completed" and row.get("training") == "natural":
-            times = [t for t in (_train_seconds(r) for r in row["_records"]) if t is not None]
-            if times:
-                natural[_hashable([row.get(k) for k in other])] = sum(times) / len(times)
-    for row in rows:
-        base = natural.get(_hashable([row.get(k) for k in other]))
-        times = [t for t in (_train_seconds(r) for r in row["_records"]) if t is not None]
-        ratios = [t / base for t in times] if base and row["status"] == "completed" else []
-        mean, std = mean_std(ratios)
-        row["time_vs_natural"] = (mean, std, len(ratios))
+        times = _seconds_by_seed(row) if row["status"] == "completed" else {}
+        bases = [_seconds_by_seed(n) for n in naturals if _training_budget(n) == _training_budget(row)]
+        bases = [b for b in bases if times and set(times) <= set(b)]
+        ratios = [t / bases[0][seed] for seed, t in times.items() if bases[0][seed]] if len(bases) == 1 else []
+        row["time_vs_natural"] = (*mean_std(ratios), len(ratios))
 
 
 def choose_tuned(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -337,11 +433,19 @@ def choose_tuned(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     floor = max(reference) - TUNING_FOOLING_MARGIN
     strong = [r for r in candidates if r["val_fooling_rate"][0] >= floor]
-    chosen = (max(strong, key=lambda r: r["val_label_entropy"][0]) if strong
+    spread = _tuning_entropy(candidates)
+    chosen = (max(strong, key=lambda r: r[spread][0]) if strong
               else max(candidates, key=lambda r: r["val_fooling_rate"][0]))
     for r in rows:
         r["chosen"] = r is chosen
     return chosen
+
+
+def _tuning_entropy(candidates: Sequence[Mapping[str, Any]]) -> str:
+    """The validation entropy the choice maximises: the fooled-label entropy where every candidate reports it,
+    else the label entropy (the committed tuning records carry no validation fooled-label entropy)."""
+    fooled = "val_fooled_label_entropy"
+    return fooled if all(r.get(fooled, (None,))[0] is not None for r in candidates) else "val_label_entropy"
 
 
 # ----------------------------------------------------------------------------- formats
@@ -368,6 +472,13 @@ def _setting_text(value: Any) -> str:
     return _fmt_number(value) if isinstance(value, float) else str(value)
 
 
+MIXED_CODE = "†"  # after a row's n: its runs come from more than one code version
+
+
+def mixes_code(row: Mapping[str, Any]) -> bool:
+    return len(row.get("commits") or {}) > 1
+
+
 def _display(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]], pm: str = "±"
              ) -> tuple[list[str], list[list[str]]]:
     """Header and text cells shared by the Markdown and LaTeX writers."""
@@ -382,7 +493,7 @@ def _display(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping
             cells.append("yes" if r.get("chosen") else "")
         if show_status:
             cells.append(str(r["status"]).upper() if r["status"] != "completed" else "ok")
-        cells.append(str(r["n"]))
+        cells.append(str(r["n"]) + (MIXED_CODE if mixes_code(r) else ""))
         cells += [format_cell(r[m], pm) + (f" (n={r[m][2]})" if r[m][0] is not None and r[m][2] != r["n"] else "")
                   for m in columns]
         if show_status:
@@ -401,18 +512,33 @@ def to_markdown(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapp
 
     out = [line(header), "|" + "|".join("---" for _ in header) + "|"]
     out += [line(cells) for cells in body]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _code_footnote(keys, rows)) + "\n"
+
+
+def _code_footnote(keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Lines under a table naming the code versions of each row marked MIXED_CODE."""
+    mixed = [r for r in rows if mixes_code(r)]
+    if not mixed:
+        return []
+    varying = [k for k in keys if len({_hashable(r.get(k)) for r in rows}) > 1] or list(keys)
+    lines = ["", f"{MIXED_CODE} Runs from more than one code version:"]
+    for row in mixed:
+        shown = [k for k in varying if row.get(k) is not None] or list(keys)
+        label = ", ".join(f"{k}={_setting_text(row.get(k))}" for k in shown)
+        lines.append(f"- {label}: {commits_text(row['commits'])}")
+    return lines
 
 
 def to_csv(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    """Machine-readable CSV: `<metric>_mean`, `<metric>_std`, `<metric>_n` per metric."""
+    """Machine-readable CSV: `<metric>_mean`, `<metric>_std`, `<metric>_n` per metric; `commits`: the code versions
+    of the row's runs."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(keys) + ["status", "n", "seeds"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")]
-                    + ["error", "dirs"])
+    writer.writerow(list(keys) + ["status", "n", "seeds", "commits"]
+                    + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")] + ["error", "dirs"])
     for r in rows:
         cells = [("" if r.get(k) is None else r.get(k)) for k in keys]
-        cells += [r["status"], r["n"], " ".join(str(s) for s in r["seeds"])]
+        cells += [r["status"], r["n"], " ".join(str(s) for s in r["seeds"]), " ".join(r.get("commits") or {})]
         for m in columns:
             mean, std, n = r[m]
             cells += ["" if mean is None else repr(mean), "" if std is None else repr(std), n]
@@ -437,7 +563,7 @@ def to_latex(keys: Sequence[str], columns: Sequence[str], rows: Sequence[Mapping
     align = "l" * n_text + "r" * len(columns) + ("l" if "error" in header else "")
 
     def cell(text: str) -> str:
-        return latex_escape(text).replace("PLUSMINUS", r"$\pm$").replace("–", "--")
+        return latex_escape(text).replace("PLUSMINUS", r"$\pm$").replace("–", "--").replace(MIXED_CODE, r"$^\dagger$")
 
     out = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(cell(h) for h in header) + r" \\", r"\midrule"]
     out += [" & ".join(cell(c) for c in cells) + r" \\" for cells in body]
@@ -560,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         written = write_tables(args.root, args.out, args.kind, metrics, figures=not args.no_figures)
-    except (NoRecords, NotADirectoryError, OSError) as err:
+    except (NoRecords, NotADirectoryError, OSError, ValueError) as err:
         print(f"make_tables: error: {err}", file=sys.stderr)
         return 1
     print(Path(written[0]).read_text(), end="")

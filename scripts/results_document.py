@@ -4,9 +4,10 @@
 
 The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, what the
 table compares and the commands that rerun it; every number in the document is computed here from the records.
-Besides one table per section it draws the fooling-rate/label-entropy plane (one point per run) and the clean
-against worst-case accuracy of each defence (mean ± std), and it answers the paper's two claims in one sentence
-each from the rows (or says which records are missing).
+Besides one table per section (with the code versions behind its records) it draws the label entropy and the
+fooled-label entropy against the fooling rate (one point per run) and the clean against worst-case accuracy of each
+defence (mean ± std), and it answers the paper's two claims in one sentence each from the rows (or says which
+records are missing).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from typing import Any
 
 import make_tables as mt
 
-# claim 1 (CB-UAP against SGD-UAP): label entropy up by at least this, fooling rate down by at most this
+# claim 1 (CB-UAP against SGD-UAP): fooled-label entropy up by at least this, fooling rate down by at most this
 ENTROPY_GAIN = 0.15
 FOOLING_LOSS = 0.02
+VERDICT_ENTROPY = "fooled_label_entropy"
+VERDICT_REASON = ("Claim 1's verdict reads the fooled-label entropy, the entropy of the labels the attack gives the "
+                  "images it fools: that is where a class-balanced attack spreads its victims, while the label entropy "
+                  "also counts the images left unfooled, so a weaker attack would gain it for free.")
 UAT_FAMILY = ("cb_uat", "uat", "cw_uat")
 
 
@@ -31,7 +36,7 @@ def _rows(base: Path, section: Mapping[str, Any]) -> tuple[list[str], list[str],
     records = [r for r in records if all(mt._settings(r).get(k) in v for k, v in only.items())]
     if not records:
         raise mt.NoRecords(f"section {section['name']}: no records under {', '.join(section['records'])}")
-    keys, columns, rows = mt.build_rows(records, section["kind"])
+    keys, columns, rows = mt.build_rows(records, section["kind"], section.get("metrics"))  # metrics: the kind's by default
     if section["kind"] == "tuning":
         mt.choose_tuned(rows)
     return keys, columns, rows
@@ -51,23 +56,28 @@ def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> dict[str, Any] | N
 
 
 def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str) -> str:
-    """`name` against SGD-UAP on test: entropy gained, fooling rate lost, minimum per-class success, the verdict."""
+    """`name` against SGD-UAP on test: fooled-label entropy gained (the verdict's), label entropy gained, fooling
+    rate lost, minimum per-class success, the verdict."""
+    if _mean(sgd, VERDICT_ENTROPY) is None or _mean(cb, VERDICT_ENTROPY) is None:
+        return "not answered (the rows lack the fooled-label entropy)."
+    d_fooled = _mean(cb, VERDICT_ENTROPY) - _mean(sgd, VERDICT_ENTROPY)
     d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
     d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
-    holds = d_ent >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
+    holds = d_fooled >= ENTROPY_GAIN and d_fr >= -FOOLING_LOSS
     cell = mt.format_cell
-    return (f"{name} {'raises' if d_ent >= 0 else 'lowers'} the test label entropy by {abs(d_ent):.3f} "
-            f"({cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
+    return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f} "
+            f"({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label entropy {d_ent:+.3f}, "
+            f"{cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
-            f"(n = {sgd['n']}, {cb['n']}): the claim (≥ {ENTROPY_GAIN} with at most {FOOLING_LOSS * 100:.0f} points "
-            f"lost) {'holds' if holds else 'does not hold'}.")
+            f"(n = {sgd['n']}, {cb['n']}): the claim (fooled-label entropy ≥ {ENTROPY_GAIN} higher with at most "
+            f"{FOOLING_LOSS * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], where: Mapping[str, Any]) -> str:
-    """Claim 1 in one sentence: does CB-UAP (the defaults) raise label entropy by ENTROPY_GAIN over SGD-UAP with
-    the fooling rate within FOOLING_LOSS?"""
+    """Claim 1 in one sentence: does CB-UAP (the defaults) raise the fooled-label entropy by ENTROPY_GAIN over
+    SGD-UAP with the fooling rate within FOOLING_LOSS?"""
     sgd = _find([r for r in rows if _matches(r, where)], attack="sgd_uap")
     cb = _find([r for r in rows if _matches(r, where)], attack="cb_uap")
     if sgd is None or cb is None:
@@ -135,35 +145,56 @@ def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines if len(lines) > 2 else []
 
 
-def frontier_figure(points: Sequence[tuple[str, float, float]], title: str, path: Path) -> Path:
-    """Label entropy against test fooling rate, one marker per run, one colour per setting."""
+# the frontier figure's panels: (index in a point, y-axis label, panel title)
+FRONTIER_PANELS = (
+    (2, "label entropy of the adversarial predictions (test)", "label entropy"),
+    (3, "fooled-label entropy: labels of the fooled images (test)", "fooled-label entropy (claim 1's verdict)"),
+)
+
+
+def frontier_figure(points: Sequence[tuple[str, float, float | None, float | None]], title: str, path: Path) -> Path:
+    """Label entropy and fooled-label entropy against test fooling rate, side by side: one marker per run
+    (label, fooling rate, label entropy, fooled-label entropy), one colour per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 5))
     labels = list(dict.fromkeys(p[0] for p in points))
     markers = dict(zip(dict.fromkeys(label.split(",")[0] for label in labels), "osD^vP*X"))  # one per attack
     colours = plt.get_cmap("tab20")
-    for i, label in enumerate(labels):
-        xy = [(p[1], p[2]) for p in points if p[0] == label]
-        ax.scatter([p[0] for p in xy], [p[1] for p in xy], label=label, alpha=0.8, s=30,
-                   marker=markers[label.split(",")[0]], color=colours(i % 20))
-    sgd = [(p[1], p[2]) for p in points if p[0].split(",")[0] == "sgd_uap"]
-    if sgd:  # where claim 1 asks CB-UAP to land: entropy ENTROPY_GAIN above SGD-UAP's, fooling rate within FOOLING_LOSS
-        fr, h = (sum(v) / len(sgd) for v in zip(*sgd))
-        ax.fill_between([fr - FOOLING_LOSS, 1.0], h + ENTROPY_GAIN, 1.0, color="green", alpha=0.08,
-                        label=f"claim 1: entropy ≥ SGD-UAP's + {ENTROPY_GAIN}, fooling rate ≥ SGD-UAP's − {FOOLING_LOSS}")
-    ax.set_xlabel("fooling rate (test)")
-    ax.set_ylabel("label entropy of the adversarial predictions (test)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    styles = {label: {"marker": markers[label.split(",")[0]], "color": colours(i % 20)} for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5), sharex=True)
+    regions = [_frontier_panel(ax, points, styles, *panel) for ax, panel in zip(axes, FRONTIER_PANELS)]
+    settings = [h for h in axes[0].get_legend_handles_labels()[0] if h not in regions]  # one legend for both panels
+    axes[1].legend(handles=settings + [h for h in regions if h is not None][:1], fontsize="x-small", loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(title)
     fig.tight_layout()
     out = mt._save_figure(fig, path)
     plt.close(fig)
     return out
+
+
+def _frontier_panel(ax: Any, points: Sequence[tuple], styles: Mapping[str, Mapping[str, Any]], index: int, ylabel: str,
+                    title: str) -> Any:
+    """One entropy (points' `index`) against fooling rate; returns the shaded claim-1 region (None without SGD-UAP)."""
+    points = [p for p in points if p[index] is not None]
+    for label, style in styles.items():
+        xy = [(p[1], p[index]) for p in points if p[0] == label]
+        ax.scatter([p[0] for p in xy], [p[1] for p in xy], label=label, alpha=0.8, s=30, **style)
+    sgd = [(p[1], p[index]) for p in points if p[0].split(",")[0] == "sgd_uap"]
+    shaded = None
+    if sgd:  # where claim 1 asks CB-UAP to land: entropy ENTROPY_GAIN above SGD-UAP's, fooling rate within FOOLING_LOSS
+        fr, h = (sum(v) / len(sgd) for v in zip(*sgd))
+        shaded = ax.fill_between([fr - FOOLING_LOSS, 1.0], h + ENTROPY_GAIN, 1.0, color="green", alpha=0.08,
+                                 label=f"claim 1: entropy ≥ SGD-UAP's + {ENTROPY_GAIN}, "
+                                       f"fooling rate ≥ SGD-UAP's − {FOOLING_LOSS}")
+    ax.set_xlabel("fooling rate (test)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return shaded
 
 
 def defence_figure(rows: Sequence[Mapping[str, Any]], title: str, path: Path) -> Path:
@@ -208,7 +239,9 @@ def _section_text(base: Path, out_dir: Path, section: Mapping[str, Any], figures
     rel = folder.relative_to(out_dir)
     lines = [f"## {section['title']}", "", section["about"], ""]
     lines += ["Rerun:", "", "```bash", *section["rerun"], "```", ""]
-    lines += [mt.to_markdown(keys, columns, rows), f"CSV and LaTeX: [{rel}/{section['kind']}.csv]"
+    records = [rec for row in rows for rec in row["_records"]]
+    lines += [mt.to_markdown(keys, columns, rows), f"Records from commits: {mt.commits_text(mt.commit_counts(records))}.", "",
+              f"CSV and LaTeX: [{rel}/{section['kind']}.csv]"
               f"({rel}/{section['kind']}.csv), [{rel}/{section['kind']}.tex]({rel}/{section['kind']}.tex).", ""]
     if section["kind"] == "defences":
         plateau = plateau_lines(rows)
@@ -224,19 +257,20 @@ def _section_text(base: Path, out_dir: Path, section: Mapping[str, Any], figures
 
 def _frontier_text(base: Path, out_dir: Path, spec: Mapping[str, Any], figures: bool) -> list[str]:
     records = [r for folder in spec["records"] for r in mt.load_records(base / folder)]
-    keys, _, rows = mt.build_rows(records, "attacks", ["fooling_rate", "label_entropy"])
+    keys, _, rows = mt.build_rows(records, "attacks", ["fooling_rate", "label_entropy", "fooled_label_entropy"])
     rows = _labelled(keys, [r for r in rows if r["status"] == "completed" and _matches(r, spec.get("where", {}))])
-    points = [(r["_label"], mt._value(rec, "fooling_rate"), mt._value(rec, "label_entropy"))
+    points = [(r["_label"], *(mt._value(rec, m) for m in ("fooling_rate", "label_entropy", "fooled_label_entropy")))
               for r in rows for rec in r["_records"]]
-    points = [p for p in points if p[1] is not None and p[2] is not None]
+    points = [p for p in points if p[1] is not None and (p[2] is not None or p[3] is not None)]
     png = base / "figures" / spec["figure"]
     if figures:
         frontier_figure(points, spec["title"], png)
-    lines = [f"### {spec['title']}", "", spec["about"], "", f"![fooling rate against label entropy]"
-             f"({png.relative_to(out_dir)})", "", "| setting | n | fooling rate | label entropy |", "|---|---|---|---|"]
+    lines = [f"### {spec['title']}", "", spec["about"], "", f"![label entropy and fooled-label entropy against "
+             f"fooling rate]({png.relative_to(out_dir)})", "",
+             "| setting | n | fooling rate | label entropy | fooled-label entropy |", "|---|---|---|---|---|"]
     ordered = sorted(rows, key=lambda r: -(r["fooling_rate"][0] or 0))
-    lines += [f"| {r['_label']} | {r['n']} | {mt.format_cell(r['fooling_rate'])} | {mt.format_cell(r['label_entropy'])} |"
-              for r in ordered]
+    lines += [f"| {r['_label']} | {r['n']} | " + " | ".join(mt.format_cell(r[m]) for m in
+              ("fooling_rate", "label_entropy", "fooled_label_entropy")) + " |" for r in ordered]
     return [*lines, "", *_per_seed_lines(ordered), ""]
 
 
@@ -246,12 +280,13 @@ def _per_seed_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         value = mt._value(rec, metric)
         return "–" if value is None else f"{value:.3f}"
 
-    lines = ["<details><summary>Every run (one point of the figure each)</summary>", "",
-             "| setting | seed | fooling rate | label entropy | min per-class attack success |", "|---|---|---|---|---|"]
+    metrics = ("fooling_rate", "label_entropy", "fooled_label_entropy", "min_class_attack_success_rate")
+    lines = ["<details><summary>Every run (one point of each panel of the figure)</summary>", "",
+             "| setting | seed | fooling rate | label entropy | fooled-label entropy | min per-class attack success |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         for rec in sorted(row["_records"], key=lambda rec: str(rec.get("seed"))):
-            lines.append(f"| {row['_label']} | {rec.get('seed')} | {number(rec, 'fooling_rate')} | "
-                         f"{number(rec, 'label_entropy')} | {number(rec, 'min_class_attack_success_rate')} |")
+            lines.append(f"| {row['_label']} | {rec.get('seed')} | " + " | ".join(number(rec, m) for m in metrics) + " |")
     return [*lines, "", "</details>"]
 
 
@@ -270,10 +305,10 @@ def write_document(manifest: str | Path, figures: bool = True) -> Path:
     for section in spec["sections"]:
         text, tables[section["name"]] = _section_text(base, out_dir, section, figures)
         body += text
-    body += ["## The fooling-rate/label-entropy plane", ""]
+    body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
     for frontier in spec["frontiers"]:
         body += _frontier_text(base, out_dir, frontier, figures)
-    claims = ["## The paper's claims, answered from these tables", ""]
+    claims = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
     for claim in spec["claims"]["balance"]:
         claims += [f"- {claim_balance(claim['label'], tables[claim['section']][1], claim.get('where', {}))}"]
     for claim in spec["claims"].get("tuned", []):

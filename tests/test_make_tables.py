@@ -47,6 +47,12 @@ def _record(attack: str, eps: float, seed: int, fooling: float, status: str = "c
             "training": {"name": "natural"},
         },
         "metrics": {},
+        "provenance": {
+            "code": "abc",
+            "data": {"fingerprint": "f" * 64},
+            "model": {"identity": "1" * 64, "sha256": str(seed) * 64, "path": f"outputs/cache/{seed}/model.pt",
+                      "source": "cache"},
+        },
     }
     if status == "completed":
         record["metrics"] = {
@@ -55,6 +61,7 @@ def _record(attack: str, eps: float, seed: int, fooling: float, status: str = "c
             "fooling_rate": fooling,
             "attack_success_rate": fooling + 0.05,
             "label_entropy": 0.5 * fooling + (0.3 if attack == "cb_uap" else 0.0),
+            "fooled_label_entropy": 0.4 * fooling,
             "dominant_label_ratio": 0.5,
             "num_target_labels": 4,
             "worst_class_adv_acc": 0.01,
@@ -94,7 +101,8 @@ def test_rows_group_over_seeds_and_keep_failed(mt, sweep):
     assert len(records) == 5
     keys, columns, rows = mt.build_rows(records, "attacks")
     assert keys == ["task", "dataset", "model", "attack", "training", "attack.eps"]  # no seed, no paths
-    assert "fooling_rate" in columns and "label_entropy" in columns and "num_target_labels" in columns
+    assert "fooling_rate" in columns and "num_target_labels" in columns
+    assert columns.index("fooled_label_entropy") == columns.index("label_entropy") + 1
     assert len(rows) == 4
     two = _row(rows, "sgd_uap", 0.1)
     assert two["n"] == 2 and two["seeds"] == [0, 1]
@@ -153,26 +161,64 @@ def test_cli_writes_tables_and_figures(sweep, tmp_path):
     assert "FAILED" in (out / "attacks.md").read_text()
 
 
+def _write(root: Path, records: list[dict]) -> Path:
+    """Each record as `root/<i>/run_summary.json`."""
+    for i, record in enumerate(records):
+        (root / str(i)).mkdir(parents=True)
+        (root / str(i) / "run_summary.json").write_text(json.dumps(record))
+    return root
+
+
+def _defence(training: str, seed: int, seconds: float, epochs: int = 15, **extra) -> dict:
+    """A completed pipeline record training `training` for `epochs` epochs in `seconds`."""
+    return {
+        "status": "completed", "task": "pipeline", "dataset": "cifar10", "model": "resnet20", "attack": None,
+        "training": training, "seed": seed, "wall_seconds": seconds + 5.0,
+        "overrides": [f"training={training}", *(f"{k}={v}" for k, v in extra.items())],
+        "config": {"training": {"name": training, "epochs": epochs}, **extra},
+        "metrics": {"clean_acc": 0.8, "train_seconds": seconds, "adv_acc_sgd_uap": 0.5, "adv_acc_uap": 0.6,
+                    "adv_acc_cb_uap": 0.4, "worst_adv_acc": 0.4, "worst_class_adv_acc": 0.1,
+                    "per_class_worst_adv_acc": [0.4] * 10},
+    }
+
+
+def _time_vs_natural(mt, root: Path, training: str = "cb_uat") -> tuple:
+    _, _, rows = mt.build_rows(mt.load_records(root), "defences")
+    found = [r for r in rows if r["training"] == training]
+    assert len(found) == 1, found
+    return found[0]["time_vs_natural"]
+
+
 def test_defence_table_time_relative_to_natural(mt, tmp_path):
-    for i, (training, wall) in enumerate([("natural", 10.0), ("cb_uat", 25.0), ("cb_uat", 35.0)]):
-        record = {
-            "status": "completed", "task": "pipeline", "dataset": "cifar10", "model": "resnet20", "attack": None,
-            "training": training, "seed": i, "wall_seconds": wall, "overrides": [f"training={training}"],
-            "config": {"training": {"name": training}},
-            "metrics": {"clean_acc": 0.8, "adv_acc_sgd_uap": 0.5, "adv_acc_uap": 0.6, "adv_acc_cb_uap": 0.4,
-                        "worst_adv_acc": 0.4, "worst_class_adv_acc": 0.1, "per_class_worst_adv_acc": [0.4] * 10},
-        }
-        (tmp_path / str(i)).mkdir()
-        (tmp_path / str(i) / "run_summary.json").write_text(json.dumps(record))
+    _write(tmp_path, [_defence("natural", 0, 10.0), _defence("natural", 1, 20.0),
+                      _defence("cb_uat", 0, 30.0), _defence("cb_uat", 1, 40.0)])
     records = mt.load_records(tmp_path)
     assert mt.resolve_kind(records) == "defences"
     keys, columns, rows = mt.build_rows(records)
     assert columns[:6] == ["clean_acc", "adv_acc_sgd_uap", "adv_acc_uap", "adv_acc_cb_uap", "worst_adv_acc",
                            "worst_class_adv_acc"]
-    cb = next(r for r in rows if r["training"] == "cb_uat")
-    assert cb["time_vs_natural"][0] == pytest.approx(3.0)
+    mean, std, n = _time_vs_natural(mt, tmp_path)
+    assert (mean, n) == (pytest.approx(2.5), 2) and std == pytest.approx(math.sqrt(0.5))  # 30/10 and 40/20, seed by seed
     written = mt.make_figures(keys, rows, tmp_path / "fig")
     assert [p.name for p in written] == ["per_class_cifar10_resnet20.png"]
+
+
+def test_time_vs_natural_reads_the_natural_row_of_the_same_epochs(mt, tmp_path):
+    _write(tmp_path, [_defence("natural", 0, 30.0, epochs=15), _defence("natural", 0, 10.0, epochs=5),
+                      _defence("uat", 0, 60.0, epochs=15)])
+    assert _time_vs_natural(mt, tmp_path, "uat")[0] == pytest.approx(2.0)
+
+
+def test_time_vs_natural_needs_every_seed_in_one_natural_row(mt, tmp_path):
+    _write(tmp_path / "missing_seed", [_defence("natural", 0, 10.0), _defence("cb_uat", 0, 30.0),
+                                       _defence("cb_uat", 1, 30.0)])
+    assert _time_vs_natural(mt, tmp_path / "missing_seed") == (None, None, 0)
+    _write(tmp_path / "two_naturals", [_defence("natural", 0, 10.0, **{"training.lr": 0.1}),
+                                       _defence("natural", 0, 20.0, **{"training.lr": 0.05}), _defence("cb_uat", 0, 30.0)])
+    assert _time_vs_natural(mt, tmp_path / "two_naturals") == (None, None, 0)
+    _write(tmp_path / "other_sweep", [_defence("natural", 0, 10.0, table="defences"), _defence("natural", 1, 10.0, table="defences"),
+                                      _defence("cb_uat", 0, 30.0, table="variants")])
+    assert _time_vs_natural(mt, tmp_path / "other_sweep")[:2] == (pytest.approx(3.0), None)  # `table` is a label
 
 
 def test_empty_directory_fails_with_one_line(tmp_path):
@@ -207,3 +253,119 @@ def test_a_cell_with_fewer_runs_than_its_row_says_so(mt):
     row = {"status": "completed", "n": 3, "attack": "sgd_uap", "fooling_rate": (0.5, 0.1, 2), "adv_acc": (0.4, 0.1, 3)}
     _, body = mt._display(["attack"], ["fooling_rate", "adv_acc"], [row])
     assert body[0] == ["sgd_uap", "3", "0.500 ± 0.100 (n=2)", "0.400 ± 0.100"]
+
+
+def _evaluate(seed: int, fooling: float, perturbation: dict | None, path: str, attack_in_file: str = "uap") -> dict:
+    """A task=evaluate record of the perturbation at `path` (provenance given by `perturbation`, or none); its
+    config's attack group holds defaults it never read."""
+    record = {
+        "status": "completed", "task": "evaluate", "dataset": "fashion_mnist", "model": "small_cnn",
+        "attack": "sgd_uap", "training": "natural", "seed": seed, "git_commit": "abc",
+        "overrides": [f"perturbation={path}", f"seed={seed}"],
+        "config": {"task": "evaluate", "seed": seed, "perturbation": path,
+                   "dataset": {"name": "fashion_mnist", "root": "data/fashion_mnist"},
+                   "model": {"name": "small_cnn", "checkpoint": None},
+                   "attack": {"name": "sgd_uap", "eps": 0.1, "norm": "linf"}, "training": {"name": "natural"}},
+        "metrics": {"fooling_rate": fooling, "perturbation": path, "perturbation_attack": attack_in_file},
+    }
+    if perturbation is not None:
+        record["provenance"] = {"code": "abc", "perturbation": {"sha256": str(seed) * 64, "path": path, **perturbation}}
+    return record
+
+
+def test_evaluate_rows_are_the_perturbations_that_were_run(mt, tmp_path):
+    uap = {"identity": "a" * 64, "attack": "uap", "eps": 0.2, "norm": "linf", "class_wise": False}
+    weak = {"identity": "b" * 64, "attack": "uap", "eps": 0.2, "norm": "linf", "class_wise": False}
+    _write(tmp_path, [_evaluate(0, 0.75, uap, "runs/a/perturbation.pt"), _evaluate(1, 0.03, weak, "runs/b/perturbation.pt")])
+    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    assert len(rows) == 2 and [r["n"] for r in rows] == [1, 1]
+    assert "perturbation.identity" in keys and "perturbation" not in keys
+    assert {(r["attack"], r["attack.eps"], r["perturbation.identity"]) for r in rows} == {
+        ("uap", 0.2, "a" * 12), ("uap", 0.2, "b" * 12)}  # not the config's sgd_uap at 0.1
+
+
+def test_evaluate_without_provenance_reads_the_files_attack(mt, tmp_path):
+    _write(tmp_path, [_evaluate(0, 0.75, None, "runs/a/perturbation.pt", "cb_uap"),
+                      _evaluate(1, 0.03, None, "runs/b/perturbation.pt", "cb_uap")])
+    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    assert "perturbation" in keys and len(rows) == 2  # another path may hold another perturbation
+    assert {(r["attack"], r.get("attack.eps")) for r in rows} == {("cb_uap", None)}  # ε unknown: no column
+
+
+def test_seeds_of_one_experiment_share_a_row_whatever_their_paths_and_execution_settings(mt, tmp_path):
+    records = []
+    for seed in (0, 1):
+        record = _record("sgd_uap", 0.1, seed, 0.5)
+        record["config"].update(device=["cpu", "cuda"][seed], progress=seed == 0, cache_dir=f"/c{seed}", resume="auto",
+                                deterministic=seed == 1, logger={"dir": f"/l{seed}"})
+        record["config"]["dataset"]["download"] = seed == 0
+        record["config"]["training"]["init_checkpoint"] = f"/ckpt/{seed}.pt"
+        record["overrides"].append(f"hydra.run.dir=/runs/{seed}")
+        records.append(record)
+    _write(tmp_path, records)
+    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    assert len(rows) == 1 and rows[0]["n"] == 2
+    assert keys == ["task", "dataset", "model", "attack", "training", "attack.eps"]
+
+
+def test_without_provenance_the_paths_are_settings(mt, tmp_path):
+    for path in ("dataset.root", "model.checkpoint"):
+        records = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1)]
+        for record in records:
+            del record["provenance"]
+            record["config"]["dataset"]["root"] = "/data"
+            record["config"]["model"]["checkpoint"] = "model.pt"
+        section, key = path.split(".")
+        records[1]["config"][section][key] = "/elsewhere"
+        _write(tmp_path / path, records)
+        keys, _, rows = mt.build_rows(mt.load_records(tmp_path / path), "attacks")
+        assert len(rows) == 2 and path in keys
+    other_data = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1)]
+    other_data[1]["provenance"]["data"]["fingerprint"] = "e" * 64
+    _write(tmp_path / "data", other_data)
+    keys, _, rows = mt.build_rows(mt.load_records(tmp_path / "data"), "attacks")
+    assert len(rows) == 2 and "data" in keys and "dataset.root" not in keys
+
+
+def test_training_rows_ignore_the_attack_config(mt, tmp_path):
+    records = []
+    for seed, eps in ((0, 0.1), (1, 0.2)):
+        record = _defence("natural", seed, 10.0)
+        record.update(task="train", attack="sgd_uap", overrides=[f"attack.eps={eps}", f"seed={seed}"])
+        record["config"]["attack"] = {"name": "sgd_uap", "eps": eps}
+        records.append(record)
+    _write(tmp_path, records)
+    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "defences")
+    assert len(rows) == 1 and rows[0]["n"] == 2
+    assert not [k for k in keys if k.startswith("attack")]
+
+
+def test_two_runs_of_one_seed_in_a_row_are_an_error(mt, tmp_path):
+    _write(tmp_path, [_record("sgd_uap", 0.1, 0, 0.5), _record("sgd_uap", 0.1, 0, 0.6)])
+    with pytest.raises(ValueError, match=r"attack=sgd_uap.*seed 0 .*\(0, 1\)"):
+        mt.build_rows(mt.load_records(tmp_path), "attacks")
+
+
+def test_a_row_from_two_code_versions_is_marked(mt, tmp_path):
+    records = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1, 2)] + [_record("cb_uap", 0.1, 0, 0.5)]
+    records[0]["provenance"]["code"] = "1234567890abcdef"
+    records[1]["provenance"]["code"] = "fedcba0987654321-dirty"
+    del records[2]["provenance"]["code"]  # git_commit "abc" stands in
+    _write(tmp_path, records)
+    keys, columns, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    md = mt.to_markdown(keys, columns, rows)
+    assert "| 3† |" in md and "| 1 |" in md
+    assert md.rstrip().endswith("- attack=sgd_uap: 1234567 (1 run), abc (1 run), fedcba0-dirty (1 run)")
+    table = {r["attack"]: r for r in csv.DictReader(io.StringIO(mt.to_csv(keys, columns, rows)))}
+    assert table["sgd_uap"]["n"] == "3" and table["sgd_uap"]["commits"] == "1234567890abcdef abc fedcba0987654321-dirty"
+    assert table["cb_uap"]["commits"] == "abc"
+    assert r"3$^\dagger$" in mt.to_latex(keys, columns, rows)
+
+
+def test_tuning_choice_reads_the_validation_fooled_label_entropy_where_every_candidate_has_it(mt):
+    rows = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.79, 0.20), _tuning_row("cb_uap", 0.79, 0.30)]
+    rows[1]["val_fooled_label_entropy"] = (0.5, 0.0, 3)
+    rows[2]["val_fooled_label_entropy"] = (0.4, 0.0, 3)
+    assert mt.choose_tuned(rows) is rows[1]
+    rows[2]["val_fooled_label_entropy"] = (None, None, 0)
+    assert mt.choose_tuned(rows) is rows[2]  # not every candidate has it: the label entropy

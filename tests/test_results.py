@@ -64,12 +64,12 @@ def _row(**values):
 
 
 def test_tuned_claim_judges_the_validation_choice_on_test(document):
-    sgd = _row(attack="sgd_uap", _label="sgd_uap", fooling_rate=0.90, label_entropy=0.01,
+    sgd = _row(attack="sgd_uap", _label="sgd_uap", fooling_rate=0.90, label_entropy=0.01, fooled_label_entropy=0.01,
                min_class_attack_success_rate=0.0)
     near = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.89, label_entropy=0.20,
-                min_class_attack_success_rate=0.1)
+                fooled_label_entropy=0.20, min_class_attack_success_rate=0.1)
     far = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.85, label_entropy=0.40,
-               min_class_attack_success_rate=0.1)
+               fooled_label_entropy=0.40, min_class_attack_success_rate=0.1)
     assert document.claim_tuned("x", [sgd, near]).endswith(") holds.")
     assert "5.0 points lower" in document.claim_tuned("x", [sgd, far])
     assert document.claim_tuned("x", [sgd, far]).endswith("does not hold.")
@@ -84,3 +84,56 @@ def test_defence_claim_reads_the_chosen_cb_uat_variant(document):
     assert "not answered" in document.claim_defence("x", rows)  # two CB-UAT rows and no choice between them
     assert document.claim_defence("x", rows, {"table/cb_uat": "worst_member"}).endswith("the claim holds.")
     assert document.claim_defence("x", rows, {"table/cb_uat": None}).endswith("the claim does not hold.")
+
+
+def test_balance_claim_reads_the_fooled_label_entropy(document):
+    """A weaker attack leaves more images unfooled and so gains label entropy for free: the verdict reads the
+    entropy of the fooled images' labels, and the sentence reports both."""
+    sgd = _row(attack="sgd_uap", fooling_rate=0.90, label_entropy=0.70, fooled_label_entropy=0.30,
+               min_class_attack_success_rate=0.0)
+    unfooled = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.90, fooled_label_entropy=0.35,
+                    min_class_attack_success_rate=0.0)
+    spread = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.72, fooled_label_entropy=0.50,
+                  min_class_attack_success_rate=0.0)
+    verdict = document.claim_balance("x", [sgd, unfooled], {})
+    assert verdict.endswith("does not hold.")
+    assert "fooled-label entropy by 0.050" in verdict and "label entropy +0.200" in verdict
+    assert document.claim_balance("x", [sgd, spread], {}).endswith(") holds.")
+    del spread["fooled_label_entropy"]
+    assert "not answered" in document.claim_balance("x", [sgd, spread], {})
+
+
+def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(document, monkeypatch, tmp_path):
+    saved = []
+    monkeypatch.setattr(document.mt, "_save_figure", lambda fig, path: saved.append(fig) or path)
+    points = [("sgd_uap", 0.9, 0.1, 0.05), ("sgd_uap", 0.91, 0.12, 0.07), ("cb_uap, div1", 0.88, 0.3, 0.4)]
+    document.frontier_figure(points, "t", tmp_path / "f.png")
+    label_panel, fooled_panel = saved[0].axes
+    assert "fooled-label" in fooled_panel.get_ylabel() and "fooled" not in label_panel.get_ylabel()
+    for panel in (label_panel, fooled_panel):
+        assert len(panel.collections) == 3  # two settings and the shaded claim region
+    assert [len(panel.collections[0].get_offsets()) for panel in (label_panel, fooled_panel)] == [2, 2]
+
+
+def _attack_record(attack: str, seed: int, commit: str) -> dict:
+    return {"status": "completed", "task": "attack", "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
+            "training": "natural", "seed": seed, "git_commit": commit, "overrides": [f"attack={attack}", f"seed={seed}"],
+            "config": {"attack": {"name": attack, "eps": 0.2}},
+            "metrics": {"fooling_rate": 0.9, "label_entropy": 0.1, "fooled_label_entropy": 0.05,
+                        "min_class_attack_success_rate": 0.0}}
+
+
+def test_document_names_the_code_versions_of_each_section(document, tmp_path):
+    commits = ["a" * 40, "b" * 40 + "-dirty", "a" * 40]
+    for i, (attack, seed) in enumerate([("sgd_uap", 0), ("sgd_uap", 1), ("cb_uap", 0)]):
+        (tmp_path / "records" / str(i)).mkdir(parents=True)
+        (tmp_path / "records" / str(i) / "run_summary.json").write_text(json.dumps(_attack_record(attack, seed, commits[i])))
+    section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"]}
+    manifest = {"document": "doc.md", "title": "T", "intro": [], "sections": [section], "frontiers": [],
+                "claims": {"balance": [{"label": "S", "section": "s"}], "defence": []}}
+    (tmp_path / "document.json").write_text(json.dumps(manifest))
+    text = document.write_document(tmp_path / "document.json", figures=False).read_text()
+    assert "Records from commits: aaaaaaa (2 runs), bbbbbbb-dirty (1 run)." in text
+    assert "| 2† |" in text and "- attack=sgd_uap: aaaaaaa (1 run), bbbbbbb-dirty (1 run)" in text
+    assert document.VERDICT_REASON in text
+    assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]

@@ -248,7 +248,7 @@ def test_non_finite_value_stops_and_keeps_the_last_good_checkpoint(adversary, ne
     rows = []
     with pytest.raises(NonFiniteError) as info:
         fit(model, adversary(cfg.training, data.num_classes, data.input_shape, torch.device("cpu")), data,
-            cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), rows.append)
+            cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), rows.append, key={})
     message = str(info.value)
     assert needle in message and "epoch 2" in message and "keeps epoch 1" in message and "\n" not in message
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)

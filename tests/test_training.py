@@ -74,7 +74,7 @@ def test_every_defence_trains_and_keeps_its_perturbation_in_budget(defence, vali
     cfg, data, model, adversary = _setup(validated, defence, tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
     result = fit(model, adversary, data, cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"),
-                 lambda row: None)
+                 lambda row: None, key={})
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     loss = result["history"][0]["train_loss"]
     assert math.isfinite(loss) and 0 < loss < 10, loss
@@ -88,7 +88,8 @@ def test_every_defence_trains_and_keeps_its_perturbation_in_budget(defence, vali
 def test_l2_threat_keeps_each_perturbation_in_the_l2_ball(defence, validated, tmp_path):
     cfg, data, model, adversary = _setup(validated, defence, tmp_path, ["training.adversary.norm=l2",
                                                                          "training.eps=0.5"])
-    fit(model, adversary, data, cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), lambda row: None)
+    fit(model, adversary, data, cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), lambda row: None,
+        key={})
     delta = adversary.pool if defence == "cb_uat" else adversary.delta
     norms = delta.flatten(1).norm(dim=1) if delta.dim() == 4 else delta.norm().view(1)
     assert norms.max() <= 0.5 + 1e-5 and norms.max() > 0.1, norms
@@ -342,13 +343,15 @@ def test_cb_uat_worst_member_takes_each_samples_highest_loss_member(validated, t
 
 
 def test_model_cache_key_follows_only_what_the_defence_reads(validated):
-    from cbuap_runner.tasks import _model_cache_path
+    from cbuap_runner.provenance import weights_key
+    from cbuap_runner.tasks import model_cache_path
 
     def slot(*overrides):
-        return _model_cache_path(validated(["dataset=synthetic", *overrides])).parent.name
+        cfg = validated(["dataset=synthetic", *overrides])
+        return model_cache_path(cfg, weights_key(cfg, "data")).parent.name
 
     base = slot("training=natural")
-    assert slot("training=natural", "training.amp=true") == base  # autocast does not change what is trained
+    assert slot("training=natural", "training.amp=true") != base  # bf16 autocast trains other weights
     assert slot("training=natural", "training.lr=0.01") != base
     assert slot("training=natural", "seed=1") != base
     cb = slot("training=cb_uat")
