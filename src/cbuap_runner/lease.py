@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -46,7 +46,8 @@ def _read(path: Path) -> dict | None:
     """The lease at `path`, or None when it is unreadable or malformed; FileNotFoundError when there is none."""
     try:
         lease = json.loads(path.read_text())
-        if isinstance(lease["host"], str) and isinstance(lease["pid"], int) and isinstance(lease["renewed"], (int, float)):
+        pid, renewed = lease["pid"], lease["renewed"]
+        if isinstance(lease["host"], str) and type(pid) is int and 0 < pid < 2**31 and isinstance(renewed, (int, float)):
             return lease
     except FileNotFoundError:
         raise
@@ -111,21 +112,23 @@ def _try_create(path: Path, record: dict) -> bool:
 
 def _renew(path: Path, record: dict, every: float, stop: threading.Event) -> None:
     tmp = path.with_name(f".{path.name}.{record['token']}.tmp")
-    while not stop.wait(every):
-        try:
-            current = _read(path)
-        except FileNotFoundError:
-            current = {}
-        if current is None:
-            continue  # unreadable for now (e.g. an NFS hiccup): try again next round
-        if current.get("token") != record["token"]:
-            warnings.warn(f"lost the lease {path} (judged stale and broken?): another job may train this slot too", RuntimeWarning)
-            return
-        try:
-            tmp.write_text(json.dumps({**record, "renewed": time.time()}))
-            os.replace(tmp, path)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # try again next round
+    try:
+        while not stop.wait(every):
+            try:
+                tmp.write_text(json.dumps({**record, "renewed": time.time()}))
+                current = _read(path)  # read just before the replace, to keep the window for a lost update small
+            except FileNotFoundError:
+                current = {}
+            except OSError:
+                continue  # e.g. an NFS hiccup: try again next round
+            if current is not None and current.get("token") != record["token"]:
+                warnings.warn(f"lost the lease {path} (judged stale and broken?): another job may train this slot too", RuntimeWarning)
+                return
+            if current is not None:  # else unreadable for now: try again next round
+                with suppress(OSError):
+                    os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -133,12 +136,16 @@ def slot_lease(slot_dir: str | os.PathLike, ready: Callable[[], bool], *, renew_
                poll: float = 2.0, log_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Yields True when this process holds the slot's lease (it must produce the slot's file, then leave the block),
     False when `ready()` became true while waiting (another job produced it: load it)."""
+    # stale_after must also exceed the nodes' clock skew plus renew_every (see above): keep the margin wide.
     if stale_after < 2 * renew_every:
         raise ValueError(f"stale_after ({stale_after}s) must be at least 2 * renew_every ({renew_every}s)")
     path = Path(slot_dir) / LEASE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record, logged_holder = _new_record(uuid.uuid4().hex), None
     while True:
+        if ready():
+            yield False
+            return
         if _try_create(path, record):
             break
         try:

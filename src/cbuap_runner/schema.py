@@ -37,7 +37,7 @@ Calibration = _choice("Calibration", "none", "exclude_true", "temperature")
 Penalty = _choice("Penalty", "none", "hinge", "frequency")
 PenaltyWeights = _choice("PenaltyWeights", "indicator", "histogram")
 Batching = _choice("Batching", "exact", "relaxed")
-Clamp = _choice("Clamp", "held", "point", "none")
+Clamp = _choice("Clamp", "held", "point")
 Schedule = _choice("Schedule", "cosine", "step", "constant")
 ModelMode = _choice("ModelMode", "eval", "train")
 RefreshUnit = _choice("RefreshUnit", "epoch", "iter")
@@ -102,7 +102,7 @@ class DeepFoolConfig:
 
     overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
     iters: int = 10  # the reference's max_iter_df: a step is added to v only if the label changed within iters - 2
-    clamp: Clamp = Clamp.held  # how DeepFool meets the [0,1] range: held = differentiate through the clamp
+    clamp: Clamp = Clamp.held  # held: DeepFool differentiates through the clamp; point: at the clamped point (docs/method.md)
     candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
     norm: Norm = Norm.l2  # l2: the reference DeepFool; linf: the DeepFool step in L-inf geometry
     batching: Batching = Batching.exact  # exact: the sequential loop's result; relaxed: chunks of images share one v

@@ -6,7 +6,7 @@ DeepFool itself: Moosavi-Dezfooli, Fawzi and Frossard, CVPR 2016 (multi-class, L
 
 The loop, as the reference: v = 0 (or the warm start `init`); every pass shuffles the crafting images and
 visits them in that order; an image x that the CURRENT v does not fool (argmax f(x + v) == argmax f(x)) gets
-a DeepFool run started at x + v; its step is added to v only if DeepFool converged, and v is then projected
+a DeepFool run started at x + v; its step is added to v only if DeepFool converged in time, and v is then projected
 onto the ε-ball. After each pass the crafting-set fooling rate is measured. DeepFool (L2): the candidates are
 the `deepfool.candidates` most likely classes at the start (the current label first); each iteration takes
 w_k = ∇f_k − ∇f_label and f_k − f_label at the current point for every other candidate k, picks the k with
@@ -17,10 +17,13 @@ numpy deepfool.py of LTS4/universal omits it.
 
 Where paper and code are silent, or where this implementation differs:
 - Pixel range (the one place the algorithm differs): the model here only ever sees clamp(x + δ, 0, 1), so
-  DeepFool evaluates its point as clamp(x + v + (1 + overshoot)·r_tot, 0, 1), and the gradients are the
-  model's input gradients at that clamped point; the reference never clamps.
-- Converged means that the label changed within `deepfool.iters` iterations. The reference tests
-  `iter < max_iter_df - 1`, which also rejects runs that change the label in their last two iterations.
+  DeepFool runs on the classifier the attack faces, u ↦ f(clamp(u, 0, 1)): its point is x + v + (1 + overshoot)·r_tot
+  and its gradients are taken through the clamp, zero in a pixel held at 0 or 1 (`deepfool.clamp=held`, the
+  default). `deepfool.clamp=point` takes f's gradients at the clamped point instead, so part of each step goes into
+  pixels the clamp then cuts (the earlier behaviour; a stronger but not minimal step). docs/method.md gives the
+  measurement behind the choice. The reference never clamps (its inputs are mean-subtracted, unbounded).
+- Acceptance, as the reference: a step is added only if `iter < max_iter_df - 1`, i.e. DeepFool changed the label
+  within `deepfool.iters` − 2 iterations; DeepFool stops there, since later iterations can never be added.
 - L2 projection goes INTO the ball (v is rescaled only when ‖v‖₂ > ε). The reference's proj_lp rescales
   every v onto the sphere ‖v‖₂ = ε, also one inside the ball: a known bug, not copied. L∞: clipping, as there.
 - Stopping: the reference stops when the crafting-set fooling rate reaches 1 − δ. Here every attack shares
@@ -92,13 +95,13 @@ def _take(t: Tensor, index: Tensor) -> Tensor:
 def _forward(model: nn.Module, u: Tensor, clamp: str) -> tuple[Tensor, Tensor]:
     """The leaf (requiring grad) and the logits [B,K] at the point u, with the graph kept for `_candidate_grads`.
     clamp: `held` differentiates f(clamp(u, 0, 1)) in u (zero where a pixel is held at 0 or 1); `point` evaluates f at
-    clamp(u, 0, 1) and differentiates f there; `none` evaluates and differentiates f at u itself."""
+    clamp(u, 0, 1) and differentiates f there."""
     with torch.enable_grad():
         if clamp == "point":
             xi = u.clamp(0, 1).detach().requires_grad_(True)
             return xi, model(xi)
         xi = u.detach().requires_grad_(True)
-        return xi, model(xi.clamp(0, 1) if clamp == "held" else xi)
+        return xi, model(xi.clamp(0, 1))
 
 
 def _candidate_grads(xi: Tensor, z: Tensor, cand: Tensor) -> Tensor:
