@@ -59,14 +59,18 @@ def make_table(sweep_dir: Path, kind: str = "attacks") -> list[dict]:
 
 
 @pytest.mark.e2e
-def test_joblib_two_by_two_sweep_completes_and_tabulates(tmp_path, cache_dir):
+def test_joblib_two_by_two_sweep_completes_and_tabulates(tmp_path):
+    """Four parallel jobs need one model: one job trains it while the others wait for it (the cache lease)."""
     sweep = tmp_path / "sweep"
     proc = multirun(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "attack=sgd_uap,cb_uap",
-                     "attack.eps=0.05,0.1"], sweep, cache_dir)
+                     "attack.eps=0.05,0.1"], sweep, tmp_path / "fresh_cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = summaries(sweep)
     assert sorted(runs) == ["0", "1", "2", "3"]
     assert all(r["status"] == "completed" for r in runs.values()), {k: r.get("error") for k, r in runs.items()}
+    models = [r["provenance"]["model"] for r in runs.values()]
+    assert sorted(m["source"] for m in models) == ["cache", "cache", "cache", "trained"]
+    assert len({m["sha256"] for m in models}) == 1  # every job attacked the very same weights
     assert {(r["attack"], r["config"]["attack"]["eps"]) for r in runs.values()} == set(
         itertools.product(["sgd_uap", "cb_uap"], [0.05, 0.1]))
     hydra_cfg = OmegaConf.load(sweep / "0" / ".hydra" / "hydra.yaml")
