@@ -25,6 +25,7 @@ import os
 import re
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -376,9 +377,7 @@ def short_commit(commit: str) -> str:
 
 def commit_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """{code version: number of records}, the most frequent first."""
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[commit_of(record)] = counts.get(commit_of(record), 0) + 1
+    counts = Counter(commit_of(record) for record in records)
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 

@@ -151,16 +151,18 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(cli, tmp_path):
     assert "data=" in line and "checkpoint.pt was trained with data=" in line
 
 
-def test_a_cache_slot_holding_another_model_is_not_used(validated, tmp_path, caplog):
+def test_a_cache_slot_holding_another_model_is_not_used(validated, tmp_path):
+    from cbuap_runner.provenance import digest
     from cbuap_runner.tasks import _cached_model
 
     cfg = validated(["dataset=synthetic", f"cache_dir={tmp_path}"])
     key = weights_key(cfg, "fp")
     slot = model_cache_path(cfg, key)
     slot.parent.mkdir(parents=True)
-    save_model(str(slot), build_model("small_cnn", 4, (3, 16, 16)), {"name": "small_cnn"}, "synthetic", 4, (3, 16, 16),
-               provenance={"digest": "something else"})
-    assert _cached_model(slot, key) is None and "not trained under this run's settings" in caplog.text
+    for stored, usable in (({"digest": "something else"}, False), ({}, False), ({"digest": digest(key)}, True)):
+        save_model(str(slot), build_model("small_cnn", 4, (3, 16, 16)), {"name": "small_cnn"}, "synthetic", 4,
+                   (3, 16, 16), provenance=stored)
+        assert (_cached_model(slot, key) is not None) == usable, stored
 
 
 def test_model_checkpoint_of_another_dataset_is_refused(tmp_path, validated):

@@ -11,7 +11,7 @@ One notion serves the model cache, the resume check, `model.pt`, `perturbation.p
   (`dataset=synthetic`) is fingerprinted over its generator's settings.
 - **Weights key**: every configuration key that can change trained weights (the dataset's settings but its root,
   download flag and class names; the architecture; what the defence reads, `amp` included; the seed; the hash of
-  `training.init_checkpoint`'s file) plus the data fingerprint. Execution settings (`device`, `progress`,
+  the weights in `training.init_checkpoint`, not its path) plus the data fingerprint. Execution settings (`device`, `progress`,
   `cache_dir`, `logger`, `resume`, `deterministic`, `model.channels_last`, `model.compile`) are not in it.
 - **Identity**: the digest of a key with the seed left out, shared by the seeds of one experiment; tables merge
   runs only when their identities agree.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import random
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from .errors import UserError
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the source tree this package runs from (or of the working directory), else 'unknown'."""
     for where in (Path(__file__).resolve().parent, Path.cwd()):

@@ -121,6 +121,8 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
             log.info("using the cached model %s", cached)
             _note_model(ctx, str(cached), _cached_model(cached, key), "cache", data)
             return _prepared(cfg, load_model(str(cached), ctx.device, key="cache_dir")), str(cached)
+        if cached.is_file():
+            log.warning("ignoring the cached model %s: it was not trained under this run's settings and data", cached)
         log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
                  cfg.training.name)
         model, _ = train_model(ctx, data)
@@ -143,18 +145,14 @@ def _train_or_wait(slot: Path, ready: Callable[[], bool]) -> Iterator[bool]:
 
 def _cached_model(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The cache slot's model file if it holds the model `key` describes; a file of another key (damaged, or
-    written by an older version) is not used: the slot is trained anew."""
+    written by an older version) is not used: the slot is trained anew (obtain_model says so)."""
     if not path.is_file():
         return None
     try:
         blob = read_model_file(str(path), "cache_dir")
-    except UserError as ex:
-        log.warning("ignoring the cached model: %s", ex)
+    except UserError:
         return None
-    if (blob.get("provenance") or {}).get("digest") != digest(key):
-        log.warning("ignoring the cached model %s: it was not trained under this run's settings and data", path)
-        return None
-    return blob
+    return blob if (blob.get("provenance") or {}).get("digest") == digest(key) else None
 
 
 def _note_model(ctx: Context, path: str, blob: dict[str, Any], source: str, data: DataBundle) -> None:

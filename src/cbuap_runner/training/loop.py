@@ -150,8 +150,7 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetC
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
-    config = key
-    ckpt = checkpoint_to_resume(run_dir, resume, config)
+    ckpt = checkpoint_to_resume(run_dir, resume, key)
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
@@ -184,7 +183,7 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dcfg: DatasetC
         if dist.is_main():
             save_checkpoint(run_dir, model=model.state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), adversary=adversary.state_dict(), epoch=epoch + 1,
-                            history=history, train_seconds=elapsed, config=config)
+                            history=history, train_seconds=elapsed, config=key)
             log_metrics(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_acc"], row["val_acc"], row["epoch_seconds"])
