@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from cbuap_runner.attacks import craft
+from cbuap_runner.attacks import attack_config, craft
+from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.models import build_model, load_model
-from cbuap_runner.schema import AttackConfig, DatasetConfig, DeepFoolConfig, TrainingConfig
+from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
 from cbuap_runner.training import DEFENCES, make_adversary
 from cbuap_runner.training.loop import fit
 
@@ -115,7 +116,7 @@ def crafting_rate(model, data: DataBundle, eps: float, batch: int, images: int, 
     """SGD-UAP crafting throughput: images through a whole crafting run per second (the default budget of
     passes, one forward of the clean crafting images for the fooling statistics included)."""
     crafting = data.train.subset(balanced_subset(data.train.y, images, 0))
-    cfg = AttackConfig(name="sgd_uap", eps=eps, passes=passes, batch_size=batch, crafting_images=None, tol=0.0)
+    cfg = attack_config("sgd_uap", eps=eps, passes=passes, batch_size=batch, crafting_images=None, tol=0.0)
     x = crafting.float_x()
     craft(model, x[: batch * 2], crafting.y[: batch * 2], dataclasses.replace(cfg, passes=1), data.num_classes)
     sync(device)
@@ -239,8 +240,8 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
     if "deepfool" in inner:  # and the relaxed batching of our DeepFool UAP
         runs.append(("ours_uap_relaxed", "uap"))
     for key, name in runs:
-        cfg = AttackConfig(name=name, eps=eps, norm=norm, passes=passes, batch_size=ours_batch, crafting_images=None,
-                           deepfool=DeepFoolConfig(batching="relaxed" if key.endswith("relaxed") else "exact"))
+        own = {"deepfool": DeepFoolConfig(batching="relaxed" if key.endswith("relaxed") else "exact")} if name == "uap" else {}
+        cfg = attack_config(name, eps=eps, norm=norm, passes=passes, batch_size=ours_batch, crafting_images=None, **own)
         result, seconds = _timed_craft(model, x, y, cfg, data.num_classes, device)
         out[key] = {"seconds": round(seconds, 3), "test_fooling_rate": _test_fooling_rate(model, data, result.delta),
                     "crafting_fooling_rate": round(result.history[-1]["fooling_rate"], 4)}

@@ -11,12 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from cbuap_runner.attacks import ATTACKS, L2Threat, LinfThreat, apply_delta, craft
-from cbuap_runner.attacks.engine import BalanceSchedule, PassLoop, PassStats, Stepper, batch_objective
-from cbuap_runner.attacks.objectives import UAPObjective, attack_loss, balanced_targets
+from cbuap_runner.attacks import ATTACKS, L2Threat, LinfThreat, apply_delta, attack_config, craft
+from cbuap_runner.attacks.ascent import AscentStep
+from cbuap_runner.attacks.cb_uap import BalanceConfig, BalanceSchedule, CBObjective, balanced_targets
+from cbuap_runner.attacks.engine import Budget, PassLoop, PassStats, RunOptions, batch_objective
+from cbuap_runner.attacks.objectives import ClippedLoss
 from cbuap_runner.data import DataBundle, Split
+from cbuap_runner.errors import UserError
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
-from cbuap_runner.schema import AttackConfig, BalanceConfig
+from cbuap_runner.schema import AttackConfig
 from cbuap_runner.tasks import select_start
 from toy import SHAPE, K, train_toy_model
 
@@ -29,13 +32,25 @@ def task():
 BALANCE_KEYS = {f.name for f in dataclasses.fields(BalanceConfig)}
 
 
-def cfg_(**kw) -> AttackConfig:
-    """An attack config; keys of attack.balance go into that section, whose weights start at zero here (each test
-    switches on the terms it needs)."""
-    balance = {"lambda_div": 0.0, "lambda_pen": 0.0, "lambda_pull": 0.0, **{k: kw.pop(k) for k in list(kw) if k in BALANCE_KEYS}}
-    base = dict(name="sgd_uap", eps=0.04, passes=5, batch_size=64, balance=BalanceConfig(**balance))
-    base.update(kw)
-    return AttackConfig(**base)
+def cfg_(name: str = "sgd_uap", **kw) -> AttackConfig:
+    """An attack config; keys of attack.balance go into that section (cb_uap only), whose weights start at zero
+    here (each test switches on the terms it needs)."""
+    balance = {k: kw.pop(k) for k in list(kw) if k in BALANCE_KEYS}
+    base = {"eps": 0.04, "passes": 5, "batch_size": 64, **kw}
+    if name == "cb_uap":
+        base["balance"] = BalanceConfig(**{"lambda_div": 0.0, "lambda_pen": 0.0, "lambda_pull": 0.0, **balance})
+    elif balance:
+        raise ValueError(f"attack={name} has no balance section: {balance}")
+    return attack_config(name, **base)
+
+
+def cb_(groups: int = 1, **kw) -> CBObjective:
+    """CB-UAP's objective under cfg_(name="cb_uap", **kw)."""
+    return CBObjective(cfg_(name="cb_uap", **kw), K, groups, torch.device("cpu"))
+
+
+def clipped_(cfg: AttackConfig) -> ClippedLoss:
+    return ClippedLoss(cfg.loss, cfg.beta, cfg.kappa, getattr(cfg, "target", None))
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -88,7 +103,7 @@ def test_random_init_inside_ball_and_rows_differ(threat):
 # ---------------------------------------------------------------- engine contracts
 def _mean_loss(model, x, y, delta, cfg) -> float:
     with torch.no_grad():
-        return float(attack_loss(model(apply_delta(x, delta)).unsqueeze(0), y, cfg).mean())
+        return float(clipped_(cfg).per_sample(model(apply_delta(x, delta)).unsqueeze(0), y).mean())
 
 
 def test_delta_moves_objective_rises_input_untouched(task):
@@ -139,8 +154,8 @@ def test_model_only_sees_images_in_pixel_range(task, name):
     model, x, y, *_ = task
     spy = _InputRange(model)
     edge = (x > 0.5).float()  # pixels at exactly 0 or 1, so any unclamped x + δ leaves the range
-    craft(spy, edge, y, cfg_(name=name, eps=0.3, passes=1, lambda_div=0.5 if name == "cb_uap" else 0.0), K,
-          generator=gen())
+    balance = {"lambda_div": 0.5} if name == "cb_uap" else {}
+    craft(spy, edge, y, cfg_(name=name, eps=0.3, passes=1, **balance), K, generator=gen())
     assert spy.lo >= 0 and spy.hi <= 1
 
 
@@ -156,11 +171,12 @@ def test_gradient_is_mean_reduced():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, K))
     xb = torch.rand(1, 1, 4, 4)
     yb = torch.tensor([1])
-    obj = UAPObjective(cfg_(eps=0.1), K, balanced=False)
+    obj = clipped_(cfg_(eps=0.1))
     grads = []
     for n in (1, 8):
         delta = torch.zeros(1, 1, 4, 4, requires_grad=True)
-        J, _, _ = batch_objective(model, xb.expand(n, -1, -1, -1), yb.expand(n), delta, obj, num_classes=K)
+        J, _, _ = batch_objective(model, xb.expand(n, -1, -1, -1), yb.expand(n), delta, obj,
+                                  clean=torch.zeros(n, dtype=torch.long))
         grads.append(torch.autograd.grad(J.sum(), delta)[0])
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
@@ -183,10 +199,10 @@ def test_sgd_uap_beats_random_noise(task):
 
 def test_cb_uap_with_zero_weights_is_sgd_uap_bit_for_bit(task):
     model, x, y, *_ = task
-    for extra in ({}, {"init": "uniform", "num_starts": 2, "penalty": "hinge", "ema": True},
-                  {"lambda_ramp": 3, "fooling_guard": 0.05, "start": 1}):
-        a = craft(model, x, y, cfg_(**extra), K, generator=gen(7))
-        b = craft(model, x, y, cfg_(name="cb_uap", **extra), K, generator=gen(7))
+    for shared, balance in (({}, {}), ({"init": "uniform", "num_starts": 2}, {"penalty": "hinge", "ema": True}),
+                            ({}, {"lambda_ramp": 3, "fooling_guard": 0.05, "start": 1})):
+        a = craft(model, x, y, cfg_(**shared), K, generator=gen(7))
+        b = craft(model, x, y, cfg_(name="cb_uap", **shared, **balance), K, generator=gen(7))
         assert torch.equal(a.delta, b.delta)
     # balance terms that never switch on (balance_start >= passes) also leave SGD-UAP unchanged
     c = craft(model, x, y, cfg_(name="cb_uap", lambda_div=1.0, start=5), K, generator=gen(7))
@@ -310,7 +326,7 @@ def test_balance_terms_pull_mass_off_the_dominant_label():
     grads = {}
     for name, kw in (("sgd", {}), ("cb", dict(lambda_div=1.0, lambda_pen=10.0, penalty="hinge"))):
         z = logits.clone().requires_grad_(True)
-        J, parts = UAPObjective(cfg_(**kw), K, balanced=name == "cb")(z, y)
+        J, parts = cb_(**kw).terms(z, y) if name == "cb" else clipped_(cfg_())(z, y)
         grads[name] = torch.autograd.grad(J.sum(), z)[0]
         if name == "cb":
             assert parts["r_pen"] > 0
@@ -337,11 +353,11 @@ def test_pull_term_acts_on_fooled_images_only():
     z[0, 0, 1] = z[0, 1, 1] = 5.0  # image 0 fooled (to 1), image 1 not (predicted as its label), 2 and 3 fooled
     z[0, 2, 0] = z[0, 3, 0] = 5.0
     z.requires_grad_(True)
-    obj = UAPObjective(cfg_(lambda_div=0.0, lambda_pen=0.0, lambda_pull=1.0), K, balanced=True)
-    J, parts = obj(z, y)
+    obj = cb_(lambda_div=0.0, lambda_pen=0.0, lambda_pull=1.0)
+    J, parts = obj.terms(z, y)
     assert parts["l_pull"] > 0
     (grad,) = torch.autograd.grad(J.sum(), z)
-    plain = torch.autograd.grad(attack_loss(z, y, obj.cfg).mean(-1).sum(), z)[0]
+    plain = torch.autograd.grad(obj.clipped.per_sample(z, y).mean(-1).sum(), z)[0]
     assert torch.equal(grad[0, 1], plain[0, 1])  # the unfooled image feels the attack loss alone
     assert not torch.equal(grad[0, 0], plain[0, 0])
 
@@ -351,35 +367,40 @@ def test_dro_weights_follow_the_least_fooled_class():
     z = torch.zeros(1, 6, K)
     z[0, :2, 0] = 8.0  # class 0 keeps its label: the lowest attack loss
     z[0, 2:, 0] = 8.0  # classes 1 and 2 are fooled into 0: high loss
-    obj = UAPObjective(cfg_(lambda_div=0.0, lambda_pen=0.0, dro_eta=0.1), K, balanced=True)
+    obj = cb_(lambda_div=0.0, lambda_pen=0.0, dro_eta=0.1)
     for _ in range(3):
-        obj(z, y)
+        obj.terms(z, y)
     w = obj.K * torch.softmax(obj.dro_logits, 0)
     assert w[0] > w[3] > w[1] and torch.isclose(w[1], w[2])  # absent classes keep their weight
     assert torch.isclose(w.sum(), torch.tensor(float(K)))
-    unbalanced = UAPObjective(cfg_(dro_eta=0.1), K, balanced=False)
-    unbalanced(z, y)
-    assert not unbalanced.dro_logits.any()  # sgd_uap ignores the balance section
+
+
+def test_sgd_uap_has_no_balance_section():
+    with pytest.raises(UserError, match=r"attack.balance: attack=sgd_uap has no such key; attack=cb_uap has it"):
+        attack_config("sgd_uap", balance=BalanceConfig())
 
 
 def test_balance_scale_multiplies_only_the_balance_terms():
     torch.manual_seed(0)
     y = torch.tensor([1, 2, 3, 0])
     z = torch.randn(2, 4, K)
-    obj = UAPObjective(cfg_(lambda_div=1.0, lambda_pen=5.0, penalty="hinge"), K, balanced=True)
-    j_full, parts = obj(z, y)
-    j_none, _ = obj(z, y, scale=torch.zeros(2))
-    j_half, _ = obj(z, y, scale=torch.tensor([0.5, 1.0]))
-    assert torch.allclose(j_none, torch.full((2,), float(parts["l_atk"])) * 0 + attack_loss(z, y, obj.cfg).mean(-1))
+    obj = cb_(2, lambda_div=1.0, lambda_pen=5.0, penalty="hinge")
+    j_full, parts = obj.terms(z, y)
+    j_none, _ = obj.terms(z, y, scale=torch.zeros(2))
+    j_half, _ = obj.terms(z, y, scale=torch.tensor([0.5, 1.0]))
+    assert torch.allclose(j_none, obj.clipped.per_sample(z, y).mean(-1))
     assert torch.allclose(j_half[1], j_full[1])
     assert torch.allclose(j_half[0], 0.5 * (j_full[0] + j_none[0]))
 
 
 def test_balance_schedule_ramp_and_fooling_guard():
-    sched = BalanceSchedule(cfg_(lambda_ramp=4, start=2), 1, torch.device("cpu"))
+    def balance(**kw) -> BalanceConfig:
+        return cfg_(name="cb_uap", **kw).balance
+
+    sched = BalanceSchedule(balance(lambda_ramp=4, start=2), 1, torch.device("cpu"))
     assert [float(sched.factor(p)) for p in (2, 3, 5, 9)] == [0.25, 0.5, 1.0, 1.0]
-    assert BalanceSchedule(cfg_(), 1, torch.device("cpu")).factor(0) is None  # unscheduled: objective unchanged
-    g = BalanceSchedule(cfg_(fooling_guard=0.1), 2, torch.device("cpu"))
+    assert BalanceSchedule(balance(), 1, torch.device("cpu")).factor(0) is None  # unscheduled: objective unchanged
+    g = BalanceSchedule(balance(fooling_guard=0.1), 2, torch.device("cpu"))
     assert torch.equal(g.factor(0), torch.ones(2))  # no fooling rate seen yet
     g.observe(torch.tensor([0.8, 0.8]))  # first batch sets the EMA and the best
     assert torch.allclose(g.factor(0), torch.ones(2))
@@ -387,7 +408,7 @@ def test_balance_schedule_ramp_and_fooling_guard():
         g.observe(torch.tensor([0.8, 0.6]))
     f = g.factor(0)
     assert torch.allclose(f[0], torch.tensor(1.0)) and float(f[1]) == 0.0
-    wide = BalanceSchedule(cfg_(fooling_guard=0.3), 1, torch.device("cpu"))
+    wide = BalanceSchedule(balance(fooling_guard=0.3), 1, torch.device("cpu"))
     wide.observe(torch.tensor([0.8]))
     for _ in range(100):  # 0.2 lost of a 0.3 margin: a third of the balance weight is left
         wide.observe(torch.tensor([0.6]))
@@ -415,21 +436,18 @@ def test_balance_stop_switches_the_terms_off_again(task):
 
 
 def test_schedule_settings_are_validated():
-    from cbuap_runner.errors import UserError
-    from cbuap_runner.schema import validate_attack
     for bad in (dict(start=2, stop=2), dict(fooling_guard=0.0), dict(fooling_guard=1.5),
                 dict(lambda_ramp=-1), dict(num_starts=2, init="zero"), dict(patience=0), dict(fooling_target=1.5)):
         with pytest.raises(UserError):
-            validate_attack(cfg_(name="cb_uap", **bad), "attack", K)
-    validate_attack(cfg_(name="cb_uap", start=1, stop=3, fooling_guard=0.05, lambda_ramp=2),
-                    "attack", K)
+            cfg_(name="cb_uap", **bad).check("attack", K)
+    cfg_(name="cb_uap", start=1, stop=3, fooling_guard=0.05, lambda_ramp=2).check("attack", K)
 
 
 def test_registry_and_unknown_attack(task):
     model, x, y, *_ = task
     assert {"sgd_uap", "cb_uap", "uap", "cw_uap"} <= set(ATTACKS)
     with pytest.raises(KeyError, match="attack.name"):
-        craft(model, x, y, cfg_(name="nope"), K)
+        craft(model, x, y, dataclasses.replace(cfg_(), name="nope"), K)
 
 
 def test_apply_delta_needs_labels_for_a_stack():
@@ -439,12 +457,12 @@ def test_apply_delta_needs_labels_for_a_stack():
     assert torch.equal(apply_delta(x, torch.zeros(1, *SHAPE)), x)
 
 
-# ---------------------------------------------------------------- engine parts: stepper, pass statistics, pass loop
+# ---------------------------------------------------------------- engine parts: the ascent step, pass statistics, pass loop
 
 def test_stepper_sign_step_decays_and_projects():
     delta = torch.zeros(2, *SHAPE, requires_grad=True)
     grad = torch.randn(2, *SHAPE, generator=gen())
-    stepper = Stepper(delta, LinfThreat(0.1), cfg_(eps=0.1, step_size=0.04, step_decay=0.5))
+    stepper = AscentStep(delta, LinfThreat(0.1), cfg_(eps=0.1, step_size=0.04, step_decay=0.5))
     stepper.step(grad)
     assert torch.equal(delta.detach(), 0.04 * grad.sign()) and delta.grad is None
     stepper.end_pass()
@@ -452,12 +470,12 @@ def test_stepper_sign_step_decays_and_projects():
     for _ in range(10):
         stepper.step(grad)
     assert torch.equal(delta.detach(), 0.1 * grad.sign())  # 0.24 along sign(g), clamped onto the box
-    assert Stepper(torch.zeros(1), LinfThreat(0.1), cfg_(eps=0.1)).current_step_size == 0.1 / 4
+    assert AscentStep(torch.zeros(1), LinfThreat(0.1), cfg_(eps=0.1)).current_step_size == 0.1 / 4
 
 
 def test_stepper_l2_projects_each_row_into_the_ball():
     delta = torch.zeros(2, *SHAPE, requires_grad=True)
-    stepper = Stepper(delta, L2Threat(1.0), cfg_(norm="l2", eps=1.0, step_size=0.5))
+    stepper = AscentStep(delta, L2Threat(1.0), cfg_(norm="l2", eps=1.0, step_size=0.5))
     grad = torch.randn(2, *SHAPE, generator=gen())
     stepper.step(grad)
     assert torch.allclose(delta.detach().flatten(1).norm(dim=1), torch.tensor([0.5, 0.5]))
@@ -468,7 +486,7 @@ def test_stepper_l2_projects_each_row_into_the_ball():
 
 def test_stepper_adam_ascends_and_decays_its_learning_rate():
     delta = torch.zeros(1, *SHAPE, requires_grad=True)
-    stepper = Stepper(delta, LinfThreat(0.1), cfg_(eps=0.1, optimizer="adam", adam_lr=0.01, step_decay=0.5))
+    stepper = AscentStep(delta, LinfThreat(0.1), cfg_(eps=0.1, optimizer="adam", adam_lr=0.01, step_decay=0.5))
     grad = torch.randn(1, *SHAPE, generator=gen())
     stepper.step(grad)
     assert torch.equal(delta.detach().sign(), grad.sign()) and delta.grad is None  # maximises
@@ -485,7 +503,7 @@ def test_pass_stats_record_is_the_hand_computation(monkeypatch):
     stats.add(torch.tensor([1.0, 3.0]), {"l_atk": torch.tensor(2.0)}, torch.tensor([[0, 1, 1], [1, 1, 2]]),
               torch.tensor([0, 1, 2]))
     stats.add(torch.tensor([5.0, 7.0]), {"l_atk": torch.tensor(4.0)}, torch.tensor([[1], [2]]), torch.tensor([1]))
-    record = stats.record(3, 0.5, True)
+    record = stats.record(3, 0.5, balance_on=True)
     # J: batch means 2 and 6; fooled (pred ≠ clean) 1 + 0 and 1 + 1 of 4 images; target hits 2 + 1 and 2 + 0
     assert record == {"pass": 3, "objective": 4.0, "fooling_rate": 0.5, "step_size": 0.5, "images": 4,
                       "balance_on": True, "l_atk": 3.0, "fooling_rates": [0.25, 0.5], "target_rate": 0.75}
@@ -493,14 +511,14 @@ def test_pass_stats_record_is_the_hand_computation(monkeypatch):
     assert len(reduced) == 1  # one reduction (and one host read) per pass
     single = PassStats(1, torch.device("cpu"))
     single.add(torch.tensor([1.0]), {}, torch.tensor([[0, 3]]), torch.tensor([0, 1]))
-    assert single.record(1, None, False) == {"pass": 1, "objective": 1.0, "fooling_rate": 0.5, "step_size": None,
+    assert single.record(1, None, balance_on=False) == {"pass": 1, "objective": 1.0, "fooling_rate": 0.5, "step_size": None,
                                              "images": 2, "balance_on": False}
 
 
 def test_pass_loop_draws_orders_keeps_history_and_stops(task):
     model, _, _, xt, yt = task
-    kw = dict(n=10, device=torch.device("cpu"), bar_total=3)
-    with PassLoop(model, cfg_(), None, generator=gen(4), max_passes=3, **kw) as loop:
+    cpu = torch.device("cpu")
+    with PassLoop(model, Budget(3, 64), None, 10, RunOptions("t", gen(4)), cpu) as loop:
         orders = []
         for order in loop:
             orders.append(order)
@@ -508,14 +526,14 @@ def test_pass_loop_draws_orders_keeps_history_and_stops(task):
     ref = gen(4)
     assert len(orders) == 3 and all(torch.equal(o, torch.randperm(10, generator=ref)) for o in orders)
     assert loop.passes == 3 and loop.history == [{"pass": 1}, {"pass": 2}, {"pass": 3}] and not loop.monitor.stop
-    with PassLoop(model, cfg_(), None, generator=gen(), max_passes=float("inf"), **kw) as loop:
+    with PassLoop(model, Budget(3, 64, max_steps=100), None, 10, RunOptions("t", gen()), cpu) as loop:
         for _ in loop:
             loop.end_pass({}, torch.zeros(SHAPE))
             loop.finish()
     assert loop.passes == 1
-    with PassLoop(model, cfg_(), None, generator=gen(), max_passes=3, more=lambda: False, **kw) as loop:
+    with PassLoop(model, Budget(3, 64, max_steps=0), None, 10, RunOptions("t", gen()), cpu) as loop:
         assert list(loop) == [] and loop.passes == 0
-    with PassLoop(model, cfg_(fooling_target=0.0), (xt, yt), generator=gen(), max_passes=3, **kw) as loop:
+    with PassLoop(model, Budget(3, 64, fooling_target=0.0), (xt, yt), 10, RunOptions("t", gen()), cpu) as loop:
         for _ in loop:
             loop.end_pass({}, torch.zeros(SHAPE))
     assert loop.passes == 1 and loop.monitor.converged and loop.history == [{"val_fooling_rate": 0.0}]

@@ -245,8 +245,10 @@ CASES = [
     # --- impossible combinations
     Case("target_outside_label_set", [*TINY, "attack.target=7"], ("attack.target=7", "[0, 3]")),
     Case("target_negative", [*TINY, "attack.target=-1"], ("attack.target=-1", "[0, 3]")),
-    Case("target_with_untargeted_attack", [*TINY, "attack=uap", "attack.target=1"], ("attack.target=1", "attack=uap does not read",
-                                                                             "sgd_uap, cb_uap")),
+    Case("target_with_untargeted_attack", [*TINY, "attack=uap", "attack.target=1"],
+         ("attack.target", "attack=uap has no such key", "attack=sgd_uap, cb_uap have it")),
+    Case("added_key_of_another_attack", [*TINY, "attack=uap", "+attack.target=1"],
+         ("attack.target", "attack=uap has no such key", "attack=sgd_uap, cb_uap have it")),
     Case("perturbation_shape_differs_from_dataset",
          [*TINY, "task=evaluate", "model.checkpoint={t}/model.pt", "perturbation={t}/delta_rgb.pt"],
          ("perturbation=", "delta_rgb.pt", "(3, 32, 32)", "(1, 16, 16)"),

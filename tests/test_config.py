@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cbuap_runner.attacks import ATTACKS
@@ -59,7 +61,7 @@ def test_hydra_settings():
     ("training.lr=nan", "training.lr"),
     ("attack.target=10", "attack.target"),
     ("attack.step_decay=1.5", "attack.step_decay"),
-    ("training.sigma=2", "training.sigma"),
+    ("training=uat training.sigma=2", "training.sigma"),
     ("device=tpu", "device"),
     ("eval.num_images=0", "eval.num_images"),
     ("resume=yes", "resume"),
@@ -67,13 +69,66 @@ def test_hydra_settings():
 ])
 def test_out_of_range_values_name_the_key(override, key, validated):
     with pytest.raises(UserError, match=f"^{key.replace('.', '[.]')}="):
-        validated([override])
+        validated(override.split())
 
 
-@pytest.mark.parametrize("override", ["attack.norm=l3", "attack.deepfool.batching=lazy", "attack.balance.penalty=l1",
-                                      "training.schedule=linear", "training.pool.refresh_unit=batch", "progress=maybe"])
+@pytest.mark.parametrize("override", ["attack.norm=l3", "attack=uap attack.deepfool.batching=lazy",
+                                      "attack.balance.penalty=l1", "training.schedule=linear",
+                                      "training=cb_uat training.pool.refresh_unit=batch", "progress=maybe"])
 def test_closed_choices_are_enums_refused_when_composing(override):
-    key, value = override.split("=")
+    key, value = override.split()[-1].split("=")
     with pytest.raises(Exception) as refused:
-        compose_config([override])
+        compose_config(override.split())
     assert describe(refused.value).startswith(f"{key}={value!r}: must be one of ")
+
+
+@pytest.mark.parametrize("overrides,line", [
+    (["attack=sgd_uap", "attack.balance.lambda_div=1"], "attack.balance: attack=sgd_uap has no such key; attack=cb_uap has it"),
+    (["attack=sgd_uap", "+attack.balance.lambda_div=1"], "attack.balance: attack=sgd_uap has no such key; attack=cb_uap has it"),
+    (["attack=uap", "attack.target=1"], "attack.target: attack=uap has no such key; attack=sgd_uap, cb_uap have it"),
+    (["training=natural", "training.sigma=0.5"],
+     "training.sigma: training=natural has no such key; training=pgd_at, uat, fast_uat, sat, cw_uat, cb_uat have it"),
+    (["training=uat", "training.adversary.balance.lambda_div=1"],
+     "training.adversary.balance: training=uat has no such key; training=cb_uat has it"),
+    (["dataset=cifar10", "dataset.synthetic_size=9"], "dataset.synthetic_size: dataset=cifar10 has no such key; dataset=synthetic has it"),
+    (["+attack.nope=1"], "attack.nope: unknown config key"),
+])
+def test_a_key_the_option_lacks_is_one_line_naming_the_options_that_have_it(overrides, line, validated):
+    with pytest.raises(Exception) as refused:
+        validated(overrides)
+    assert describe(refused.value).startswith(line)
+
+
+def test_an_option_has_exactly_its_schema(validated):
+    """attack=sgd_uap composes to SGD-UAP's keys, not every attack's."""
+    from dataclasses import fields
+
+    for name, spec in ATTACKS.items():
+        cfg = validated([f"attack={name}"])
+        assert type(cfg.attack) is spec.schema
+        assert {f.name for f in fields(cfg.attack)} == {f.name for f in fields(spec.schema)}
+    assert not hasattr(validated(["attack=sgd_uap"]).attack, "balance")
+
+
+def test_the_name_alone_does_not_switch_the_option(validated):
+    with pytest.raises(UserError, match=r"^attack.name='cb_uap': an option's name is set by choosing the option"):
+        validated(["attack=sgd_uap", "attack.name=cb_uap"])
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["task=pipeline", "pipeline.attacks=[sgd_uap,fgsm]"], "pipeline.attacks='fgsm': must be one of"),
+    (["task=pipeline", "pipeline.attacks=[]"], "pipeline.attacks=[]: must name at least one attack"),
+    (["task=pipeline", "pipeline.attacks=[uap,uap]"], "must name at least one attack, each once"),
+    (["task=pipeline", "pipeline.attacks=[cw_uap]"], "needs a universal attack"),
+    (["task=attack", "pipeline.attacks=[uap]"], "pipeline.attacks=['uap']: task=attack crafts no pipeline"),
+])
+def test_pipeline_attacks_are_checked(overrides, message, validated):
+    with pytest.raises(UserError, match=re.escape(message)):
+        validated(overrides)
+
+
+def test_the_keys_tables_of_method_md_are_generated_from_the_schemas():
+    from cbuap_runner.schema_docs import generated_block
+    from helpers import REPO
+
+    assert generated_block() in (REPO / "docs" / "method.md").read_text()

@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from cbuap_runner.attacks import deepfool_uap
-from cbuap_runner.attacks.deepfool_uap import craft_deepfool_uap, deepfool
-from cbuap_runner.schema import AttackConfig, DeepFoolConfig
+from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig, DeepFoolUAPConfig, craft_deepfool_uap, deepfool
 from toy import SHAPE, K, train_toy_model
 
 
@@ -26,10 +25,10 @@ def task():
     return train_toy_model(torch.float64)
 
 
-def cfg_(*, deepfool: dict | None = None, **kw) -> AttackConfig:
-    base = dict(name="uap", eps=0.04, passes=2, batch_size=64, deepfool=DeepFoolConfig(**(deepfool or {})))
-    base.update(kw)
-    return AttackConfig(**base)
+def cfg_(*, deepfool: dict | None = None, **kw) -> DeepFoolUAPConfig:
+    base = {"name": "uap", "eps": 0.04, "passes": 2, "batch_size": 64, "deepfool": DeepFoolConfig(**(deepfool or {})),
+            **kw}
+    return DeepFoolUAPConfig(**base)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -86,7 +85,7 @@ def ref_project(v: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return v * min(1.0, eps / float(v.norm()))
 
 
-def ref_universal(model: nn.Module, x: torch.Tensor, cfg: AttackConfig, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def ref_universal(model: nn.Module, x: torch.Tensor, cfg: DeepFoolUAPConfig, generator: torch.Generator) -> tuple[torch.Tensor, int]:
     """universal_pert.py, one image at a time, for cfg.passes passes: (v, DeepFool steps added)."""
     v, added = torch.zeros_like(x[0]), 0
     for _ in range(cfg.passes):

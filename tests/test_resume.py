@@ -238,10 +238,11 @@ class _DeltaNaNFromEpoch2(Natural):
         return self.epoch < 1
 
 
-@pytest.mark.parametrize("adversary,needle", [(_NaNFromEpoch2, "training.lr="),
-                                              (_DeltaNaNFromEpoch2, "training.step_size=")])
-def test_non_finite_value_stops_and_keeps_the_last_good_checkpoint(adversary, needle, validated, tmp_path):
-    cfg = validated(TRAIN)
+@pytest.mark.parametrize("adversary,defence,needle", [(_NaNFromEpoch2, "natural", "training.lr="),
+                                                      (_DeltaNaNFromEpoch2, "uat", "training.step_size="),
+                                                      (_DeltaNaNFromEpoch2, "cb_uat", "training.adversary.step_size=")])
+def test_non_finite_value_stops_and_keeps_the_last_good_checkpoint(adversary, defence, needle, validated, tmp_path):
+    cfg = validated([*TRAIN, f"training={defence}"])
     data = load_data(cfg.dataset, str(tmp_path), cfg.seed, torch.device("cpu"))
     torch.manual_seed(0)
     model = build_model("small_cnn", data.num_classes, data.input_shape)

@@ -31,7 +31,7 @@ def describe(ex: BaseException) -> str:
         if key and isinstance(cause, MissingMandatoryValue):
             return f"{key}: no value given; set it on the command line ({key}=...)"
         if key and "not in" in msg:
-            return f"{key}: unknown config key ({msg}); check the spelling, or list the keys with --cfg job"
+            return unknown_key_line(key, _chosen_option(cause), msg)
         choice = re.match(r"Invalid value '(.*)', expected one of \[(.*)\]", msg)
         if key and choice:  # a closed choice (schema.Choice)
             return f"{key}={choice.group(1)!r}: must be one of {choice.group(2)}"
@@ -46,6 +46,30 @@ def describe(ex: BaseException) -> str:
         return (f"{ex.filename}: {ex.strerror or _first_line(str(ex))}; choose a path that can be read and written "
                 "(hydra.run.dir=..., cache_dir=...)")
     return f"{type(ex).__name__}: {_first_line(str(ex))} (set HYDRA_FULL_ERROR=1 for the traceback)"
+
+
+def _chosen_option(cause: BaseException) -> str | None:
+    """The option whose node refused the key: the `name` of its group's node (attack, training, ...)."""
+    try:
+        node = cause.parent_node  # type: ignore[attr-defined]
+        while node._get_parent() is not None and node._get_parent()._get_parent() is not None:
+            node = node._get_parent()
+        return str(node["name"])
+    except Exception:  # no node to ask: the message names no option
+        return None
+
+
+def unknown_key_line(key: str, chosen: str | None, msg: str = "") -> str:
+    """A key the chosen option's schema lacks: which options of its group have it, if any."""
+    from .schema import options_having
+
+    found = options_having(key)
+    if found and found[1]:
+        group, having = found
+        return (f"{key}: {f'{group}={chosen}' if chosen else 'the chosen option'} has no such key; "
+                f"{group}={', '.join(having)} {'has' if len(having) == 1 else 'have'} it")
+    detail = f" ({msg})" if msg else ""
+    return f"{key}: unknown config key{detail}; check the spelling, or list the keys with --cfg job"
 
 
 def _one_line(text: str) -> str:

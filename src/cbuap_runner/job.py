@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist
-from .errors import UserError, describe
+from .errors import UserError, describe, unknown_key_line
 from .gpu_assign import assign_gpu
 from .io import write_json, write_text
 from .progress import set_progress_mode
@@ -26,8 +27,21 @@ def to_config(dcfg: DictConfig) -> Config:
     cfg = OmegaConf.to_object(dcfg)
     if not isinstance(cfg, Config):
         raise UserError("config: the root config must extend base_config")
+    _refuse_added_keys(dcfg, cfg)
     validate(cfg)
     return cfg
+
+
+def _refuse_added_keys(node: Any, obj: Any, prefix: str = "") -> None:
+    """A key added with `+key=value` where the schema has none (OmegaConf would drop it silently)."""
+    if not (is_dataclass(obj) and isinstance(node, DictConfig)):
+        return
+    own = {f.name for f in fields(obj)}
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key not in own:
+            raise UserError(unknown_key_line(full, str(OmegaConf.select(node, "name", default="") or "") or None))
+        _refuse_added_keys(node._get_node(key), getattr(obj, key), f"{full}.")
 
 
 def _summary_base(dcfg: DictConfig, overrides: list[str]) -> dict[str, Any]:

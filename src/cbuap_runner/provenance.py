@@ -87,10 +87,9 @@ def identity(key: dict[str, Any]) -> str:
 def weights_key(cfg: Any, data_fingerprint: str) -> dict[str, Any]:
     """What decides the weights that cfg's training would produce, as plain data (the cache's and resume's key)."""
     from .schema import to_plain
-    from .training import read_settings
 
     dataset = {k: v for k, v in to_plain(cfg.dataset).items() if k not in NOT_DATA_KEYS}
-    training = read_settings(to_plain(cfg.training))
+    training = to_plain(cfg.training)  # the defence's schema holds only what it reads
     if training.get("init_checkpoint"):
         from .models import read_model_file
 

@@ -1,5 +1,7 @@
-"""Structured-config schema: key names and types are checked by OmegaConf, ranges and
-cross-field rules by `validate` once at start-up."""
+"""Structured-config schema. Each group has a base dataclass with the keys every option of the group has; each option
+(an attack, a defence, a dataset) extends it with its own keys in its own module, and its registry entry names that
+schema (`schema=`). OmegaConf checks key names and types when the config is composed (a key the chosen option does
+not have is refused then); `check` methods test ranges and cross-field rules once at start-up (`validate`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Iterator, List, Mapping, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
 from .errors import UserError
@@ -46,6 +47,37 @@ LoggerMode = _choice("LoggerMode", "online", "offline", "disabled")
 Progress = _choice("Progress", "auto", "on", "off")
 
 
+# ---------------------------------------------------------------- range checks (each names the key at fault)
+
+
+def fail(key: str, value: Any, rule: str) -> None:
+    raise UserError(f"{key}={to_plain(value)!r}: {rule}")
+
+
+def positive(key: str, value: Any) -> None:
+    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        fail(key, value, "must be a finite number > 0")
+
+
+def non_negative(key: str, value: Any) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        fail(key, value, "must be a finite number >= 0")
+
+
+def fraction(key: str, value: Any, rule: str) -> None:
+    """A value in (0, 1]; `rule` says what it is."""
+    if not (0 < value <= 1):
+        fail(key, value, f"must lie in (0, 1]{rule}")
+
+
+def one_of(key: str, value: Any, options: tuple) -> None:
+    if value not in options:
+        fail(key, value, f"must be one of {', '.join(options)}")
+
+
+# ---------------------------------------------------------------- the groups' base schemas
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
@@ -61,8 +93,19 @@ class DatasetConfig:
     hflip: bool = False
     val_size: int = 5000  # seeded, class-balanced validation images carved from the training split (never trained on)
     train_subset: Optional[int] = None  # seeded, class-balanced subset of what remains of the training split
-    synthetic_size: int = 512  # dataset=synthetic only
     classes: Optional[List[str]] = None  # class names for figures and tables
+
+    def check(self) -> None:
+        for key in ("num_classes", "channels", "image_size", "eps", "val_size"):
+            positive(f"dataset.{key}", getattr(self, key))
+        if self.num_classes < 2:
+            fail("dataset.num_classes", self.num_classes, "must be at least 2")
+        if self.train_subset is not None:
+            positive("dataset.train_subset", self.train_subset)
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            fail("dataset.mean", list(self.mean), f"mean and std need one value per channel ({self.channels})")
+        for s in self.std:
+            positive("dataset.std", s)
 
 
 @dataclass
@@ -74,96 +117,47 @@ class ModelConfig:
 
 
 @dataclass
-class BalanceConfig:
-    """attack=cb_uap's class-balance terms (docs/method.md, CB-UAP). The weights are the setting chosen by
-    table=tune_cb_uap on the validation split; every weight at zero, class_reweight off and dro_eta null reproduce sgd_uap."""
-
-    calibration: Calibration = Calibration.exclude_true
-    temperature: float = 1.0
-    lambda_div: float = 0.5  # diversity H(mean q) of the calibrated distributions
-    lambda_conf: float = 0.0  # sharpness of each calibrated distribution
-    lambda_pen: float = 0.5  # penalty on the classes above 1/K of the mean q
-    penalty: Penalty = Penalty.hinge
-    penalty_weights: PenaltyWeights = PenaltyWeights.indicator  # hinge only
-    ema: bool = False
-    ema_decay: float = 0.9
-    start: int = 0  # passes of plain SGD-UAP before the balance terms switch on
-    stop: Optional[int] = None  # switch the balance terms off again from this pass on (null = never)
-    class_reweight: bool = False  # reweight the attack loss towards classes that are fooled least
-    lambda_ramp: int = 0  # ramp the balance weights linearly over this many balanced passes (0 = full at once)
-    fooling_guard: Optional[float] = None  # scale the balance terms down as the crafting fooling rate drops up to this below its best
-    lambda_pull: float = 0.0  # pull each fooled image toward its wrong-class target, targets balanced over classes (Sinkhorn)
-    dro_eta: Optional[float] = None  # group-DRO weights on the attack loss: step size of the per-batch class-weight update
-
-
-@dataclass
-class DeepFoolConfig:
-    """attack=uap's DeepFool (docs/method.md, DeepFool UAP)."""
-
-    overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
-    iters: int = 10  # the reference's max_iter_df: a step is added to v only if the label changed within iters - 2
-    clamp: Clamp = Clamp.held  # held: DeepFool differentiates through the clamp; point: at the clamped point (docs/method.md)
-    candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
-    norm: Norm = Norm.l2  # l2: the reference DeepFool; linf: the DeepFool step in L-inf geometry
-    batching: Batching = Batching.exact  # exact: the sequential loop's result; relaxed: chunks of images share one v
-    chunk: int = 32  # relaxed: images per chunk
-
-
-@dataclass
 class AttackConfig:
-    name: str = "sgd_uap"
+    """What every attack has: its threat model, its start, and the crafting budget and stopping rule (set them
+    here, never per attack, so that a table compares attacks under one budget). Each attack's schema extends it."""
+
+    name: str = MISSING
     eps: float = II("dataset.eps")
     norm: Norm = Norm.linf
-    # the crafting budget and stopping rule, shared by every attack (set them here, never per attack)
+    init: Init = Init.zero  # the start of δ: zero or uniform in the ε-ball
     passes: int = 10  # passes over the crafting set
     crafting_images: Optional[int] = 5000  # null = the whole training split
     batch_size: int = 128
     patience: Optional[int] = None  # stop when the validation fooling rate stalls this many passes (null = never)
     tol: float = 1e-3  # ... an improvement of at most this counts as a stall
     fooling_target: Optional[float] = None  # stop once the validation fooling rate reaches this (null = never)
-    optimizer: Optimizer = Optimizer.sign
-    step_size: Optional[float] = None  # sign step; null = eps / 4 (L2: eps / 4 along the unit gradient)
-    step_decay: float = 0.8  # multiplies the step after every pass
-    adam_lr: float = 5e-3
-    init: Init = Init.zero
-    num_starts: int = 1  # M independent perturbations crafted as one [M,C,H,W] tensor
-    loss: Loss = Loss.ce
-    beta: float = 12.0  # clip of the cross-entropy
-    kappa: float = 10.0  # clip of the CW margin
-    target: Optional[int] = None  # targeted attack towards this class
-    balance: BalanceConfig = field(default_factory=BalanceConfig)  # cb_uap
-    deepfool: DeepFoolConfig = field(default_factory=DeepFoolConfig)  # uap
+
+    def check(self, prefix: str, num_classes: int) -> None:
+        positive(f"{prefix}.eps", self.eps)
+        if self.norm == "linf" and self.eps > 1:
+            fail(f"{prefix}.eps", self.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
+        for key in ("passes", "batch_size"):
+            positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("patience", "crafting_images"):
+            if getattr(self, key) is not None:
+                positive(f"{prefix}.{key}", getattr(self, key))
+        if self.fooling_target is not None:
+            fraction(f"{prefix}.fooling_target", self.fooling_target, " (a validation fooling rate) or be null")
+        non_negative(f"{prefix}.tol", self.tol)
 
 
 @dataclass
-class PGDConfig:
-    steps: int = 10  # PGD steps per batch (pgd_at, sat)
+class ThreatConfig:
+    """The threat geometry a defence trains against, for the defences that craft their own perturbations."""
 
-
-@dataclass
-class SATConfig:
-    heap_size: int = 16  # samples that share one perturbation
-
-
-@dataclass
-class PoolConfig:
-    """cb_uat's stage 1: a pool of CB-UAPs refreshed against the frozen model."""
-
-    size: int = 4  # M perturbations in the pool
-    # the schedule chosen on validation (table=cb_uat_variants): 5 steps every 43 iterations, about ten refreshes per
-    # epoch of 55,000 images, beat one 20-step refresh per epoch on clean and worst-case validation accuracy
-    refresh_every: int = 43  # refresh the pool every k units
-    refresh_unit: RefreshUnit = RefreshUnit.iter
-    refresh_steps: int = 5  # S minibatch steps per refresh
-    member: PoolMember = PoolMember.random  # stage 2 trains each sample on a random member, or on its worst one
+    norm: Norm = Norm.linf
 
 
 @dataclass
 class TrainingConfig:
-    """Every training default lives here (natural training's settings); conf/training/<name>.yaml sets only what
-    its defence changes."""
+    """The optimisation every defence has (natural training's schema); each defence's schema extends it."""
 
-    name: str = "natural"
+    name: str = MISSING
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.05
@@ -175,28 +169,64 @@ class TrainingConfig:
     gamma: float = 0.1
     amp: bool = False  # bf16 autocast on CUDA
     init_checkpoint: Optional[str] = None  # start from these weights (e.g. a natural model)
-    # adversarial training (every defence but natural; the threat geometry is training.adversary.norm: linf | l2)
+
+    def check(self, num_classes: int) -> None:
+        for key in ("epochs", "batch_size", "lr"):
+            positive(f"training.{key}", getattr(self, key))
+        for key in ("momentum", "weight_decay", "gamma"):
+            non_negative(f"training.{key}", getattr(self, key))
+        for m in self.milestones:
+            if not (0 < m < 1):
+                fail("training.milestones", list(self.milestones), "each milestone is a fraction of the run in (0, 1)")
+
+
+@dataclass
+class AdversarialConfig(TrainingConfig):
+    """What every adversarial defence adds: the budget it trains against and the loss mix."""
+
     eps: float = II("dataset.eps")
-    step_size: Optional[float] = None  # null = the paper's convention: uat/fast_uat/cw_uat ε, pgd_at/sat ε/4 (cb_uat: unread)
-    # (1 - sigma) CE(clean) + sigma CE(adv), read by every defence but natural. 1.0 = adversarial examples only, the
-    # loss of UAT and FastUAT (Shafahi et al. 2020, Alg. 3-4), CW-UAT (Benz et al. 2021) and PGD-AT (Madry et al.
-    # 2018); SAT (Mummadi et al. 2019) sweeps this weight as its trade-off. One default for all, so that a
-    # comparison at the defaults is like with like.
+    # (1 - sigma) CE(clean) + sigma CE(adv). 1.0 = adversarial examples only, the loss of UAT and FastUAT (Shafahi
+    # et al. 2020, Alg. 3-4), CW-UAT (Benz et al. 2021) and PGD-AT (Madry et al. 2018); SAT (Mummadi et al. 2019)
+    # sweeps this weight as its trade-off. One default for all, so that a comparison at the defaults is like with like.
     sigma: float = 1.0
-    # uat / cw_uat: the model's mode during the δ step. eval = as every evaluation attack sees it (running statistics
-    # untouched); train = batch statistics and updated running statistics, kept only to measure the difference
-    delta_model_mode: ModelMode = ModelMode.eval
-    pgd: PGDConfig = field(default_factory=PGDConfig)  # pgd_at, sat
-    sat: SATConfig = field(default_factory=SATConfig)  # sat
-    pool: PoolConfig = field(default_factory=PoolConfig)  # cb_uat
-    # the threat model of every defence (norm); cb_uat reads all of it: its stage-1 attack
-    adversary: AttackConfig = field(default_factory=lambda: AttackConfig(eps=II("training.eps")))
+
+    def check(self, num_classes: int) -> None:
+        super().check(num_classes)
+        positive("training.eps", self.eps)
+        if self.norm == "linf" and self.eps > 1:
+            fail("training.eps", self.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
+        if not (0 <= self.sigma <= 1):
+            fail("training.sigma", self.sigma, "must lie in [0, 1]")
+
+    @property
+    def norm(self) -> str:
+        return self.adversary.norm  # every adversarial schema has an `adversary` with the threat's norm
+
+
+@dataclass
+class ThreatTrainingConfig(AdversarialConfig):
+    """An adversarial defence with its own perturbation step in the geometry training.adversary.norm."""
+
+    step_size: Optional[float] = None  # null = the paper's convention: uat/fast_uat/cw_uat ε, pgd_at/sat ε/4
+    adversary: ThreatConfig = field(default_factory=ThreatConfig)
+
+    def check(self, num_classes: int) -> None:
+        super().check(num_classes)
+        if self.step_size is not None:
+            positive("training.step_size", self.step_size)
 
 
 @dataclass
 class EvalConfig:
     num_images: Optional[int] = None  # null = the whole test split
     batch_size: int = 500
+
+
+@dataclass
+class PipelineConfig:
+    # the attacks task=pipeline crafts against the trained model, each from `attack`'s budget (attacks.attack_for);
+    # the worst case is taken over the universal ones of this list
+    attacks: List[str] = field(default_factory=lambda: ["sgd_uap", "uap", "cb_uap", "cw_uap"])
 
 
 @dataclass
@@ -219,6 +249,7 @@ class Config:
     training: TrainingConfig = MISSING
     logger: LoggerConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     task: str = "attack"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -230,6 +261,7 @@ class Config:
 
 
 _CHOICES = {("logger", "name"): ("local", "wandb")}  # a group option: the name its config node sets
+PIPELINE_DEFAULT = PipelineConfig().attacks
 
 
 def registries() -> dict[tuple[str, ...], Mapping[str, Any]]:
@@ -245,204 +277,99 @@ def registries() -> dict[tuple[str, ...], Mapping[str, Any]]:
             ("training", "name"): DEFENCES}
 
 
-def _fail(key: str, value: Any, rule: str) -> None:
-    raise UserError(f"{key}={value!r}: {rule}")
+def option_schemas() -> dict[str, dict[str, type]]:
+    """group -> option -> its schema, for the groups whose options have keys of their own."""
+    found = registries()
+    return {group: {name: spec.schema for name, spec in found[(group, "name")].items()}
+            for group in ("dataset", "attack", "training")}
 
 
-def _positive(key: str, value: Any) -> None:
-    if value is None or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        _fail(key, value, "must be a finite number > 0")
+def _has_key(node: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not (is_dataclass(node) and part in {f.name for f in fields(node)}):
+            return False
+        node = getattr(node, part)
+    return True
 
 
-def _non_negative(key: str, value: Any) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        _fail(key, value, "must be a finite number >= 0")
+def options_having(key: str) -> tuple[str, list[str]] | None:
+    """For a dotted key under a group whose options have schemas of their own: the group and the options that
+    have the key (None for any other key)."""
+    group, _, rest = key.partition(".")
+    schemas = option_schemas().get(group)
+    if not schemas or not rest:
+        return None
+    return group, [name for name, schema in schemas.items() if _has_key(schema(name=name), rest.split("."))]
 
 
-def _one_of(key: str, value: Any, options: tuple) -> None:
-    if value not in options:
-        _fail(key, value, f"must be one of {', '.join(options)}")
+def options_of(group: str, schema: type) -> list[str]:
+    """The options of `group` whose schema is `schema`."""
+    return [name for name, s in option_schemas().get(group, {}).items() if s is schema]
 
 
-def _changed(key: str, value: Any, usual: Any) -> Iterator[tuple[str, Any]]:
-    """The keys under `key` whose value differs from the default `usual`, section by section; an interpolated
-    default such as `${dataset.eps}` follows another key and never counts."""
-    if isinstance(usual, str) and usual.startswith("${"):
-        return
-    if is_dataclass(value) and is_dataclass(usual):
-        for f in fields(value):
-            yield from _changed(f"{key}.{f.name}", getattr(value, f.name), getattr(usual, f.name))
-    elif value != usual:
-        yield key, value
-
-
-def _unread(prefix: str, config: Any, default: Any, option: str, registry: Mapping[str, Any],
-            always: frozenset[str]) -> None:
-    """Refuse a key of `config` (or of one of its sections) that `option` does not read but that was set; the
-    registry entries say what each option reads (`reads`)."""
-    group, name = option.split("=")
-    for f in fields(config):
-        if f.name in always or f.name in registry[name].reads:
-            continue
-        for key, value in _changed(f"{prefix}.{f.name}", getattr(config, f.name), getattr(default, f.name)):
-            readers = [n for n, spec in registry.items() if f.name in spec.reads]
-            _fail(key, to_plain(value), f"{option} does not read {prefix}.{f.name}; "
-                  + (f"{group}={', '.join(readers)} do" if readers else f"no {group} option reads it"))
-
-
-def validate_attack(a: AttackConfig, prefix: str, num_classes: int, every_attack: bool = False) -> None:
-    """Range and cross-field checks of one attack configuration, and no key set that the attack does not read
-    (unless `every_attack`: the base config from which task=pipeline derives every attack)."""
-    from .attacks import ATTACKS, SHARED_KEYS
-
-    _one_of(f"{prefix}.name", a.name, tuple(ATTACKS))
-    if not every_attack:
-        _unread(prefix, a, AttackConfig(), f"attack={a.name}", ATTACKS, SHARED_KEYS)
-    _positive(f"{prefix}.eps", a.eps)
-    if a.norm == "linf" and a.eps > 1:
-        _fail(f"{prefix}.eps", a.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
-    for key in ("passes", "batch_size", "num_starts"):
-        _positive(f"{prefix}.{key}", getattr(a, key))
-    if a.patience is not None:
-        _positive(f"{prefix}.patience", a.patience)
-    if a.fooling_target is not None and not (0 < a.fooling_target <= 1):
-        _fail(f"{prefix}.fooling_target", a.fooling_target, "must lie in (0, 1] (a validation fooling rate) or be null")
-    if a.crafting_images is not None:
-        _positive(f"{prefix}.crafting_images", a.crafting_images)
-    if a.step_size is not None:
-        _positive(f"{prefix}.step_size", a.step_size)
-    for key in ("adam_lr", "beta", "kappa"):
-        _positive(f"{prefix}.{key}", getattr(a, key))
-    _non_negative(f"{prefix}.tol", a.tol)
-    if not (0 < a.step_decay <= 1):
-        _fail(f"{prefix}.step_decay", a.step_decay, "must lie in (0, 1]")
-    if a.num_starts > 1 and a.init == "zero":
-        _fail(f"{prefix}.num_starts", a.num_starts, f"starts from zero are identical perturbations; set {prefix}.init=uniform")
-    if a.target is not None and not (0 <= a.target < num_classes):
-        _fail(f"{prefix}.target", a.target, f"must be a class index in [0, {num_classes - 1}]")
-    _validate_balance(a.balance, f"{prefix}.balance")
-    _validate_deepfool(a.deepfool, f"{prefix}.deepfool")
-
-
-def _validate_balance(b: BalanceConfig, prefix: str) -> None:
-    _positive(f"{prefix}.temperature", b.temperature)
-    if b.temperature < 1:
-        _fail(f"{prefix}.temperature", b.temperature, "must be >= 1")
-    for key in ("lambda_div", "lambda_conf", "lambda_pen", "lambda_pull", "start", "lambda_ramp"):
-        _non_negative(f"{prefix}.{key}", getattr(b, key))
-    if b.dro_eta is not None:
-        _positive(f"{prefix}.dro_eta", b.dro_eta)
-    if b.stop is not None and b.stop <= b.start:
-        _fail(f"{prefix}.stop", b.stop, "must exceed start (or be null)")
-    if b.fooling_guard is not None and not (0 < b.fooling_guard <= 1):
-        _fail(f"{prefix}.fooling_guard", b.fooling_guard, "must lie in (0, 1] (a fooling-rate margin) or be null")
-    if not (0 < b.ema_decay <= 1):
-        _fail(f"{prefix}.ema_decay", b.ema_decay, "must lie in (0, 1]")
-
-
-def _validate_deepfool(d: DeepFoolConfig, prefix: str) -> None:
-    for key in ("iters", "candidates", "chunk"):
-        _positive(f"{prefix}.{key}", getattr(d, key))
-    if d.iters < 3:
-        _fail(f"{prefix}.iters", d.iters, "must be >= 3: a step counts only if DeepFool changed the label within "
-              "iters - 2 iterations (the reference's iter < max_iter_df - 1)")
-    _non_negative(f"{prefix}.overshoot", d.overshoot)
-
-
-def validate_training(t: TrainingConfig, num_classes: int) -> None:
-    """Range and cross-field checks of the training configuration, and no key set that the defence does not read;
-    training.adversary is checked as an attack when the defence crafts with it (cb_uat), else only its norm is read."""
-    from .training import DEFENCES, SHARED_KEYS
-
-    _one_of("training.name", t.name, tuple(DEFENCES))
-    spec = DEFENCES[t.name]
-    _unread("training", t, TrainingConfig(), f"training={t.name}", DEFENCES, SHARED_KEYS)
-    for key in ("epochs", "batch_size", "lr", "eps"):
-        _positive(f"training.{key}", getattr(t, key))
-    for key in ("steps",):
-        _positive(f"training.pgd.{key}", getattr(t.pgd, key))
-    _positive("training.sat.heap_size", t.sat.heap_size)
-    for key in ("size", "refresh_every", "refresh_steps"):
-        _positive(f"training.pool.{key}", getattr(t.pool, key))
-    if t.adversary.norm == "linf" and t.eps > 1:
-        _fail("training.eps", t.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
-    for key in ("momentum", "weight_decay", "gamma"):
-        _non_negative(f"training.{key}", getattr(t, key))
-    if t.step_size is not None:
-        _positive("training.step_size", t.step_size)
-    if not (0 <= t.sigma <= 1):
-        _fail("training.sigma", t.sigma, "must lie in [0, 1]")
-    for m in t.milestones:
-        if not (0 < m < 1):
-            _fail("training.milestones", list(t.milestones), "each milestone is a fraction of the run in (0, 1)")
-    if spec.crafts_with_adversary:
-        for key, pool_value in (("num_starts", 1), ("init", "zero")):  # the pool sets them (training.pool.size)
-            if getattr(t.adversary, key) != pool_value:
-                _fail(f"training.adversary.{key}", getattr(t.adversary, key),
-                      f"training={t.name} sets it from its pool (training.pool.size, uniform starts)")
-        _refuse_pass_keys(t.adversary, t.name)
-        validate_attack(t.adversary, "training.adversary", num_classes)
-    else:
-        crafting = ", ".join(n for n, d in DEFENCES.items() if d.crafts_with_adversary)
-        for f in fields(AttackConfig):
-            if f.name not in ("name", "eps", "norm"):
-                for key, value in _changed(f"training.adversary.{f.name}", getattr(t.adversary, f.name),
-                                           getattr(AttackConfig(), f.name)):
-                    _fail(key, to_plain(value), f"training={t.name} reads only training.adversary.norm; "
-                          f"training={crafting} craft with the whole adversary")
-
-
-# what a pool refresh cannot honour: it runs training.pool.refresh_steps minibatch steps of one pass on
-# refresh_steps · batch_size images of its own choosing, with no validation split and no pass schedule
-REFRESH_UNREAD = ("passes", "crafting_images", "patience", "tol", "fooling_target", "step_decay", "balance.start",
-                  "balance.stop", "balance.lambda_ramp")
-
-
-def _refuse_pass_keys(adversary: AttackConfig, defence: str) -> None:
-    default = AttackConfig()
-    for key in REFRESH_UNREAD:
-        value, usual = _get(adversary, tuple(key.split("."))), _get(default, tuple(key.split(".")))
-        if value != usual:
-            _fail(f"training.adversary.{key}", to_plain(value),
-                  f"training={defence} refreshes its pool with training.pool.refresh_steps minibatch steps of one "
-                  "pass (no passes, stopping rule or pass schedule); set training.pool.* instead")
+def check_schema(prefix: str, node: Any, schemas: Mapping[str, type], group: str) -> None:
+    """A config node must be its option's schema: `name` names the option and is set by choosing it."""
+    if type(node) is not schemas[node.name]:
+        fail(f"{prefix}.name", node.name, f"an option's name is set by choosing the option ({group}={node.name}), "
+             "not by the key alone")
 
 
 def validate(cfg: Config) -> None:
     """All start-up checks; raises UserError naming the first offending key."""
     for path, registry in registries().items():
-        _one_of(".".join(path), _get(cfg, path), tuple(registry))
+        one_of(".".join(path), _get(cfg, path), tuple(registry))
     for path, options in _CHOICES.items():
-        _one_of(".".join(path), _get(cfg, path), options)
+        one_of(".".join(path), _get(cfg, path), options)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        _fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+        fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
-        _fail("resume", cfg.resume, "must be auto, true or false")
-    d = cfg.dataset
-    for key in ("num_classes", "channels", "image_size", "eps", "synthetic_size"):
-        _positive(f"dataset.{key}", getattr(d, key))
-    if d.num_classes < 2:
-        _fail("dataset.num_classes", d.num_classes, "must be at least 2")
-    if d.train_subset is not None:
-        _positive("dataset.train_subset", d.train_subset)
-    _positive("dataset.val_size", d.val_size)
-    if len(d.mean) != d.channels or len(d.std) != d.channels:
-        _fail("dataset.mean", list(d.mean), f"mean and std need one value per channel ({d.channels})")
-    for s in d.std:
-        _positive("dataset.std", s)
-    from .tasks import TASKS
-
-    validate_attack(cfg.attack, "attack", d.num_classes, every_attack=TASKS[cfg.task].attacks == "every")
-    validate_training(cfg.training, d.num_classes)
-    _positive("eval.batch_size", cfg.eval.batch_size)
+        fail("resume", cfg.resume, "must be auto, true or false")
+    for group, schemas in option_schemas().items():
+        check_schema(group, getattr(cfg, group), schemas, group)
+    cfg.dataset.check()
+    num_classes = cfg.dataset.num_classes
+    cfg.attack.check("attack", num_classes)
+    cfg.training.check(num_classes)
+    _validate_pipeline(cfg)
+    positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.num_images is not None:
-        _positive("eval.num_images", cfg.eval.num_images)
+        positive("eval.num_images", cfg.eval.num_images)
+
+
+def _validate_pipeline(cfg: Config) -> None:
+    from .attacks import ATTACKS, attack_for
+
+    names = list(cfg.pipeline.attacks)
+    if cfg.task != "pipeline":
+        if names != PIPELINE_DEFAULT:
+            fail("pipeline.attacks", names, f"task={cfg.task} crafts no pipeline; task=pipeline reads it")
+        return
+    if not names or len(set(names)) != len(names):
+        fail("pipeline.attacks", names, "must name at least one attack, each once")
+    for name in names:
+        one_of("pipeline.attacks", name, tuple(ATTACKS))
+    if all(ATTACKS[name].class_wise for name in names):
+        fail("pipeline.attacks", names, "needs a universal attack (one δ for every image) for its worst case")
+    for name in names:
+        attack_for(cfg.attack, name).check(f"pipeline.attacks[{name}]", cfg.dataset.num_classes)
 
 
 def _get(cfg: Any, path: tuple[str, ...]) -> Any:
     for part in path:
         cfg = getattr(cfg, part)
     return cfg
+
+
+def changed_keys(value: Any, usual: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """The keys under `key` whose value differs from the default `usual`, section by section; an interpolated
+    default such as `${dataset.eps}` follows another key and never counts."""
+    if isinstance(usual, str) and usual.startswith("${"):
+        return
+    if is_dataclass(value) and is_dataclass(usual):
+        for f in fields(value):
+            yield from changed_keys(getattr(value, f.name), getattr(usual, f.name), f"{key}.{f.name}")
+    elif value != usual:
+        yield key, value
 
 
 def to_plain(obj: Any) -> Any:
@@ -459,9 +386,14 @@ def to_plain(obj: Any) -> Any:
 
 
 def register_configs() -> None:
-    """Store the schemas as root configs, not group options, that conf/<group>/*.yaml extend (`/base_<group>@_here_`)."""
+    """Store the schemas that conf/ extends: the root config, the model and logger bases (`/base_<group>@_here_`)
+    and each option's own schema (`/schema/<group>/<option>@_here_`), the one an option's registry entry names."""
+    from hydra.core.config_store import ConfigStore
+
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    for name, node in (("dataset", DatasetConfig), ("model", ModelConfig), ("attack", AttackConfig),
-                       ("training", TrainingConfig), ("logger", LoggerConfig)):
-        cs.store(name=f"base_{name}", node=node)
+    cs.store(name="base_model", node=ModelConfig)
+    cs.store(name="base_logger", node=LoggerConfig)
+    for group, schemas in option_schemas().items():
+        for name, schema in schemas.items():
+            cs.store(group=f"schema/{group}", name=name, node=schema(name=name))

@@ -336,15 +336,15 @@ def task_attack(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-def pipeline_attacks(base: AttackConfig) -> dict[str, AttackConfig]:
-    """Every registered attack under `base`'s shared budget, each with `base`'s values of the keys it reads
-    (attacks.attack_for): the same crafting images, passes and stopping rule for all."""
-    return {name: attack_for(base, name) for name in ATTACKS}
+def pipeline_attacks(base: AttackConfig, names: list[str]) -> dict[str, AttackConfig]:
+    """The attacks `names` (pipeline.attacks) under `base`'s shared budget, each with `base`'s values of the keys
+    their schemas share (attacks.attack_for): the same crafting images, passes and stopping rule for all."""
+    return {name: attack_for(base, name) for name in names}
 
 
 def task_pipeline(ctx: Context) -> dict[str, Any]:
-    """Train a defence, then attack the final model white-box with each UAP under one crafting budget;
-    report each, and the worst attack and the worst class over the universal ones (one δ for every image; a
+    """Train a defence, then attack the final model white-box with each attack of pipeline.attacks under one
+    crafting budget; report each, and the worst attack and the worst class over the universal ones of that list (one δ for every image; a
     class-wise attack picks δ by the true label, so it is reported beside them, not in the worst case), all on the
     same test images."""
     data = ctx.data()
@@ -356,7 +356,8 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
                            "per_class_clean_acc": clean["per_class_acc"], "num_images": clean["num_images"],
                            **{k: v for k, v in train_metrics.items() if k.startswith("ddp_")}}
     per_attack = {}
-    for name, attack in pipeline_attacks(ctx.cfg.attack).items():
+    out["pipeline_attacks"] = list(ctx.cfg.pipeline.attacks)
+    for name, attack in pipeline_attacks(ctx.cfg.attack, out["pipeline_attacks"]).items():
         metrics, delta = craft_and_evaluate(ctx, model, data, attack, prefix=f"{name}/")
         save_perturbation(ctx, delta, attack, model_path, data, metrics, stem=f"perturbation_{name}")
         per_attack[name] = metrics
@@ -387,7 +388,7 @@ class TaskSpec:
     """A task: what it runs and which attacks it crafts."""
 
     run: Callable[[Context], dict[str, Any]]
-    attacks: str  # none | one (attack=) | every (every registered attack, derived from attack= by attack_for)
+    attacks: str  # none | one (attack=) | declared (pipeline.attacks, derived from attack= by attack_for)
 
 
 # the only list of task names (`task=` options)
@@ -395,5 +396,5 @@ TASKS: dict[str, TaskSpec] = {
     "train": TaskSpec(task_train, attacks="none"),
     "attack": TaskSpec(task_attack, attacks="one"),
     "evaluate": TaskSpec(task_evaluate, attacks="none"),
-    "pipeline": TaskSpec(task_pipeline, attacks="every"),
+    "pipeline": TaskSpec(task_pipeline, attacks="declared"),
 }

@@ -64,17 +64,45 @@ Batching, with the sequential semantics kept exactly:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from ..schema import AttackConfig
-from .engine import CraftResult, PassLoop, frozen, init_delta, pass_record, predict
+from ..schema import AttackConfig, Batching, Clamp, Norm, fail, non_negative, positive
+from .engine import Budget, CraftResult, PassLoop, RunOptions, frozen, init_delta, pass_record, predict
 from .threat import ThreatModel, make_threat
 
 _TINY = 1e-12
 _VMAP_ROWS = 8  # up to this many images the candidate gradients take one vmapped backward
+
+
+@dataclass
+class DeepFoolConfig:
+    overshoot: float = 0.02  # DeepFool's (1 + overshoot) on the accumulated step
+    iters: int = 10  # the reference's max_iter_df: a step is added to v only if the label changed within iters - 2
+    clamp: Clamp = Clamp.held  # held: DeepFool differentiates through the clamp; point: at the clamped point (docs/method.md)
+    candidates: int = 10  # the most likely classes DeepFool considers (the current one included)
+    norm: Norm = Norm.l2  # l2: the reference DeepFool; linf: the DeepFool step in L-inf geometry
+    batching: Batching = Batching.exact  # exact: the sequential loop's result; relaxed: chunks of images share one v
+    chunk: int = 32  # relaxed: images per chunk
+
+    def check(self, prefix: str) -> None:
+        for key in ("iters", "candidates", "chunk"):
+            positive(f"{prefix}.{key}", getattr(self, key))
+        if self.iters < 3:
+            fail(f"{prefix}.iters", self.iters, "must be >= 3: a step counts only if DeepFool changed the label "
+                 "within iters - 2 iterations (the reference's iter < max_iter_df - 1)")
+        non_negative(f"{prefix}.overshoot", self.overshoot)
+
+
+@dataclass
+class DeepFoolUAPConfig(AttackConfig):
+    deepfool: DeepFoolConfig = field(default_factory=DeepFoolConfig)
+
+    def check(self, prefix: str, num_classes: int) -> None:
+        super().check(prefix, num_classes)
+        self.deepfool.check(f"{prefix}.deepfool")
 
 
 @dataclass
@@ -212,14 +240,14 @@ class _Speculation:
             self.accept = self.DECAY * self.accept + (1 - self.DECAY) * float(accepted and i == used - 1)
 
 
-def accept_iters(cfg: AttackConfig) -> int:
+def accept_iters(cfg: DeepFoolUAPConfig) -> int:
     """Iterations within which DeepFool must change the label for its step to be added: the reference's
     `iter < max_iter_df - 1` with max_iter_df = deepfool.iters. Later iterations never give an added step, so
     DeepFool runs at most this many."""
     return cfg.deepfool.iters - 2
 
 
-def _run_deepfool(model: nn.Module, xb: Tensor, cfg: AttackConfig, first_only: bool = True) -> DeepFoolResult:
+def _run_deepfool(model: nn.Module, xb: Tensor, cfg: DeepFoolUAPConfig, first_only: bool = True) -> DeepFoolResult:
     """DeepFool with the attack's settings (by default abandoning the runs after the first converged one)."""
     d = cfg.deepfool
     return deepfool(model, xb, norm=d.norm, num_candidates=d.candidates, overshoot=d.overshoot,
@@ -243,7 +271,7 @@ class _RunStats:
 
 
 def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-              cfg: AttackConfig, spec: _Speculation, stats: _RunStats) -> tuple[Tensor, int]:
+              cfg: DeepFoolUAPConfig, spec: _Speculation, stats: _RunStats) -> tuple[Tensor, int]:
     """One pass of Algorithm 1 over x[order], image by image in effect; returns v and the steps added."""
     added, pos, n = 0, 0, order.numel()
     while pos < n:
@@ -271,7 +299,7 @@ def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tens
 
 
 def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-                      cfg: AttackConfig, stats: _RunStats) -> tuple[Tensor, int]:
+                      cfg: DeepFoolUAPConfig, stats: _RunStats) -> tuple[Tensor, int]:
     """One pass in chunks: DeepFool runs on every image of the chunk that v does not fool, all at the v of the
     chunk's start; the converged steps are then walked in order, each added (and v projected) only if its image
     is still not fooled by the current v."""
@@ -294,26 +322,25 @@ def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor,
     return v, added
 
 
-def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, num_classes: int, *,
+def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: DeepFoolUAPConfig, num_classes: int, *,
                        generator: torch.Generator | None = None, progress: bool = False,
                        init: Tensor | None = None, max_steps: int | None = None,
                        val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
     """DeepFool UAP (Algorithm 1): one δ [C,H,W]; stops by the shared rule of stopping.py (`val` images);
-    `max_steps` bounds the images visited to max_steps·batch_size."""
+    `max_steps` visits exactly max_steps·batch_size images instead, over as many passes as they take."""
     device, n = x.device, x.shape[0]
     threat = make_threat(cfg.norm, cfg.eps)
     v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0].to(x.dtype)
-    budget = None if max_steps is None else max_steps * cfg.batch_size
+    budget = Budget.of(cfg, max_steps)
+    image_limit = None if max_steps is None else max_steps * cfg.batch_size
     spec = _Speculation(cfg.batch_size, device)
     images = 0
-    # with max_steps the step count is fixed: no validation images, no early stop
-    with frozen(model), PassLoop(model, cfg, val if max_steps is None else None, n=n, device=device,
-                                 generator=generator, max_passes=cfg.passes, bar_total=cfg.passes,
-                                 progress=progress, name="uap") as loop:
+    run = RunOptions("uap", generator, progress)
+    with frozen(model), PassLoop(model, budget, val, n, run, device) as loop:
         clean = predict(model, x, cfg.batch_size)
         for order in loop:
-            if budget is not None:
-                order = order[:budget - images]
+            if image_limit is not None:
+                order = order[:image_limit - images]
             stats = _RunStats()
             if cfg.deepfool.batching == "exact":
                 v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec, stats)
@@ -323,7 +350,7 @@ def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig
             rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
             loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added,
                                       **stats.record()), v, fr=f"{rate:.3f}")
-            if budget is not None and images >= budget:
+            if image_limit is not None and images >= image_limit:
                 loop.finish()
     return CraftResult(delta=loop.monitor.result(v), converged=loop.monitor.converged, passes=loop.passes,
                        images_processed=images, history=loop.history, stats=run_totals(loop.history))

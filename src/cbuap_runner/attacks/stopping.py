@@ -11,11 +11,14 @@ With neither set, no validation pass is made and the last perturbation is return
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from ..metrics import fooling_rates, predict
-from ..schema import AttackConfig
+
+if TYPE_CHECKING:
+    from .engine import Budget
 
 VAL_BATCH = 512
 
@@ -27,9 +30,9 @@ class PassMonitor:
     K class-wise perturbations [K,C,H,W] (sample i gets δ[y_i]). Call inside `frozen(model)`.
     """
 
-    def __init__(self, model: nn.Module, cfg: AttackConfig, val: tuple[Tensor, Tensor] | None, *,
+    def __init__(self, model: nn.Module, budget: "Budget", val: tuple[Tensor, Tensor] | None, *,
                  class_wise: bool = False) -> None:
-        self.patience, self.tol, self.target = cfg.patience, cfg.tol, cfg.fooling_target
+        self.patience, self.tol, self.target = budget.patience, budget.tol, budget.fooling_target
         self.active = self.patience is not None or self.target is not None
         if self.active and val is None:
             raise ValueError("attack.patience / attack.fooling_target need validation images (val=)")

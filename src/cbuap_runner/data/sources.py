@@ -11,8 +11,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..schema import DatasetConfig
 from .folder import has_folder_layout, load_folder_split
 from .idx import load_idx_split
+from .synthetic import SyntheticConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class DatasetSource:
     download: Loader | None = None  # the torchvision loader (reads root, downloads when allowed); None: folders only
     idx_dirs: tuple[str, ...] = ()  # folders searched for IDX files first (relative to root, or absolute)
     synthetic: bool = False  # generated in memory from the seed: no root at all
+    schema: type[DatasetConfig] = DatasetConfig  # the option's keys
 
 
 # the only list of dataset names (`dataset=` options); a new dataset adds an entry and conf/dataset/<name>.yaml
@@ -68,7 +71,7 @@ DATASETS: dict[str, DatasetSource] = {
     "cifar100": DatasetSource(_tv_cifar("CIFAR100")),
     "svhn": DatasetSource(_tv_svhn),
     "image_folder": DatasetSource(),
-    "synthetic": DatasetSource(synthetic=True),
+    "synthetic": DatasetSource(synthetic=True, schema=SyntheticConfig),
 }
 
 

@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from ..schema import DatasetConfig, positive
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    """dataset=synthetic: generated in memory from the seed; no root is read."""
+
+    root: str = "unused"
+    synthetic_size: int = 512  # training images drawn (the test split gets a quarter, at least one per class)
+
+    def check(self) -> None:
+        super().check()
+        positive("dataset.synthetic_size", self.synthetic_size)
 
 
 def make_synthetic(n: int, num_classes: int, channels: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

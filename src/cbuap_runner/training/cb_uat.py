@@ -17,19 +17,73 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import II
 from torch import nn
 
 from .. import dist
 from ..attacks import apply_delta, craft
+from ..attacks.cb_uap import BalanceConfig, CBUAPConfig
 from ..data import balanced_subset
+from ..schema import AdversarialConfig, PoolMember, RefreshUnit, changed_keys, fail, one_of, positive
 from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolConfig:
+    """Stage 1: a pool of CB-UAPs refreshed against the frozen model."""
+
+    size: int = 4  # M perturbations in the pool
+    # the schedule chosen on validation (table=cb_uat_variants): 5 steps every 43 iterations, about ten refreshes per
+    # epoch of 55,000 images, beat one 20-step refresh per epoch on clean and worst-case validation accuracy
+    refresh_every: int = 43  # refresh the pool every k units
+    refresh_unit: RefreshUnit = RefreshUnit.iter
+    refresh_steps: int = 5  # S minibatch steps per refresh
+    member: PoolMember = PoolMember.random  # stage 2 trains each sample on a random member, or on its worst one
+
+
+def _pool_attack() -> CBUAPConfig:
+    """Stage 1's CB-UAP: the balance weights chosen for CB-UAT on validation (table=cb_uat_variants)."""
+    return CBUAPConfig(name="cb_uap", eps=II("training.eps"),
+                       balance=BalanceConfig(lambda_div=1.0, lambda_pen=1.0, lambda_pull=0.0))
+
+
+# what a pool refresh cannot honour: it runs training.pool.refresh_steps minibatch steps of one pass on
+# refresh_steps · batch_size images of its own choosing, with no validation split and no pass schedule
+REFRESH_UNREAD = ("passes", "crafting_images", "patience", "tol", "fooling_target", "step_decay", "balance.start",
+                  "balance.stop", "balance.lambda_ramp")
+
+
+@dataclass
+class CBUATConfig(AdversarialConfig):
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    adversary: CBUAPConfig = field(default_factory=_pool_attack)  # stage 1's attack, its threat model included
+
+    def check(self, num_classes: int) -> None:
+        super().check(num_classes)
+        for key in ("size", "refresh_every", "refresh_steps"):
+            positive(f"training.pool.{key}", getattr(self.pool, key))
+        one_of("training.adversary.name", self.adversary.name, ("cb_uap",))
+        for key, pool_value in (("num_starts", 1), ("init", "zero")):  # the pool sets them (training.pool.size)
+            if getattr(self.adversary, key) != pool_value:
+                fail(f"training.adversary.{key}", getattr(self.adversary, key),
+                     "training=cb_uat sets it from its pool (training.pool.size, uniform starts)")
+        self._refuse_pass_keys()
+        self.adversary.check("training.adversary", num_classes)
+
+    def _refuse_pass_keys(self) -> None:
+        usual = _pool_attack()
+        for key, value in changed_keys(self.adversary, usual, "training.adversary"):
+            if key.removeprefix("training.adversary.") in REFRESH_UNREAD:
+                fail(key, value, "training=cb_uat refreshes its pool with training.pool.refresh_steps minibatch "
+                     "steps of one pass (no passes, stopping rule or pass schedule); set training.pool.* instead")
 
 
 class CBUAT(Adversary):

@@ -198,6 +198,14 @@ def _check_finite(loss: float, adversary: Adversary, cfg: TrainingConfig, epoch:
         raise NonFiniteError(f"training.lr={cfg.lr}: the training loss became non-finite in epoch {epoch + 1} "
                              f"({kept}); start a new run with a lower training.lr, or check the data")
     if not adversary.finite():
-        raise NonFiniteError(f"training.step_size={cfg.step_size}: training={cfg.name}'s perturbation became "
-                             f"non-finite in epoch {epoch + 1} ({kept}); start a new run with a smaller step size "
-                             "or training.lr")
+        key, value = _step_key(cfg)
+        raise NonFiniteError(f"{key}={value}: training={cfg.name}'s perturbation became non-finite in epoch "
+                             f"{epoch + 1} ({kept}); start a new run with a smaller step size or training.lr")
+
+
+def _step_key(cfg: TrainingConfig) -> tuple[str, object]:
+    """The key that sets the defence's perturbation step (its own, or its attack's), else training.lr."""
+    for key, node in (("training.step_size", cfg), ("training.adversary.step_size", getattr(cfg, "adversary", None))):
+        if hasattr(node, "step_size"):
+            return key, node.step_size
+    return "training.lr", cfg.lr

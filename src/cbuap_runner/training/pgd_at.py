@@ -27,6 +27,7 @@ size; heaps are consecutive samples of the already shuffled batch (the last heap
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,39 @@ from torch import nn
 
 from ..attacks.engine import apply_delta, frozen
 from ..attacks.threat import ThreatModel, make_threat
+from ..schema import ThreatTrainingConfig, positive
 from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PGDConfig:
+    steps: int = 10  # PGD steps per batch
+
+
+@dataclass
+class HeapConfig:
+    heap_size: int = 16  # samples that share one perturbation
+
+
+@dataclass
+class PGDATConfig(ThreatTrainingConfig):
+    pgd: PGDConfig = field(default_factory=PGDConfig)
+
+    def check(self, num_classes: int) -> None:
+        super().check(num_classes)
+        positive("training.pgd.steps", self.pgd.steps)
+
+
+@dataclass
+class SATConfig(PGDATConfig):
+    sat: HeapConfig = field(default_factory=HeapConfig)
+
+    def check(self, num_classes: int) -> None:
+        super().check(num_classes)
+        positive("training.sat.heap_size", self.sat.heap_size)
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, step: float, steps: int,

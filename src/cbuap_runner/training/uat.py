@@ -7,8 +7,8 @@ UAT — Shafahi, Najibi, Xu, Dickerson, Davis, Goldstein, "Universal Adversarial
   3. and projects δ onto the ℓp ball of radius ε.
 What we implement, and the choices where the paper is silent:
 - Loss of the δ step: the plain cross-entropy l, as Algorithm 3 writes it (the β-clipped l̂ belongs to the
-  paper's attack, Algorithm 2, not to training). Of `training.adversary` these defences read only `norm` (a
-  warning names any other key set there).
+  paper's attack, Algorithm 2, not to training). Of `training.adversary` these defences have only `norm`
+  (their schema has no other key, so any other is refused).
 - Step: ε·sign(mean gradient over the batch); `training.step_size` replaces ε when set (null = the paper's ε).
 - Order: exactly steps 1-3. The loop's only hook after the weight update is the next batch, so the δ step of
   batch t runs at the start of batch t + 1, on batch t, at the weights batch t produced — the paper's sequence.
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -51,10 +52,20 @@ from torch import nn
 from .. import dist
 from ..attacks.engine import apply_delta, frozen
 from ..attacks.threat import make_threat
+from ..schema import ModelMode, ThreatTrainingConfig
 from .adversary import Adversary, mixed_loss
 from .loop import unwrap
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class UATConfig(ThreatTrainingConfig):
+    """uat and cw_uat (fast_uat has no δ step of its own: ThreatTrainingConfig)."""
+
+    # the model's mode during the δ step. eval = as every evaluation attack sees it (running statistics untouched);
+    # train = batch statistics and updated running statistics, kept only to measure the difference
+    delta_model_mode: ModelMode = ModelMode.eval
 
 
 class UAT(Adversary):
