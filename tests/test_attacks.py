@@ -515,6 +515,14 @@ def test_pass_stats_record_is_the_hand_computation(monkeypatch):
                                              "images": 2, "balance_on": False}
 
 
+def test_pass_loop_shows_its_bar_when_asked_even_off_a_terminal(task):
+    """progress=on forces the crafting bar (the task passes progress_enabled(), which reads auto/on/off)."""
+    model, *_ = task
+    for asked in (True, False):
+        with PassLoop(model, Budget(1, 64), None, 10, RunOptions("t", gen(), progress=asked), torch.device("cpu")) as loop:
+            assert loop.bar.disable is not asked
+
+
 def test_pass_loop_draws_orders_keeps_history_and_stops(task):
     model, _, _, xt, yt = task
     cpu = torch.device("cpu")

@@ -46,11 +46,12 @@ def _refuse_added_keys(node: Any, obj: Any, prefix: str = "") -> None:
 
 def _summary_base(dcfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     def pick(path: str) -> Any:
-        return OmegaConf.select(dcfg, path, default=None, throw_on_resolution_failure=False)
+        value = OmegaConf.select(dcfg, path, default=None, throw_on_resolution_failure=False)
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
     return {"status": "running", "task": pick("task"), "dataset": pick("dataset.name"), "model": pick("model.name"),
             "attack": pick("attack.name"), "training": pick("training.name"), "seed": pick("seed"),
-            "overrides": overrides, "git_commit": git_commit(), "versions": versions()}
+            "rows": pick("rows"), "overrides": overrides, "git_commit": git_commit(), "versions": versions()}
 
 
 def _resolved_config(dcfg: DictConfig) -> dict[str, Any]:

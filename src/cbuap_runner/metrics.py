@@ -201,6 +201,17 @@ def fooling_rates(model: nn.Module, x: Tensor, delta: Tensor, batch_size: int = 
     return [int(f) / max(x.shape[0], 1) for f in fooled.tolist()]
 
 
+def best_start(model: nn.Module, x: Tensor, starts: Tensor, batch_size: int = 500) -> tuple[int, list[float]]:
+    """The start of a stack [M,C,H,W] with the highest fooling rate on x (the first among ties), and every rate."""
+    was_training = model.training
+    model.eval()
+    try:
+        rates = fooling_rates(model, x, starts, batch_size)
+    finally:
+        model.train(was_training)
+    return max(range(len(rates)), key=rates.__getitem__), rates
+
+
 def evaluate_clean(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int = 500) -> dict[str, Any]:
     """Clean accuracy overall and per class, the worst class and the clean label histogram."""
     device = _model_device(model, torch.device("cpu"))

@@ -258,6 +258,9 @@ class Config:
     cache_dir: str = "outputs/cache"
     progress: Progress = Progress.auto
     deterministic: bool = False
+    # the config keys whose values make one table row (its seeds are averaged), e.g. [attack.name, attack.eps]:
+    # each conf/table/* declares them, run_summary.json records them and the report groups runs by them
+    rows: Optional[list[str]] = None
 
 
 _CHOICES = {("logger", "name"): ("local", "wandb")}  # a group option: the name its config node sets
@@ -331,9 +334,16 @@ def validate(cfg: Config) -> None:
     cfg.attack.check("attack", num_classes)
     cfg.training.check(num_classes)
     _validate_pipeline(cfg)
+    _validate_rows(cfg)
     positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.num_images is not None:
         positive("eval.num_images", cfg.eval.num_images)
+
+
+def _validate_rows(cfg: Config) -> None:
+    for key in cfg.rows or ():
+        if key == "seed" or _get(cfg, tuple(key.split("."))) is _ABSENT:
+            fail("rows", key, "must name config keys other than seed (the seeds of one row are averaged)")
 
 
 def _validate_pipeline(cfg: Config) -> None:
@@ -354,9 +364,15 @@ def _validate_pipeline(cfg: Config) -> None:
         attack_for(cfg.attack, name).check(f"pipeline.attacks[{name}]", cfg.dataset.num_classes)
 
 
+_ABSENT = object()
+
+
 def _get(cfg: Any, path: tuple[str, ...]) -> Any:
+    """The value at `path` (attribute names), or _ABSENT where the config has no such key."""
     for part in path:
-        cfg = getattr(cfg, part)
+        cfg = getattr(cfg, part, _ABSENT)
+        if cfg is _ABSENT:
+            break
     return cfg
 
 

@@ -19,7 +19,7 @@ from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
-from .metrics import evaluate_clean, evaluate_perturbation, fooling_rates
+from .metrics import best_start, evaluate_clean, evaluate_perturbation
 from .models import build_model, load_model, prepare, read_model_file, save_model
 from .progress import progress_enabled
 from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
@@ -186,8 +186,7 @@ VAL_METRICS = ("fooling_rate", "adv_acc", "label_entropy", "fooled_label_entropy
 
 def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch_size: int) -> tuple[int, list[float]]:
     """The start of a stack [M,C,H,W] with the highest fooling rate on the validation split, and every rate."""
-    rates = fooling_rates(model, data.val.x, starts, batch_size)
-    return max(range(len(rates)), key=rates.__getitem__), rates
+    return best_start(model, data.val.x, starts, batch_size)
 
 
 def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,

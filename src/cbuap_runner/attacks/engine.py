@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Protocol
@@ -178,8 +177,8 @@ def init_delta(threat: ThreatModel, shape: tuple[int, ...], cfg: AttackConfig, *
 
 
 def _progress_bar(total: int, enabled: bool, desc: str) -> tqdm:
-    """A tqdm bar, shown only when asked and stderr is a terminal."""
-    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+    """A tqdm bar, shown when asked (the caller reads `progress=`: auto on a terminal only, on or off)."""
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
 
 
 def batch_objective(model: nn.Module, xb: Tensor, yb: Tensor, delta: Tensor, objective: Objective, *,
