@@ -36,9 +36,10 @@ from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.models import build_model, load_model
+from cbuap_runner.record import RunRecord
 from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
 from cbuap_runner.training import DEFENCES, make_adversary
-from cbuap_runner.training.loop import fit
+from cbuap_runner.training.loop import TrainingRun, fit
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = {  # shapes and statistics of the configs in conf/dataset
@@ -142,7 +143,7 @@ def natural_training_rate(model, x, y, device, seconds, amp) -> float:
     return timed_rate(step, device, seconds)
 
 
-def defence_epoch_times(name: str, data: DataBundle, dcfg: DatasetConfig, batch: int, images: int, device,
+def defence_epoch_times(name: str, data: DataBundle, dataset_cfg: DatasetConfig, batch: int, images: int, device,
                         defences: list[str], amp: bool) -> dict[str, float]:
     """Seconds of one training epoch on `images` training images, per defence (conf/training defaults)."""
     from hydra import compose, initialize_config_dir
@@ -161,14 +162,14 @@ def defence_epoch_times(name: str, data: DataBundle, dcfg: DatasetConfig, batch:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             node = compose("config", overrides=[f"training={defence}", "training.epochs=1",
-                                                f"training.batch_size={batch}", f"dataset.eps={dcfg.eps}"])
+                                                f"training.batch_size={batch}", f"dataset.eps={dataset_cfg.eps}"])
         tcfg: TrainingConfig = OmegaConf.to_object(node).training
         tcfg = dataclasses.replace(tcfg, amp=amp)
         torch.manual_seed(0)
-        model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+        model = build_model(name, data.num_classes, data.input_shape, dataset_cfg.mean, dataset_cfg.std).to(device)
         adversary = make_adversary(defence, tcfg, data.num_classes, data.input_shape, device)
         with tempfile_dir() as tmp:
-            result = fit(model, adversary, subset, dcfg, tcfg, tmp, 0, device, lambda row: None, key={})
+            result = fit(model, adversary, subset, dataset_cfg, tcfg, TrainingRun(RunRecord(tmp), 0, device, lambda row: None, {}))
         times[defence] = result["train_seconds"]
     return times
 
@@ -256,13 +257,13 @@ def art_comparison(model, data: DataBundle, eps: float, images: int, device, our
     return out
 
 
-def cost_curves(data: DataBundle, dcfg: DatasetConfig, batch: int, device, sizes: list[int],
+def cost_curves(data: DataBundle, dataset_cfg: DatasetConfig, batch: int, device, sizes: list[int],
                 models: list[str]) -> dict[str, Any]:
     """Seconds of one SGD-UAP crafting pass against the crafting-set size and against the model size."""
     def one_pass(model_name: str, n: int) -> float:
         torch.manual_seed(0)
-        model = build_model(model_name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
-        _, info = crafting_rate(model, data, dcfg.eps, batch, n, device, passes=1)
+        model = build_model(model_name, data.num_classes, data.input_shape, dataset_cfg.mean, dataset_cfg.std).to(device)
+        _, info = crafting_rate(model, data, dataset_cfg.eps, batch, n, device, passes=1)
         return round(info["seconds"], 3)
 
     by_size = {n: one_pass(models[0], n) for n in sizes}
@@ -291,7 +292,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def crafting_figures(model, args, data: DataBundle, dcfg: DatasetConfig, x, y, device) -> dict[str, Any]:
+def crafting_figures(model, args, data: DataBundle, dataset_cfg: DatasetConfig, x, y, device) -> dict[str, Any]:
     """Raw and crafting throughput in interleaved rounds (medians); with --compile also for a torch.compile'd copy
     of the model, in the same rounds, so that load on a shared machine hits every figure alike."""
     variants = {"": model}
@@ -304,7 +305,7 @@ def crafting_figures(model, args, data: DataBundle, dcfg: DatasetConfig, x, y, d
             rates.setdefault(f"{prefix}raw_fwd_bwd_input_img_s", []).append(
                 raw_input_gradient_rate(m, x, y, device, args.seconds, args.amp))
             rates.setdefault(f"{prefix}crafting_img_s", []).append(
-                crafting_rate(m, data, dcfg.eps, args.batch, args.craft_images, device)[0])
+                crafting_rate(m, data, dataset_cfg.eps, args.batch, args.craft_images, device)[0])
     out: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in rates.items()}
     for prefix in variants:
         out[f"{prefix}crafting_over_raw"] = round(out[f"{prefix}crafting_img_s"] / out[f"{prefix}raw_fwd_bwd_input_img_s"], 3)
@@ -313,9 +314,9 @@ def crafting_figures(model, args, data: DataBundle, dcfg: DatasetConfig, x, y, d
     return out
 
 
-def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) -> dict[str, Any]:
+def bench_model(name: str, args, data: DataBundle, dataset_cfg: DatasetConfig, device) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = build_model(name, data.num_classes, data.input_shape, dcfg.mean, dcfg.std).to(device)
+    model = build_model(name, data.num_classes, data.input_shape, dataset_cfg.mean, dataset_cfg.std).to(device)
     if args.checkpoint and name == args.models.split(",")[0]:  # trained weights: meaningful fooling rates
         model = load_model(args.checkpoint, device).train()
     if args.channels_last:
@@ -326,7 +327,7 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
     fwd = forward_flops_per_image(model, x)
     row["forward_gflops_per_image"] = round(fwd / 1e9, 4)
     if "craft" in args.only:
-        row.update(crafting_figures(model, args, data, dcfg, x, y, device))
+        row.update(crafting_figures(model, args, data, dataset_cfg, x, y, device))
     if "train" in args.only:
         row["natural_train_img_s"] = round(natural_training_rate(model, x, y, device, args.seconds, args.amp), 1)
     for key, per_image in (("raw_fwd_bwd_input", 2), ("crafting", 2), ("natural_train", 3)):
@@ -336,11 +337,11 @@ def bench_model(name: str, args, data: DataBundle, dcfg: DatasetConfig, device) 
             if args.peak_tflops:
                 row[f"{key}_peak_fraction"] = round(tflops / args.peak_tflops, 5)
     if "defences" in args.only:
-        times = defence_epoch_times(name, data, dcfg, args.batch, args.defence_images, device, args.defences, args.amp)
+        times = defence_epoch_times(name, data, dataset_cfg, args.batch, args.defence_images, device, args.defences, args.amp)
         row["defence_epoch_seconds"] = {k: round(v, 3) for k, v in times.items()}
         row["defence_cost_vs_natural"] = {k: round(v / times["natural"], 2) for k, v in times.items()}
     if "art" in args.only:
-        row["art"] = art_comparison(model.eval(), data, args.art_eps or dcfg.eps, args.art_images, device, args.batch,
+        row["art"] = art_comparison(model.eval(), data, args.art_eps or dataset_cfg.eps, args.art_images, device, args.batch,
                                     tuple(args.art_inner.split(",")), args.art_passes, args.art_norm)
     row["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     return row
@@ -415,8 +416,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = dict(DATASETS[args.dataset])
     if args.root:
         spec["root"] = args.root
-    dcfg = DatasetConfig(name=args.dataset, download=False, **spec)
-    data = load_data(dcfg, "outputs/cache", 0, device)
+    dataset_cfg = DatasetConfig(name=args.dataset, download=False, **spec)
+    data = load_data(dataset_cfg, "outputs/cache", 0, device)
     args.peak_tflops = peak_tflops(device, args.peak_tflops, args.amp)
     record: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
@@ -425,9 +426,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.only & {"craft", "train", "defences", "art"}:
         for name in args.models.split(","):
-            record["models"].append(bench_model(name, args, data, dcfg, device))
+            record["models"].append(bench_model(name, args, data, dataset_cfg, device))
     if "curves" in args.only:
-        record["curves"] = cost_curves(data, dcfg, args.batch, device, [int(v) for v in args.curve_sizes.split(",")],
+        record["curves"] = cost_curves(data, dataset_cfg, args.batch, device, [int(v) for v in args.curve_sizes.split(",")],
                                        args.models.split(","))
     if "main_job" in args.only:
         record["main_job"] = main_job_figures()

@@ -530,18 +530,18 @@ def test_pass_loop_draws_orders_keeps_history_and_stops(task):
         orders = []
         for order in loop:
             orders.append(order)
-            loop.end_pass({"pass": loop.passes + 1}, torch.zeros(SHAPE))
+            loop.end_pass({"pass": loop.passes + 1}, torch.zeros(SHAPE), dict)
     ref = gen(4)
     assert len(orders) == 3 and all(torch.equal(o, torch.randperm(10, generator=ref)) for o in orders)
     assert loop.passes == 3 and loop.history == [{"pass": 1}, {"pass": 2}, {"pass": 3}] and not loop.monitor.stop
     with PassLoop(model, Budget(3, 64, max_steps=100), None, 10, RunOptions("t", gen()), cpu) as loop:
         for _ in loop:
-            loop.end_pass({}, torch.zeros(SHAPE))
+            loop.end_pass({}, torch.zeros(SHAPE), dict)
             loop.finish()
     assert loop.passes == 1
     with PassLoop(model, Budget(3, 64, max_steps=0), None, 10, RunOptions("t", gen()), cpu) as loop:
         assert list(loop) == [] and loop.passes == 0
     with PassLoop(model, Budget(3, 64, fooling_target=0.0), (xt, yt), 10, RunOptions("t", gen()), cpu) as loop:
         for _ in loop:
-            loop.end_pass({}, torch.zeros(SHAPE))
+            loop.end_pass({}, torch.zeros(SHAPE), dict)
     assert loop.passes == 1 and loop.monitor.converged and loop.history == [{"val_fooling_rate": 0.0}]

@@ -5,9 +5,9 @@ and each crafting pass once; a non-finite loss stops the run and keeps the last 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,13 +17,19 @@ import pytest
 import torch
 
 import cbuap_runner.tasks as tasks
+from cbuap_runner.attacks import attack_config, craft
+from cbuap_runner.attacks.cb_uap import BalanceConfig
+from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
 from cbuap_runner.data import load_data
+from cbuap_runner.errors import UserError
 from cbuap_runner.job import run_job
 from cbuap_runner.models import build_model
-from cbuap_runner.tracking.local import forget_rows
+from cbuap_runner.record import RunRecord
 from cbuap_runner.training import Natural
-from cbuap_runner.training.loop import NonFiniteError, fit, rewind_metrics
+from cbuap_runner.training.loop import NonFiniteError, TrainingRun, fit
 from helpers import FAST, REPO, compose_config, run_cli
+from toy import K as TOY_K
+from toy import train_toy_model
 
 EPOCHS = 3
 STEPS = 6  # (synthetic_size 256 - val_size 64) / batch 32
@@ -83,8 +89,24 @@ def job(compose_cfg, tmp_path):
 
 
 def interrupt_after(monkeypatch, iterations: int) -> None:
-    """Make the next training call stop (KeyboardInterrupt, as Ctrl-C) after `iterations` optimiser steps."""
-    monkeypatch.setattr(tasks, "fit", functools.partial(fit, stop_after=iterations))
+    """Make the next training run stop (KeyboardInterrupt, as Ctrl-C) in its iteration `iterations` + 1, before its
+    optimiser step: the defence's loss raises once it was asked for `iterations` batches."""
+    make = tasks.make_adversary
+
+    def interrupting(*args, **kwargs):
+        adversary, calls, loss = make(*args, **kwargs), [0], None
+        loss = adversary.loss
+
+        def counted(*a, **k):
+            if calls[0] == iterations:
+                raise KeyboardInterrupt(f"stopped after {iterations} iterations")
+            calls[0] += 1
+            return loss(*a, **k)
+
+        adversary.loss = counted
+        return adversary
+
+    monkeypatch.setattr(tasks, "make_adversary", interrupting)
 
 
 # ---------------------------------------------------------------- in-process interruption
@@ -150,9 +172,9 @@ def test_rewind_metrics_keeps_only_what_the_checkpoint_covers(tmp_path):
     rows = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.9}, {"pass": 1, "objective": 0.3},
             {"epoch": 3, "train_loss": 0.8}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"epoch": 4, "tr')
-    assert rewind_metrics(path, 2) == {1, 2}
+    assert RunRecord(tmp_path).rewind_metrics(2) == {1, 2}
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
-    assert rewind_metrics(path, 0) == set() and path.read_text() == ""
+    assert RunRecord(tmp_path).rewind_metrics(0) == set() and path.read_text() == ""
 
 
 def test_resumed_run_of_a_finished_training_only_writes_the_model(job, tmp_path):
@@ -213,10 +235,10 @@ def test_forget_rows_drops_only_the_section_it_names(tmp_path):
     kept = [{"epoch": 1, "train_loss": 1.0}, {"sgd_uap/pass": 1}, {"uap/pass": 1}]
     lines = [kept[0], {"pass": 1}, kept[1], {"pass": 2}, kept[2]]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"pass": 3, "objec')
-    assert forget_rows(tmp_path, "pass") == 3  # two rows and the line cut short
+    assert RunRecord(tmp_path).forget_rows("pass") == 3  # two rows and the line cut short
     assert rows(tmp_path) == kept
-    assert forget_rows(tmp_path, "sgd_uap/pass") == 1 and rows(tmp_path) == [kept[0], kept[2]]
-    assert forget_rows(tmp_path / "nothing", "pass") == 0
+    assert RunRecord(tmp_path).forget_rows("sgd_uap/pass") == 1 and rows(tmp_path) == [kept[0], kept[2]]
+    assert RunRecord(tmp_path / "nothing").forget_rows("pass") == 0
 
 
 # ---------------------------------------------------------------- non-finite values
@@ -249,7 +271,7 @@ def test_non_finite_value_stops_and_keeps_the_last_good_checkpoint(adversary, de
     rows = []
     with pytest.raises(NonFiniteError) as info:
         fit(model, adversary(cfg.training, data.num_classes, data.input_shape, torch.device("cpu")), data,
-            cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), rows.append, key={})
+            cfg.dataset, cfg.training, TrainingRun(RunRecord(tmp_path), cfg.seed, torch.device("cpu"), rows.append, {}))
     message = str(info.value)
     assert needle in message and "epoch 2" in message and "keeps epoch 1" in message and "\n" not in message
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
@@ -273,6 +295,7 @@ def test_huge_learning_rate_fails_cleanly(job, tmp_path):
 #   step:N        after the N-th optimiser step
 #   checkpoint:E  right after checkpoint.pt of epoch E is in place (before its metrics row)
 #   rename:E      while checkpoint.pt of epoch E is written: temp file complete, not yet renamed
+#   deepfool:N    at the N-th DeepFool run of a DeepFool UAP's crafting
 KILLER = r"""
 import os, signal, sys
 what, _, n = os.environ["CBUAP_KILL"].partition(":")
@@ -287,13 +310,13 @@ if what == "step":
             die()
     register_optimizer_step_post_hook(hook)
 elif what == "checkpoint":
-    import cbuap_runner.training.loop as loop
-    save = loop.save_checkpoint
-    def save_then_die(run_dir, **state):
-        save(run_dir, **state)
+    from cbuap_runner.record import RunRecord
+    save = RunRecord.save_training
+    def save_then_die(self, **state):
+        save(self, **state)
         if state["epoch"] == n:
             die()
-    loop.save_checkpoint = save_then_die
+    RunRecord.save_training = save_then_die
 elif what == "rename":
     replace, seen = os.replace, [0]
     def replace_or_die(src, dst, *a, **k):
@@ -303,6 +326,15 @@ elif what == "rename":
                 die()
         return replace(src, dst, *a, **k)
     os.replace = replace_or_die
+elif what == "deepfool":
+    import cbuap_runner.attacks.deepfool_uap as df
+    run, calls = df._run_deepfool, [0]
+    def run_or_die(*a, **k):
+        calls[0] += 1
+        if calls[0] == n:
+            die()
+        return run(*a, **k)
+    df._run_deepfool = run_or_die
 from cbuap_runner.__main__ import main
 sys.argv[0] = "cbuap"
 main()
@@ -397,3 +429,117 @@ def test_sigkill_resumes_to_identical_weights(kill, checkpoint_epoch, rows, tmp_
     if kill.startswith("rename"):  # the interrupted write left only its hidden temp file, never a half checkpoint
         assert [p.name for p in run_dir.glob("*.tmp")] and all(
             p.name.startswith(".checkpoint.pt.") for p in run_dir.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- crafting resumes
+
+CRAFTS = {  # attack name, its keys: every kind of state a crafting run carries
+    "sgd_uap": ("sgd_uap", {}),
+    "sgd_uap_starts_adam_patience": ("sgd_uap", {"num_starts": 2, "init": "uniform", "optimizer": "adam",
+                                                 "patience": 1, "tol": 0.5}),
+    "cb_uap_terms_schedule_reweight": ("cb_uap", {"balance": BalanceConfig(lambda_div=0.5, lambda_pen=0.5,
+                                                                           penalty="frequency", lambda_ramp=2,
+                                                                           fooling_guard=0.1, class_reweight=True,
+                                                                           dro_eta=0.1)}),
+    "cw_uap": ("cw_uap", {}),
+    "uap": ("uap", {}),
+    "uap_relaxed": ("uap", {"deepfool": DeepFoolConfig(batching="relaxed", chunk=8)}),
+}
+
+
+class _Dies(torch.nn.Module):
+    """The model, raising KeyboardInterrupt (as Ctrl-C would) at its forward call number `at`."""
+
+    def __init__(self, model: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.model, self.at, self.calls = model, at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt("interrupted")
+        return self.model(x)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return train_toy_model()
+
+
+def _craft(model, toy, cfg, checkpoint=None):
+    _, x, y, xt, yt = toy
+    return craft(model, x[:96], y[:96], cfg, TOY_K, generator=torch.Generator().manual_seed(3), val=(xt, yt),
+                 **({} if checkpoint is None else {"checkpoint": checkpoint}))
+
+
+@pytest.mark.parametrize("case", list(CRAFTS))
+def test_crafting_interrupted_anywhere_resumes_to_the_same_perturbation(case, toy, tmp_path):
+    """Interrupted at several points (mid-pass between two checkpoints, at a pass end), continued from the
+    crafting state file each time: δ, the history and the totals equal an uninterrupted run's."""
+    name, keys = CRAFTS[case]
+    cfg = attack_config(name, eps=0.05, passes=3, batch_size=16, **keys)
+    model = toy[0]
+    counted = _Dies(model, 10 ** 9)
+    reference = _craft(counted, toy, cfg)
+    checkpoint = RunRecord(tmp_path).crafting(name, {"case": case}, every=24)
+    interruptions, at = 0, 8
+    while True:
+        last = _Dies(model, at)
+        try:
+            result = _craft(last, toy, cfg, checkpoint)
+            break
+        except KeyboardInterrupt:
+            interruptions += 1
+            at += 4 + interruptions
+    assert interruptions >= 2 and checkpoint.path.is_file()
+    assert last.calls < counted.calls  # the last attempt continued; it did not start again
+    assert torch.equal(result.delta, reference.delta)
+    assert result.history == reference.history
+    assert (result.passes, result.converged, result.images_processed, result.stats) == (
+        reference.passes, reference.converged, reference.images_processed, reference.stats)
+    again = _craft(_Dies(model, 10 ** 9), toy, cfg, checkpoint)  # a finished state: nothing left to craft
+    assert torch.equal(again.delta, reference.delta) and again.history == reference.history
+
+
+def test_a_crafting_state_of_other_settings_is_refused_and_resume_false_starts_afresh(toy, tmp_path):
+    cfg = attack_config("sgd_uap", eps=0.05, passes=2, batch_size=16)
+    _craft(toy[0], toy, cfg, RunRecord(tmp_path).crafting("sgd_uap", {"attack": {"eps": 0.05}}, every=0))
+    with pytest.raises(UserError, match=r"^attack\.eps=0\.1: .*sgd_uap\.pt was crafted with attack\.eps=0\.05; "
+                                        r"resume=auto continues it only under the same settings"):
+        _craft(toy[0], toy, cfg, RunRecord(tmp_path).crafting("sgd_uap", {"attack": {"eps": 0.1}}, every=0))
+    fresh = _craft(toy[0], toy, cfg, RunRecord(tmp_path, resume=False).crafting("sgd_uap", {"attack": {}}, every=0))
+    assert torch.equal(fresh.delta, _craft(toy[0], toy, cfg).delta)
+
+
+PIPELINE = ["task=pipeline", "dataset=synthetic", "model=small_cnn", "training.epochs=1", "training.batch_size=32",
+            "pipeline.attacks=[sgd_uap,uap]", "attack.passes=2", "attack.crafting_images=128", "attack.batch_size=32",
+            "eval.num_images=64", "eval.batch_size=64", "checkpoint_images=16"]
+
+
+@pytest.mark.e2e
+def test_deepfool_uap_in_a_pipeline_killed_mid_pass_resumes_to_the_same_perturbation(tmp_path):
+    """SIGKILL in the middle of DeepFool UAP's first pass, after SGD-UAP finished: the relaunch (resume=auto) trains
+    nothing, crafts nothing of SGD-UAP again and continues DeepFool UAP from its last state; both perturbations equal
+    an uninterrupted run's, and each crafting pass has one row."""
+    reference, run_dir = tmp_path / "reference", tmp_path / "run"
+    assert run_cli(PIPELINE, reference, cache_dir=tmp_path / "cache").returncode == 0
+    runs = [r["uap/deepfool_runs"] for r in rows(reference) if "uap/pass" in r]
+    assert runs[0] > 30  # the kill below falls inside the first pass
+    proc = run_killed(PIPELINE, run_dir, "deepfool:30")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    state = torch.load(run_dir / "crafting" / "uap.pt", weights_only=True)
+    assert state["loop"]["passes"] == 0 and state["loop"]["position"] > 0  # a checkpoint inside the first pass
+    assert torch.load(run_dir / "crafting" / "sgd_uap.pt", weights_only=True)["loop"]["passes"] == 2
+
+    proc = run_cli(PIPELINE, run_dir)
+    assert proc.returncode == 0, proc.stderr
+    log = (run_dir / "cbuap.log").read_text()
+    assert "resuming from epoch 1 of 1" in log and "continuing the crafting of sgd_uap after 2 passes" in log
+    assert re.search(r"continuing the crafting of uap after 0 passes and [1-9]\d* positions", log)
+    for name in ("sgd_uap", "uap"):
+        ours, theirs = (torch.load(d / f"perturbation_{name}.pt", weights_only=True)["delta"] for d in (run_dir,
+                                                                                                       reference))
+        assert torch.equal(ours, theirs), name
+        assert [r[f"{name}/pass"] for r in rows(run_dir) if f"{name}/pass" in r] == [1, 2]
+    assert summary(run_dir)["metrics"]["attacks"]["uap"]["fooling_rate"] == \
+        summary(reference)["metrics"]["attacks"]["uap"]["fooling_rate"]

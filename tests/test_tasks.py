@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cbuap_runner.record import RunRecord
 from cbuap_runner.tasks import TASKS, Context, worst_case
 from helpers import TINY
 
@@ -43,6 +44,6 @@ class RecordingTracker:
 def test_an_attack_run_hands_its_figures_and_result_table_to_the_tracker(validated, tmp_path):
     cfg = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap"])
     tracker = RecordingTracker()
-    metrics = TASKS["attack"].run(Context(cfg, tmp_path, torch.device("cpu"), tracker))
+    metrics = TASKS["attack"].run(Context(cfg, RunRecord(tmp_path), torch.device("cpu"), tracker))
     assert set(tracker.images) == {"perturbation", "label_hist"} and all(p.is_file() for p in tracker.images.values())
     assert tracker.tables["result"][0]["fooling_rate"] == metrics["fooling_rate"]

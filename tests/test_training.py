@@ -14,8 +14,9 @@ from torch import nn
 from cbuap_runner.attacks import ATTACKS, apply_delta
 from cbuap_runner.data import load_data
 from cbuap_runner.models import build_model
+from cbuap_runner.record import RunRecord
 from cbuap_runner.training import DEFENCES, make_adversary
-from cbuap_runner.training.loop import fit
+from cbuap_runner.training.loop import TrainingRun, fit
 from cbuap_runner.training.pgd_at import pgd
 from cbuap_runner.training.uat import UAT
 
@@ -68,12 +69,16 @@ def _bn_state(model):
     return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
 
 
+def quiet_run(run_dir, seed: int) -> TrainingRun:
+    """A training run in run_dir on the CPU that logs nowhere."""
+    return TrainingRun(RunRecord(run_dir), seed, torch.device("cpu"), lambda row: None, {})
+
+
 @pytest.mark.parametrize("defence", list(DEFENCES))
 def test_every_defence_trains_and_keeps_its_perturbation_in_budget(defence, validated, tmp_path):
     cfg, data, model, adversary = _setup(validated, defence, tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
-    result = fit(model, adversary, data, cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"),
-                 lambda row: None, key={})
+    result = fit(model, adversary, data, cfg.dataset, cfg.training, quiet_run(tmp_path, cfg.seed))
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     loss = result["history"][0]["train_loss"]
     assert math.isfinite(loss) and 0 < loss < 10, loss
@@ -87,8 +92,7 @@ def test_every_defence_trains_and_keeps_its_perturbation_in_budget(defence, vali
 def test_l2_threat_keeps_each_perturbation_in_the_l2_ball(defence, validated, tmp_path):
     cfg, data, model, adversary = _setup(validated, defence, tmp_path, ["training.adversary.norm=l2",
                                                                          "training.eps=0.5"])
-    fit(model, adversary, data, cfg.dataset, cfg.training, tmp_path, cfg.seed, torch.device("cpu"), lambda row: None,
-        key={})
+    fit(model, adversary, data, cfg.dataset, cfg.training, quiet_run(tmp_path, cfg.seed))
     delta = adversary.pool if defence == "cb_uat" else adversary.delta
     norms = delta.flatten(1).norm(dim=1) if delta.dim() == 4 else delta.norm().view(1)
     assert norms.max() <= 0.5 + 1e-5 and norms.max() > 0.1, norms

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import fields, is_dataclass
@@ -14,8 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import dist
 from .errors import UserError, describe, unknown_key_line
 from .gpu_assign import assign_gpu
-from .io import write_json, write_text
+from .io import write_text
 from .progress import set_progress_mode
+from .record import RunRecord
 from .runinfo import git_commit, resolve_device, seed_everything, versions
 from .schema import Config, to_plain, validate
 
@@ -61,18 +61,6 @@ def _resolved_config(dcfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(dcfg, resolve=False, enum_to_str=True)
 
 
-_NO_EARLIER_RUN = "resume=true"
-
-
-def _earlier_run(run_dir: Path) -> bool:
-    """Whether run_dir holds the record of an earlier attempt (not merely a refused resume)."""
-    try:
-        earlier = json.loads((run_dir / "run_summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return not str(earlier.get("error", "")).startswith(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run")
-
-
 def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, group: Optional[str],
             job_num: Optional[int] = None) -> Optional[dict]:
     """Run the job; on failure write error.txt and status=failed, re-raising unless in a multirun.
@@ -85,17 +73,20 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     t0 = time.time()
     writes = dist.is_main()
     run_dir.mkdir(parents=True, exist_ok=True)
-    earlier_run = _earlier_run(run_dir)
-    summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg)}
+    record = RunRecord(run_dir, OmegaConf.select(dcfg, "resume", default="auto", throw_on_resolution_failure=False))
+    earlier_run = record.earlier_run()
+    summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg),
+               "started": False}
     if writes:
         (run_dir / "error.txt").unlink(missing_ok=True)  # an earlier attempt's failure; this attempt writes its own
-        write_json(run_dir / "run_summary.json", summary)
+    record.write_summary(summary)
     tracker, status, ctx = None, "failed", None
     try:
         cfg = to_config(dcfg)
+        record.resume = cfg.resume
         if cfg.resume is True and not earlier_run:  # resume=auto starts afresh where nothing ran before
-            raise UserError(f"{_NO_EARLIER_RUN}: {run_dir} holds no earlier run to resume; "
-                            "pass hydra.run.dir=<the interrupted run's directory>, or leave resume=auto to start afresh")
+            raise UserError(f"resume=true: {run_dir} holds no earlier run to resume; pass hydra.run.dir=<the "
+                            "interrupted run's directory>, or leave resume=auto to start afresh")
         set_progress_mode(cfg.progress)
         seed_everything(cfg.seed, cfg.deterministic)
         device = dist.local_device(resolve_device(assign_gpu(job_num, cfg.device)))
@@ -104,7 +95,9 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         tracker = make_tracker(cfg.logger, run_dir, to_plain(cfg), job_name, group, rank=dist.rank())
         log.info("task=%s dataset=%s model=%s on %s; run directory %s", cfg.task, cfg.dataset.name, cfg.model.name,
                  device, run_dir)
-        ctx = Context(cfg, run_dir, device, tracker)
+        ctx = Context(cfg, record, device, tracker)
+        summary["started"] = True
+        record.write_summary(summary)
         metrics = TASKS[cfg.task].run(ctx)
         summary.update(status="completed", metrics=metrics, device=str(device), world_size=dist.world_size())
         tracker.set_summary({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
@@ -123,7 +116,6 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         if ctx is not None:  # what decided the results: data fingerprint, the network and perturbation used
             summary["provenance"] = ctx.provenance
         summary["wall_seconds"] = round(time.time() - t0, 3)
-        if writes:
-            write_json(run_dir / "run_summary.json", summary)
+        record.write_summary(summary)
         if tracker is not None:
             tracker.finish(status)

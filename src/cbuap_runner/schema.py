@@ -255,6 +255,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     perturbation: Optional[str] = None  # task=evaluate: a perturbation.pt to evaluate
     resume: Any = "auto"  # auto | true | false (a bool or "auto"; OmegaConf 2.3 has no Union[bool, str])
+    checkpoint_images: int = 2000  # crafting saves its state after every pass and every this many images (0: passes only)
     cache_dir: str = "outputs/cache"
     progress: Progress = Progress.auto
     deterministic: bool = False
@@ -320,9 +321,9 @@ def check_schema(prefix: str, node: Any, schemas: Mapping[str, type], group: str
 def validate(cfg: Config) -> None:
     """All start-up checks; raises UserError naming the first offending key."""
     for path, registry in registries().items():
-        one_of(".".join(path), _get(cfg, path), tuple(registry))
+        one_of(".".join(path), _at_path(cfg, path), tuple(registry))
     for path, options in _CHOICES.items():
-        one_of(".".join(path), _get(cfg, path), options)
+        one_of(".".join(path), _at_path(cfg, path), options)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
@@ -335,6 +336,7 @@ def validate(cfg: Config) -> None:
     cfg.training.check(num_classes)
     _validate_pipeline(cfg)
     _validate_rows(cfg)
+    non_negative("checkpoint_images", cfg.checkpoint_images)
     positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.num_images is not None:
         positive("eval.num_images", cfg.eval.num_images)
@@ -342,7 +344,7 @@ def validate(cfg: Config) -> None:
 
 def _validate_rows(cfg: Config) -> None:
     for key in cfg.rows or ():
-        if key == "seed" or _get(cfg, tuple(key.split("."))) is _ABSENT:
+        if key == "seed" or _at_path(cfg, tuple(key.split("."))) is _ABSENT:
             fail("rows", key, "must name config keys other than seed (the seeds of one row are averaged)")
 
 
@@ -367,7 +369,7 @@ def _validate_pipeline(cfg: Config) -> None:
 _ABSENT = object()
 
 
-def _get(cfg: Any, path: tuple[str, ...]) -> Any:
+def _at_path(cfg: Any, path: tuple[str, ...]) -> Any:
     """The value at `path` (attribute names), or _ABSENT where the config has no such key."""
     for part in path:
         cfg = getattr(cfg, part, _ABSENT)

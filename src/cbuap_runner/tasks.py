@@ -23,11 +23,11 @@ from .metrics import best_start, evaluate_clean, evaluate_perturbation
 from .models import build_model, load_model, prepare, read_model_file, save_model
 from .progress import progress_enabled
 from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
+from .record import CraftingCheckpoint, RunRecord
 from .runinfo import git_commit
 from .schema import AttackConfig, Config, to_plain
-from .tracking.local import forget_rows
 from .training import make_adversary
-from .training.loop import fit
+from .training.loop import TrainingRun, fit
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,14 @@ class Context:
     """What every task needs: the validated config, where to write, the device and the tracker."""
 
     cfg: Config
-    run_dir: Path
+    record: RunRecord
     device: torch.device
     tracker: Any
     provenance: dict[str, Any] = field(default_factory=dict)  # what decided the results (run_summary.json)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.record.run_dir
 
     def data(self) -> DataBundle:
         data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device)
@@ -83,9 +87,9 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
                                seed=cfg.seed)
     key = weights_key(cfg, data.fingerprint)
-    result = fit(model, adversary, data, cfg.dataset, cfg.training, ctx.run_dir, cfg.seed, ctx.device,
-                 lambda row: ctx.tracker.log(row, step=row["epoch"]), resume=cfg.resume,
-                 eval_batch_size=cfg.eval.batch_size, key=key)
+    run = TrainingRun(ctx.record, cfg.seed, ctx.device, lambda row: ctx.tracker.log(row, step=row["epoch"]), key,
+                      cfg.eval.batch_size)
+    result = fit(model, adversary, data, cfg.dataset, cfg.training, run)
     history = result.pop("history")
     if dist.world_size() > 1:
         result["ddp_world_size"] = dist.world_size()
@@ -189,6 +193,14 @@ def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch
     return best_start(model, data.val.x, starts, batch_size)
 
 
+def crafting_checkpoint(ctx: Context, data: DataBundle, attack: AttackConfig, prefix: str) -> CraftingCheckpoint:
+    """Where `attack` keeps its crafting state in this run, under the key of what it crafts: the attack's settings,
+    the network, the data and the seed (and the number of ranks that share the crafting)."""
+    key = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
+           "seed": ctx.cfg.seed, "world_size": dist.world_size()}
+    return ctx.record.crafting(prefix.rstrip("/") or attack.name, key, ctx.cfg.checkpoint_images)
+
+
 def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,
                        prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
     """Craft `attack` on training images (validation images judge stopping and pick among several
@@ -197,16 +209,18 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     if ATTACKS[attack.name].splits_over_ranks:  # each rank crafts on its shard; ∇δ is averaged
         crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
     g = torch.Generator().manual_seed(ctx.cfg.seed)
+    checkpoint = crafting_checkpoint(ctx, data, attack, prefix) if ATTACKS[attack.name].resumable else None
+    resumable = {} if checkpoint is None else {"checkpoint": checkpoint}
     t0 = time.perf_counter()
     result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g,
-                   progress=progress_enabled(), val=(data.val.float_x(), data.val.y))
+                   progress=progress_enabled(), val=(data.val.float_x(), data.val.y), **resumable)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     craft_seconds = time.perf_counter() - t0
     if not torch.isfinite(result.delta).all():
         raise UserError(f"{prefix or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
     if dist.is_main():  # an earlier attempt of this run in this directory logged its own crafting rows
-        forget_rows(ctx.run_dir, f"{prefix}pass")
+        ctx.record.forget_rows(f"{prefix}pass")
     for row in result.history:
         ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
     class_wise = ATTACKS[attack.name].class_wise
@@ -223,10 +237,12 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     if dist.world_size() > 1:
         metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([result.delta]))
     metrics.update(result.stats)
-    metrics.update(craft_seconds=round(craft_seconds, 4),
+    continued = None if checkpoint is None else checkpoint.continued_from
+    metrics.update(craft_seconds=round(craft_seconds, 4),  # this attempt's: from the state it continued, if any
                    craft_images_processed=int(result.images_processed) * dist.world_size(),
-                   craft_passes=int(result.passes), converged=bool(result.converged),
-                   craft_images_per_second=round(result.images_processed / max(craft_seconds, 1e-9), 1))
+                   craft_passes=int(result.passes), converged=bool(result.converged), craft_continued_from=continued,
+                   craft_images_per_second=None if continued else round(result.images_processed / max(craft_seconds,
+                                                                                                     1e-9), 1))
     return metrics, delta
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schema import AttackConfig, Loss, Optimizer, fraction, positive
-from .engine import Budget, CraftingSet, CraftResult, Objective, RunOptions, ascend, init_delta
+from .engine import Budget, Checkpoint, CraftingSet, CraftResult, Objective, RunOptions, ascend, init_delta
 from .threat import ThreatModel, make_threat
 
 
@@ -60,6 +60,14 @@ class AscentStep:
             self.delta.grad = None
         self.threat.project_(self.delta.data)
 
+    def state_dict(self) -> dict:
+        return {"alpha": self.alpha, "adam": None if self.opt is None else self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.alpha = state["alpha"]
+        if self.opt is not None:
+            self.opt.load_state_dict(state["adam"])
+
     def end_pass(self) -> None:
         """Decay the step size (and Adam's learning rate) by `step_decay`."""
         self.alpha *= self.decay
@@ -70,12 +78,13 @@ class AscentStep:
 def craft_by_ascent(model: nn.Module, x: Tensor, y: Tensor, cfg: AscentConfig, objective: Objective, *,
                     num_deltas: int, class_wise: bool = False, generator: torch.Generator | None = None,
                     progress: bool = False, init: Tensor | None = None, max_steps: int | None = None,
-                    val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
+                    val: tuple[Tensor, Tensor] | None = None, checkpoint: Checkpoint | None = None) -> CraftResult:
     """Maximise `objective` over δ [num_deltas,C,H,W] from attack.init (or the warm start `init`) within the
-    config's budget (or exactly `max_steps` minibatch steps), stopping by the shared rule on `val`."""
+    config's budget (or exactly `max_steps` minibatch steps), stopping by the shared rule on `val`; continues the
+    state `checkpoint` holds and keeps it there."""
     threat = make_threat(cfg.norm, cfg.eps)
     delta = init_delta(threat, (num_deltas, *x.shape[1:]), cfg, device=x.device, generator=generator, init=init)
     delta.requires_grad_(True)
-    run = RunOptions(cfg.name, generator, progress, class_wise)
+    run = RunOptions(cfg.name, generator, progress, class_wise, checkpoint)
     return ascend(model, CraftingSet(x, y, val), delta, objective, AscentStep(delta, threat, cfg),
                   Budget.of(cfg, max_steps), run)

@@ -109,6 +109,11 @@ def balanced_targets(log_p: Tensor, y: Tensor, iters: int = 3) -> Tensor:
     return plan.argmax(-1)
 
 
+def _on(value: object, device: torch.device) -> object:
+    """A restored tensor on `device` (other values as they are)."""
+    return value.to(device) if isinstance(value, Tensor) else value
+
+
 def _entropy(p: Tensor, log_p: Tensor) -> Tensor:
     """−Σ p log p over the last dim."""
     return -(p * log_p).sum(-1)
@@ -147,13 +152,19 @@ class BalanceSchedule:
         self.fr = f if self.fr is None else self.EMA_DECAY * self.fr + (1 - self.EMA_DECAY) * f
         torch.maximum(self.best, self.fr, out=self.best)
 
+    def state_dict(self) -> dict:
+        return {"fr": self.fr, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fr, self.best = _on(state["fr"], self.best.device), state["best"].to(self.best.device)
+
 
 class CBObjective:
     """J per perturbation; carries the balance state (EMA of q̄, running counts, class weights) and the pass
     window and λ schedule of the balance terms (a crafting-loop Objective, engine.py)."""
 
     def __init__(self, cfg: CBUAPConfig, num_classes: int, groups: int, device: torch.device) -> None:
-        self.b = cfg.balance
+        self.b, self.device = cfg.balance, device
         self.K = num_classes
         self.clipped = ClippedLoss(cfg.loss, cfg.beta, cfg.kappa, cfg.target)
         self.target = cfg.target
@@ -170,6 +181,19 @@ class CBObjective:
         self.class_weight: Tensor | None = None  # [K] for class_reweight
         self._fooled: Tensor | None = None  # [K] per-pass success counts by true class
         self._seen: Tensor | None = None
+
+    STATE = ("pass_idx", "on", "dro_logits", "ema", "counts", "class_weight", "_fooled", "_seen")
+
+    def state_dict(self) -> dict:
+        """The balance state between batches and passes, and the λ schedule's."""
+        state = {name: getattr(self, name) for name in self.STATE}
+        return {**state, "schedule": None if self.schedule is None else self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in self.STATE:
+            setattr(self, name, _on(state[name], self.device))
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["schedule"])
 
     @property
     def balanced(self) -> bool:

@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schema import AttackConfig, Batching, Clamp, Norm, fail, non_negative, positive
-from .engine import Budget, CraftResult, PassLoop, RunOptions, frozen, init_delta, pass_record, predict
+from .engine import Budget, Checkpoint, CraftResult, PassLoop, RunOptions, frozen, init_delta, pass_record, predict
 from .threat import ThreatModel, make_threat
 
 _TINY = 1e-12
@@ -270,90 +270,113 @@ class _RunStats:
         return {"deepfool_runs": self.runs, "deepfool_iters": self.iters, "deepfool_accepted": self.accepted}
 
 
-def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-              cfg: DeepFoolUAPConfig, spec: _Speculation, stats: _RunStats) -> tuple[Tensor, int]:
-    """One pass of Algorithm 1 over x[order], image by image in effect; returns v and the steps added."""
-    added, pos, n = 0, 0, order.numel()
+class _UAPState:
+    """What a DeepFool UAP run carries from image to image and checkpoints: v, the steps added this pass, the pass's
+    run statistics, the images visited before this pass and the speculation's EMAs."""
+
+    def __init__(self, v: Tensor, spec: _Speculation) -> None:
+        self.v, self.spec, self.added, self.stats, self.images = v, spec, 0, _RunStats(), 0
+
+    def start_pass(self) -> None:
+        self.added, self.stats = 0, _RunStats()
+
+    def state_dict(self) -> dict:
+        return {"v": self.v.clone(), "added": self.added, "stats": vars(self.stats).copy(), "images": self.images,
+                "spec": {"accept": self.spec.accept, "unfooled": self.spec.unfooled}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.v = state["v"].to(self.v.device, self.v.dtype)
+        self.added, self.images = state["added"], state["images"]
+        vars(self.stats).update(state["stats"])
+        self.spec.accept, self.spec.unfooled = state["spec"]["accept"], state["spec"]["unfooled"]
+
+
+def _uap_pass(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, st: _UAPState, threat: ThreatModel,
+              cfg: DeepFoolUAPConfig, loop: PassLoop) -> None:
+    """One pass of Algorithm 1 over x[order] from the pass's position, image by image in effect; updates `st`."""
+    spec, pos, n = st.spec, loop.position, order.numel()
     while pos < n:
         window = order[pos:pos + spec.window]
         with torch.no_grad():
-            todo = (model((x[window] + v).clamp(0, 1)).argmax(1) == clean[window]).nonzero().flatten().tolist()
+            todo = (model((x[window] + st.v).clamp(0, 1)).argmax(1) == clean[window]).nonzero().flatten().tolist()
         spec.observe_check(window.numel(), len(todo))
         start, pos = pos, pos + window.numel()  # the whole window is visited unless v changes inside it
         while todo:
             pick, todo = todo[:spec.width], todo[spec.width:]
-            conv = _run_deepfool(model, x[window[pick]] + v, cfg)
+            conv = _run_deepfool(model, x[window[pick]] + st.v, cfg)
             flags = conv.converged.tolist()
             if True not in flags:  # v unchanged: the check of the rest of the window still holds
                 spec.observe_runs(len(pick), False)
-                stats.add(conv, len(pick))
+                st.stats.add(conv, len(pick))
                 continue
             j = flags.index(True)
-            stats.add(conv, j + 1)
-            v = threat.project_(v + conv.step[j])
-            added += 1
+            st.stats.add(conv, j + 1)
+            st.v = threat.project_(st.v + conv.step[j])
+            st.added += 1
             spec.observe_runs(j + 1, True)
             pos = start + pick[j] + 1  # the images after it are checked again against the new v
             break
-    return v, added
+        loop.advance(pos, pos - start, st.state_dict)
 
 
-def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, v: Tensor, threat: ThreatModel,
-                      cfg: DeepFoolUAPConfig, stats: _RunStats) -> tuple[Tensor, int]:
-    """One pass in chunks: DeepFool runs on every image of the chunk that v does not fool, all at the v of the
-    chunk's start; the converged steps are then walked in order, each added (and v projected) only if its image
-    is still not fooled by the current v."""
-    added = 0
-    for idx in order.split(cfg.deepfool.chunk):
+def _uap_pass_relaxed(model: nn.Module, x: Tensor, clean: Tensor, order: Tensor, st: _UAPState, threat: ThreatModel,
+                      cfg: DeepFoolUAPConfig, loop: PassLoop) -> None:
+    """One pass in chunks (from the pass's position): DeepFool runs on every image of the chunk that v does not
+    fool, all at the v of the chunk's start; the converged steps are then walked in order, each added (and v
+    projected) only if its image is still not fooled by the current v."""
+    chunks = order.split(cfg.deepfool.chunk)
+    for c in range(loop.position, len(chunks)):
+        idx = chunks[c]
         with torch.no_grad():
-            todo = idx[model((x[idx] + v).clamp(0, 1)).argmax(1) == clean[idx]]
-        if todo.numel() == 0:
-            continue
-        runs = _run_deepfool(model, x[todo] + v, cfg, first_only=False)
-        stats.add(runs, todo.numel())
-        changed = False
-        for i in runs.converged.nonzero().flatten().tolist():
-            if changed:
-                with torch.no_grad():
-                    if model((x[todo[i]] + v).clamp(0, 1).unsqueeze(0)).argmax(1) != clean[todo[i]]:
-                        continue
-            v, changed = threat.project_(v + runs.step[i]), True
-            added += 1
-    return v, added
+            todo = idx[model((x[idx] + st.v).clamp(0, 1)).argmax(1) == clean[idx]]
+        if todo.numel():
+            runs = _run_deepfool(model, x[todo] + st.v, cfg, first_only=False)
+            st.stats.add(runs, todo.numel())
+            changed = False
+            for i in runs.converged.nonzero().flatten().tolist():
+                if changed:
+                    with torch.no_grad():
+                        if model((x[todo[i]] + st.v).clamp(0, 1).unsqueeze(0)).argmax(1) != clean[todo[i]]:
+                            continue
+                st.v, changed = threat.project_(st.v + runs.step[i]), True
+                st.added += 1
+        loop.advance(c + 1, idx.numel(), st.state_dict)
 
 
 def craft_deepfool_uap(model: nn.Module, x: Tensor, y: Tensor, cfg: DeepFoolUAPConfig, num_classes: int, *,
                        generator: torch.Generator | None = None, progress: bool = False,
                        init: Tensor | None = None, max_steps: int | None = None,
-                       val: tuple[Tensor, Tensor] | None = None) -> CraftResult:
+                       val: tuple[Tensor, Tensor] | None = None, checkpoint: Checkpoint | None = None) -> CraftResult:
     """DeepFool UAP (Algorithm 1): one δ [C,H,W]; stops by the shared rule of stopping.py (`val` images);
-    `max_steps` visits exactly max_steps·batch_size images instead, over as many passes as they take."""
+    `max_steps` visits exactly max_steps·batch_size images instead, over as many passes as they take; continues the
+    state `checkpoint` holds and keeps it there."""
     device, n = x.device, x.shape[0]
     threat = make_threat(cfg.norm, cfg.eps)
     v = init_delta(threat, (1, *x.shape[1:]), cfg, device=device, generator=generator, init=init)[0].to(x.dtype)
     budget = Budget.of(cfg, max_steps)
     image_limit = None if max_steps is None else max_steps * cfg.batch_size
-    spec = _Speculation(cfg.batch_size, device)
-    images = 0
-    run = RunOptions("uap", generator, progress)
+    st = _UAPState(v, _Speculation(cfg.batch_size, device))
+    one_pass = _uap_pass if cfg.deepfool.batching == "exact" else _uap_pass_relaxed
+    run = RunOptions("uap", generator, progress, checkpoint=checkpoint)
     with frozen(model), PassLoop(model, budget, val, n, run, device) as loop:
+        if loop.resumed is not None:
+            st.load_state_dict(loop.resumed)
         clean = predict(model, x, cfg.batch_size)
         for order in loop:
             if image_limit is not None:
-                order = order[:image_limit - images]
-            stats = _RunStats()
-            if cfg.deepfool.batching == "exact":
-                v, added = _uap_pass(model, x, clean, order, v, threat, cfg, spec, stats)
-            else:
-                v, added = _uap_pass_relaxed(model, x, clean, order, v, threat, cfg, stats)
-            images += order.numel()
-            rate = float((predict(model, (x + v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
-            loop.end_pass(pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=added,
-                                      **stats.record()), v, fr=f"{rate:.3f}")
-            if image_limit is not None and images >= image_limit:
+                order = order[:image_limit - st.images]
+            if loop.position == 0:
+                st.start_pass()
+            one_pass(model, x, clean, order, st, threat, cfg, loop)
+            st.images += order.numel()
+            rate = float((predict(model, (x + st.v).clamp(0, 1), cfg.batch_size) != clean).float().mean())
+            record = pass_record(loop.passes + 1, rate, rate, None, order.numel(), steps_added=st.added,
+                                 **st.stats.record())
+            if image_limit is not None and st.images >= image_limit:
                 loop.finish()
-    return CraftResult(delta=loop.monitor.result(v), converged=loop.monitor.converged, passes=loop.passes,
-                       images_processed=images, history=loop.history, stats=run_totals(loop.history))
+            loop.end_pass(record, st.v, st.state_dict, fr=f"{rate:.3f}")
+    return CraftResult(delta=loop.monitor.result(st.v), converged=loop.monitor.converged, passes=loop.passes,
+                       images_processed=st.images, history=loop.history, stats=run_totals(loop.history))
 
 
 def run_totals(history: list[dict]) -> dict[str, float | None]:

@@ -5,6 +5,12 @@ The loop knows no attack. It takes the crafting set (`CraftingSet`), the startin
 maximise, with whatever state and schedule it keeps), a `Step` (the update of δ and its projection onto the threat
 ball) and a `Budget` (passes or minibatch steps, and the stopping rule); each attack builds those from its config.
 
+A crafting run given a `Checkpoint` (RunOptions.checkpoint) hands it its whole state after every pass and every
+`checkpoint.every` images within a pass, and continues from the state the checkpoint holds: the loop's (passes,
+steps, history, the pass's order and position, the generator, the stopping rule's history) and the attack's (δ, its
+step's and objective's state, the pass's partial statistics); a continued run is bit-identical on CPU to one never
+interrupted. Objectives and steps therefore keep their state where `state_dict`/`load_state_dict` reach it.
+
 Contract: the model is put in eval mode with parameter gradients off (both restored afterwards); δ is a
 leaf tensor updated in place through `delta.data`; x̃ = clamp(x + δ, 0, 1); the objective is mean-reduced
 over the batch, so the step does not scale with batch size; the input batch is never modified; per-pass
@@ -90,15 +96,27 @@ class Budget:
         return self if self.max_steps is None else Budget(self.passes, self.batch_size, max_steps=self.max_steps)
 
 
+class Checkpoint(Protocol):
+    """Where a crafting run keeps its state: `load` the state of an interrupted attempt (None: start afresh),
+    `save` the current one; `every`: images between two saves within a pass (0: at pass ends only)."""
+
+    every: int
+
+    def load(self) -> Optional[dict]: ...
+
+    def save(self, state: dict) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How a crafting run goes besides what it optimises: its name (logs and the bar), the generator of its pass
-    orders, whether to show a bar, and whether δ is class-wise (sample i receives δ[y_i])."""
+    orders, whether to show a bar, whether δ is class-wise (sample i receives δ[y_i]) and where it checkpoints."""
 
     name: str
     generator: Optional[torch.Generator] = None
     progress: bool = False
     class_wise: bool = False
+    checkpoint: Optional[Checkpoint] = None
 
 
 class Objective(Protocol):
@@ -120,6 +138,11 @@ class Objective(Protocol):
     def end_pass(self) -> dict:
         """Called after each pass; returns what to add to the pass record."""
 
+    def state_dict(self) -> dict:
+        """The state the objective carries between batches and passes (empty if none)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
 
 class Step(Protocol):
     """The update of δ: ascend along the gradient in place, project onto the threat ball; decayed per pass."""
@@ -129,6 +152,10 @@ class Step(Protocol):
     def step(self, grad: Tensor) -> None: ...
 
     def end_pass(self) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def apply_delta(x: Tensor, delta: Tensor, y: Tensor | None = None) -> Tensor:
@@ -235,6 +262,14 @@ class PassStats:
         self.batches += 1
         self.seen += pred.shape[1]
 
+    def state_dict(self) -> dict:
+        return {"obj_sum": self.obj_sum, "parts_sum": self.parts_sum, "fooled": self.fooled, "hits": self.hits,
+                "batches": self.batches, "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.obj_sum, self.parts_sum = state["obj_sum"], dict(state["parts_sum"])
+        self.fooled, self.hits, self.batches, self.seen = state["fooled"], state["hits"], state["batches"], state["seen"]
+
     def record(self, pass_idx: int, step_size: float | None, **extra: object) -> dict:
         """The pass record: means over batches and images, averaged over ranks, read in one host sync."""
         n = len(self.parts_sum)
@@ -253,17 +288,26 @@ class PassStats:
 class PassLoop:
     """The passes of a crafting run within its budget: a fresh shuffled order per pass while the budget allows
     another, the stopping rule (stopping.py) has not fired and `finish()` was not called; the minibatches of a pass
-    (no more than the budget's steps); the history, the debug log and the progress bar. Use as a context manager."""
+    (no more than the budget's steps); the history, the debug log, the progress bar and the checkpoints. Use as a
+    context manager. Continuing a checkpoint, it restores its own state and keeps the attack's in `resumed`."""
 
     def __init__(self, model: nn.Module, budget: Budget, val: tuple[Tensor, Tensor] | None, n: int,
                  run: RunOptions, device: torch.device) -> None:
         self.monitor = PassMonitor(model, budget.stopping, val, class_wise=run.class_wise)
         self.budget, self.run, self.n, self.device = budget, run, n, device
-        self.bar = _progress_bar(budget.bar_total, run.progress, run.name)
         self.history: list[dict] = []
         self.passes = 0  # completed passes
         self.steps = 0  # minibatch steps taken
         self.done = False
+        self.order: Optional[Tensor] = None  # the current pass's order, None between passes
+        self.position = 0  # where the current pass stands, in the attack's unit (minibatches, images)
+        self._unsaved = 0  # images since the last checkpoint
+        saved = run.checkpoint.load() if run.checkpoint is not None else None
+        self.resumed: Optional[dict] = None if saved is None else saved["attack"]
+        if saved is not None:
+            self._load(saved["loop"])
+        self.bar = _progress_bar(budget.bar_total, run.progress, run.name)
+        self.bar.update(self.passes if budget.max_steps is None else self.steps)
 
     def __enter__(self) -> "PassLoop":
         return self
@@ -276,21 +320,35 @@ class PassLoop:
         return self.passes < self.budget.max_passes and not self.done and (limit is None or self.steps < limit)
 
     def __iter__(self) -> Iterator[Tensor]:
-        """The order of each pass still to run."""
+        """The order of each pass still to run (first the interrupted pass's, where a checkpoint left one)."""
         while self._more():
-            yield draw_order(self.n, self.run.generator, self.device)
+            if self.order is None:
+                self.order, self.position = draw_order(self.n, self.run.generator, self.device), 0
+            yield self.order
 
-    def minibatches(self, order: Tensor) -> Iterator[Tensor]:
-        """Consecutive minibatches of `order`, no more than the budget's steps left; each one counts as a step."""
+    def minibatches(self, order: Tensor, state: Callable[[], dict]) -> Iterator[Tensor]:
+        """Consecutive minibatches of `order` from the pass's position, no more than the budget's steps left; each
+        one counts as a step, and `state()` (the attack's) is checkpointed when due after it."""
         limit = self.budget.max_steps
-        for idx in order.split(self.budget.batch_size):
+        batches = order.split(self.budget.batch_size)
+        for i in range(self.position, len(batches)):
             if limit is not None and self.steps >= limit:
                 return
             self.steps += 1
-            yield idx
+            yield batches[i]
+            self.advance(i + 1, batches[i].numel(), state)
 
-    def end_pass(self, record: dict, delta: Tensor, *, advance: int = 1, **postfix: str) -> None:
-        """Judge δ after a pass, complete and keep its record, advance the bar."""
+    def advance(self, position: int, images: int, state: Callable[[], dict]) -> None:
+        """The pass reached `position` after `images` more images; checkpoint `state()` when `every` are unsaved."""
+        self.position = position
+        self._unsaved += images
+        ckpt = self.run.checkpoint
+        if ckpt is not None and ckpt.every and self._unsaved >= ckpt.every:
+            self._save(state())
+
+    def end_pass(self, record: dict, delta: Tensor, state: Callable[[], dict], *, advance: int = 1,
+                 **postfix: str) -> None:
+        """Judge δ after a pass, complete and keep its record, advance the bar, checkpoint `state()`."""
         self.passes += 1
         record.update(self.monitor.end_pass(delta))
         self.history.append(record)
@@ -298,10 +356,32 @@ class PassLoop:
         self.bar.update(advance)
         self.bar.set_postfix(**postfix)
         self.done = self.done or self.monitor.stop
+        self.order, self.position = None, 0
+        if self.run.checkpoint is not None:
+            self._save(state())
 
     def finish(self) -> None:
         """Run no further pass."""
         self.done = True
+
+    def _save(self, attack: dict) -> None:
+        self.run.checkpoint.save({"loop": self._state(), "attack": attack})
+        self._unsaved = 0
+
+    def _state(self) -> dict:
+        gen = self.run.generator
+        return {"passes": self.passes, "steps": self.steps, "done": self.done, "history": self.history,
+                "order": self.order, "position": self.position, "monitor": self.monitor.state_dict(),
+                "generator": None if gen is None else gen.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def _load(self, state: dict) -> None:
+        self.passes, self.steps, self.done = state["passes"], state["steps"], state["done"]
+        self.history, self.position = list(state["history"]), state["position"]
+        self.order = None if state["order"] is None else state["order"].to(self.device)
+        self.monitor.load_state_dict(state["monitor"], self.device)
+        if self.run.generator is not None:
+            self.run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
 
 
 def _shared_grad(J: Tensor, delta: Tensor) -> Tensor:
@@ -317,13 +397,14 @@ def ascend(model: nn.Module, data: CraftingSet, delta: Tensor, objective: Object
     x, y = data.x, data.y.to(data.x.device)
     groups = 1 if run.class_wise else delta.shape[0]  # one forward per sample class-wise, one per δ otherwise
     delta.requires_grad_(True)
-    images = 0
     with frozen(model), PassLoop(model, budget, data.val, x.shape[0], run, x.device) as loop:
         clean = predict(model, x, budget.batch_size)
+        state = _AscentState(delta, step, objective, loop.resumed)
         for order in loop:
             objective.start_pass(loop.passes)
-            stats = PassStats(groups, x.device, objective.target)
-            for idx in loop.minibatches(order):
+            stats = state.stats = PassStats(groups, x.device, objective.target)
+            state.continue_pass(loop.position > 0)
+            for idx in loop.minibatches(order, state.state_dict):
                 J, parts, logits = batch_objective(model, x[idx], y[idx], delta, objective, clean=clean[idx],
                                                    class_wise=run.class_wise)
                 step.step(_shared_grad(J, delta))
@@ -333,12 +414,42 @@ def ascend(model: nn.Module, data: CraftingSet, delta: Tensor, objective: Object
             extra = objective.end_pass()
             if stats.batches == 0:
                 break
-            images += stats.seen
+            state.images += stats.seen
             record = stats.record(loop.passes + 1, step.current_step_size, **extra)
-            loop.end_pass(record, delta.detach(), advance=1 if budget.max_steps is None else stats.batches,
-                          obj=f"{record['objective']:.3f}", fr=f"{record['fooling_rate']:.3f}")
             step.end_pass()
+            state.stats = None
+            loop.end_pass(record, delta.detach(), state.state_dict,
+                          advance=1 if budget.max_steps is None else stats.batches,
+                          obj=f"{record['objective']:.3f}", fr=f"{record['fooling_rate']:.3f}")
     out = loop.monitor.result(delta.detach()).clone()
     return CraftResult(delta=out[0] if groups == 1 and not run.class_wise else out,
-                       converged=loop.monitor.converged, passes=loop.passes, images_processed=images,
+                       converged=loop.monitor.converged, passes=loop.passes, images_processed=state.images,
                        history=loop.history)
+
+
+class _AscentState:
+    """What an ascent run checkpoints besides the loop's own state: δ, the step, the objective, the images drawn and,
+    within a pass, the pass's partial statistics; restored from `resumed` (a checkpoint's attack state) if given."""
+
+    def __init__(self, delta: Tensor, step: Step, objective: Objective, resumed: Optional[dict]) -> None:
+        self.delta, self.step, self.objective, self.resumed = delta, step, objective, resumed
+        self.stats: Optional[PassStats] = None
+        self.images = 0
+        if resumed is not None:
+            with torch.no_grad():
+                delta.copy_(resumed["delta"].to(delta.device))
+            step.load_state_dict(resumed["step"])
+            objective.load_state_dict(resumed["objective"])
+            self.images = resumed["images"]
+
+    def continue_pass(self, mid_pass: bool) -> None:
+        """At the start of the first pass run after a checkpoint taken in the middle of a pass: restore the pass's
+        statistics."""
+        if self.resumed is not None and mid_pass:
+            self.stats.load_state_dict(self.resumed["stats"])
+        self.resumed = None
+
+    def state_dict(self) -> dict:
+        return {"delta": self.delta.detach().clone(), "step": self.step.state_dict(),
+                "objective": self.objective.state_dict(), "images": self.images,
+                "stats": None if self.stats is None else self.stats.state_dict()}

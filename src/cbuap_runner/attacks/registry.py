@@ -33,6 +33,7 @@ class AttackSpec:
     schema: type[AttackConfig]
     class_wise: bool = False  # one δ per class [K,C,H,W]; sample i receives δ[y_i]
     splits_over_ranks: bool = True  # under torchrun each rank crafts on its shard and ∇δ is averaged
+    resumable: bool = False  # its crafting function takes checkpoint= (engine.Checkpoint) and continues from it
 
     def has(self, key: str) -> bool:
         """Whether the attack's schema has attack.<key>."""
@@ -50,10 +51,10 @@ class AttackSpec:
 
 
 ATTACKS: dict[str, AttackSpec] = {
-    "sgd_uap": AttackSpec(craft_sgd_uap, SGDUAPConfig),
-    "cb_uap": AttackSpec(craft_cb_uap, CBUAPConfig),
-    "cw_uap": AttackSpec(craft_cw_uap, CWUAPConfig, class_wise=True),
-    "uap": AttackSpec(craft_deepfool_uap, DeepFoolUAPConfig, splits_over_ranks=False),
+    "sgd_uap": AttackSpec(craft_sgd_uap, SGDUAPConfig, resumable=True),
+    "cb_uap": AttackSpec(craft_cb_uap, CBUAPConfig, resumable=True),
+    "cw_uap": AttackSpec(craft_cw_uap, CWUAPConfig, class_wise=True, resumable=True),
+    "uap": AttackSpec(craft_deepfool_uap, DeepFoolUAPConfig, splits_over_ranks=False, resumable=True),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from ..metrics import fooling_rates, predict
@@ -68,6 +69,17 @@ class PassMonitor:
         if len(rates) > 1:
             record["val_fooling_rates"] = rates
         return record
+
+    def state_dict(self) -> dict:
+        """The rule's history: the best rate and δ so far, the passes without improvement, the decision."""
+        return {"best_rate": self.best_rate, "stale": self.stale, "best_delta": self.best_delta, "stop": self.stop,
+                "converged": self.converged}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.best_rate, self.stale, self.stop, self.converged = (state[k] for k in ("best_rate", "stale", "stop",
+                                                                                    "converged"))
+        best = state["best_delta"]
+        self.best_delta = None if best is None else best.to(device)
 
     def result(self, delta: Tensor) -> Tensor:
         """What the attack returns: the best validated δ under `patience`, else the last one."""

@@ -19,12 +19,12 @@ from .synthetic import SyntheticConfig
 log = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-Split = tuple[torch.Tensor, torch.Tensor]
-Loader = Callable[[Path, bool, bool], Split]  # (root, train, download) -> split
+Arrays = tuple[torch.Tensor, torch.Tensor]
+Loader = Callable[[Path, bool, bool], Arrays]  # (root, train, download) -> split
 
 
-def _tv_mnist_like(cls_name: str) -> Callable[[Path, bool, bool], Split]:
-    def load(root: Path, train: bool, download: bool) -> Split:
+def _tv_mnist_like(cls_name: str) -> Callable[[Path, bool, bool], Arrays]:
+    def load(root: Path, train: bool, download: bool) -> Arrays:
         import torchvision.datasets as tvd
 
         ds = getattr(tvd, cls_name)(str(root), train=train, download=download)
@@ -33,8 +33,8 @@ def _tv_mnist_like(cls_name: str) -> Callable[[Path, bool, bool], Split]:
     return load
 
 
-def _tv_cifar(cls_name: str) -> Callable[[Path, bool, bool], Split]:
-    def load(root: Path, train: bool, download: bool) -> Split:
+def _tv_cifar(cls_name: str) -> Callable[[Path, bool, bool], Arrays]:
+    def load(root: Path, train: bool, download: bool) -> Arrays:
         import torchvision.datasets as tvd
 
         ds = getattr(tvd, cls_name)(str(root), train=train, download=download)
@@ -44,7 +44,7 @@ def _tv_cifar(cls_name: str) -> Callable[[Path, bool, bool], Split]:
     return load
 
 
-def _tv_svhn(root: Path, train: bool, download: bool) -> Split:
+def _tv_svhn(root: Path, train: bool, download: bool) -> Arrays:
     import torchvision.datasets as tvd
 
     ds = tvd.SVHN(str(root), split="train" if train else "test", download=download)
@@ -75,7 +75,7 @@ DATASETS: dict[str, DatasetSource] = {
 }
 
 
-def _local_idx(name: str, root: Path, split: str, dirs: tuple[str, ...]) -> Split | None:
+def _local_idx(name: str, root: Path, split: str, dirs: tuple[str, ...]) -> Arrays | None:
     """IDX files in one of `dirs` (relative to root, or absolute)."""
     for place in (root / d for d in dirs):
         found = load_idx_split(place, split)
@@ -85,7 +85,7 @@ def _local_idx(name: str, root: Path, split: str, dirs: tuple[str, ...]) -> Spli
     return None
 
 
-def _torchvision(name: str, loader: Loader, root: Path, split: str, download: bool) -> Split:
+def _torchvision(name: str, loader: Loader, root: Path, split: str, download: bool) -> Arrays:
     try:
         return loader(root, split == "train", False)
     except (RuntimeError, FileNotFoundError, OSError):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import UserError
-from .base import MultiTracker, NullTracker, PathLike, Tracker, plain
+from .base import MultiTracker, NullTracker, PathLike, Tracker, field_of, plain
 from .local import LocalTracker
 
 __all__ = [
@@ -37,14 +37,6 @@ __all__ = [
 _TIMESTAMP = re.compile(r"^[0-9_:.-]+$")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
 def _hydra_cfg(hydra_cfg: Any) -> Any:
     """The given Hydra config, or the current job's; None outside a Hydra app."""
     if hydra_cfg is not None:
@@ -58,7 +50,7 @@ def _hydra_cfg(hydra_cfg: Any) -> Any:
 
 
 def _is_multirun(hydra_cfg: Any) -> bool:
-    mode = _get(hydra_cfg, "mode")
+    mode = field_of(hydra_cfg, "mode")
     return mode is not None and getattr(mode, "name", str(mode)).upper().endswith("MULTIRUN")
 
 
@@ -72,7 +64,7 @@ def default_group(hydra_cfg: Any = None) -> str | None:
     hydra_cfg = _hydra_cfg(hydra_cfg)
     if hydra_cfg is None or not _is_multirun(hydra_cfg):
         return None
-    sweep_dir = _get(_get(hydra_cfg, "sweep"), "dir")
+    sweep_dir = field_of(field_of(hydra_cfg, "sweep"), "dir")
     if not sweep_dir:
         return None
     path = Path(str(sweep_dir))
@@ -88,10 +80,10 @@ def default_run_name(hydra_cfg: Any = None, fallback: str | None = None) -> str 
     hydra_cfg = _hydra_cfg(hydra_cfg)
     if hydra_cfg is None:
         return fallback
-    job = _get(hydra_cfg, "job")
-    name = _get(job, "override_dirname") or fallback or _get(job, "name")
-    if _is_multirun(hydra_cfg) and _get(job, "num") is not None:
-        name = f"{_get(job, 'num')}:{name}" if name else str(_get(job, "num"))
+    job = field_of(hydra_cfg, "job")
+    name = field_of(job, "override_dirname") or fallback or field_of(job, "name")
+    if _is_multirun(hydra_cfg) and field_of(job, "num") is not None:
+        name = f"{field_of(job, 'num')}:{name}" if name else str(field_of(job, "num"))
     return str(name)[:128] if name else None
 
 
@@ -112,7 +104,7 @@ def make_tracker(
     """
     if rank != 0:
         return NullTracker()
-    name = _get(logger_cfg, "name", "local") or "local"
+    name = field_of(logger_cfg, "name", "local") or "local"
     if name not in ("local", "wandb"):
         raise UserError(f"logger.name={name!r}: must be one of local, wandb")
     trackers: list[Tracker] = [LocalTracker(run_dir)]

@@ -22,6 +22,15 @@ def check_status(status: str) -> str:
     return status
 
 
+def field_of(cfg: Any, key: str, default: Any = None) -> Any:
+    """`cfg.key` of a dataclass or DictConfig, `cfg[key]` of a dict; `default` where absent or cfg is None."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
 def plain(value: Any) -> Any:
     """`value` as JSON-ready Python data: tensors/arrays to numbers or lists, OmegaConf to dicts."""
     if value is None or isinstance(value, (bool, int, str)):

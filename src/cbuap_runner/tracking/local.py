@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -10,39 +9,13 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..io import append_jsonl, atomic_path, write_json
+from ..io import append_jsonl, write_json
+from ..record import METRICS
 from .base import PathLike, Tracker, check_status, plain
 
 log = logging.getLogger(__name__)
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
-METRICS = "metrics.jsonl"
-
-
-def _to_forget(line: str, key: str) -> bool:
-    """Whether a metrics.jsonl line is a row holding `key`, or is no row at all (a line cut short by a kill)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return True
-    return not isinstance(row, dict) or key in row
-
-
-def forget_rows(run_dir: PathLike, key: str) -> int:
-    """Drop the rows that hold `key` (and lines cut short) from `<run_dir>/metrics.jsonl`; returns how many.
-
-    A task calls it before it logs a section of rows (an attack's crafting passes: key `<prefix>pass`), so that a
-    run repeated in its directory leaves one set of them, not one per attempt; the other rows are kept.
-    """
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if not _to_forget(line, key)]
-    if len(kept) < len(lines):
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(f"{line}\n" for line in kept))
-    return len(lines) - len(kept)
 
 
 def safe_name(name: str) -> str:

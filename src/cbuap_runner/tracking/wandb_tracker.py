@@ -8,19 +8,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import UserError
-from .base import PathLike, Tracker, check_status, plain
+from .base import PathLike, Tracker, check_status, field_of, plain
 from .local import safe_name
 
 log = logging.getLogger(__name__)
 
 MODES = ("online", "offline", "disabled")
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    """`cfg.key` for a dataclass or DictConfig, `cfg[key]` for a dict."""
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _import_wandb():
@@ -55,17 +48,17 @@ class WandbTracker(Tracker):
         run_name: str | None = None,
         group_default: str | None = None,
     ) -> None:
-        self.mode = str(_get(cfg, "mode", "offline"))
+        self.mode = str(field_of(cfg, "mode", "offline"))
         if self.mode not in MODES:
             raise UserError(f"logger.mode={self.mode!r}: must be one of {', '.join(MODES)}")
-        self.dir = Path(_get(cfg, "dir") or run_dir)
+        self.dir = Path(field_of(cfg, "dir") or run_dir)
         config_plain = plain(config or {})
         self.init_kwargs = dict(
-            project=_get(cfg, "project") or "cbuap-runner",
-            entity=_get(cfg, "entity"),
-            group=_get(cfg, "group") or group_default,
-            job_type=_get(cfg, "job_type") or (config_plain.get("task") if isinstance(config_plain, dict) else None),
-            tags=[str(t) for t in (_get(cfg, "tags") or [])],
+            project=field_of(cfg, "project") or "cbuap-runner",
+            entity=field_of(cfg, "entity"),
+            group=field_of(cfg, "group") or group_default,
+            job_type=field_of(cfg, "job_type") or (config_plain.get("task") if isinstance(config_plain, dict) else None),
+            tags=[str(t) for t in (field_of(cfg, "tags") or [])],
             config=config_plain,
             name=run_name,
             reinit="finish_previous",  # a job never logs into the previous job's run

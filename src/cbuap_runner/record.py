@@ -1,0 +1,213 @@
+"""A run's record and its resume state, in one place (docs/design.md, Run directory and Resume).
+
+A run directory holds:
+- `run_summary.json`: what ran and how it ended; written when the job starts ("running") and when it ends.
+- `metrics.jsonl`: one row per epoch and per crafting pass (the local tracker appends them).
+- `checkpoint.pt`: training's state after its last finished epoch (model, optimiser, scheduler, the defence's
+  adversary, RNG, history) under the weights key it was trained for.
+- `crafting/<attack>.pt`: an attack's crafting state after its last pass and every `checkpoint_images` images within
+  a pass (δ, the step's and the objective's state, the position in the pass and its order, the generator, the
+  stopping rule's history) under the key of what it crafts (the attack's config, the network, the data, the seed).
+
+With `resume=auto` (the default) or `true` a job continues from these, bit-identical on CPU to a run never
+interrupted; a state written under other settings is refused with one line (a rerun with changed settings into the
+same directory would otherwise continue, or overwrite, another experiment); `resume=false` starts afresh over it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import dist
+from .errors import UserError
+from .io import atomic_path, safe_torch_load, torch_save, write_json
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "run_summary.json"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+CRAFTING = "crafting"
+TRAINING_STATE = ("model", "optimizer", "scheduler", "adversary", "rng", "epoch", "history", "train_seconds")
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def _rows(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _row(line: str) -> Optional[dict]:
+    """A metrics.jsonl line as a row; None for a line cut short by a kill."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+class RunRecord:
+    """The files of one run directory and the resume mode (`resume`: "auto", True or False) they are read under."""
+
+    def __init__(self, run_dir: Path, resume: bool | str = "auto") -> None:
+        self.run_dir, self.resume = Path(run_dir), resume
+
+    # ------------------------------------------------------------ the summary
+
+    def earlier_run(self) -> bool:
+        """Whether the directory holds an earlier attempt whose task started (not merely a refused start)."""
+        try:
+            earlier = json.loads((self.run_dir / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(earlier.get("started", True))  # records from before "started" was written: an attempt
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if dist.is_main():
+            write_json(self.run_dir / SUMMARY, summary)
+
+    # ------------------------------------------------------------ the metrics log
+
+    def rewind_metrics(self, epoch: int) -> set[int]:
+        """Cut metrics.jsonl back to what training checkpoint `epoch` covers; returns the epochs whose rows remain.
+
+        A run killed after appending rows the checkpoint does not cover (a later epoch, the attack that followed
+        training, a half-written line) would otherwise repeat them when it resumes.
+        """
+        path = self.run_dir / METRICS
+        if not path.is_file():
+            return set()
+        kept, epochs, end = [], set(), 0
+        for line in _rows(path):
+            row = _row(line)
+            if row is None:
+                break  # a line cut short by the kill: nothing after it is trusted
+            is_epoch_row = "epoch" in row and "train_loss" in row
+            if is_epoch_row and (row["epoch"] > epoch or row["epoch"] in epochs):
+                break
+            kept.append(line)
+            if is_epoch_row:
+                epochs.add(row["epoch"])
+                end = len(kept)
+        _rewrite(path, kept[:end])
+        return epochs
+
+    def forget_rows(self, key: str) -> int:
+        """Drop the rows that hold `key` (and lines cut short) from metrics.jsonl; returns how many.
+
+        A task calls it before it logs a section of rows (an attack's crafting passes: key `<prefix>pass`), so that a
+        run repeated in its directory leaves one set of them, not one per attempt; the other rows are kept.
+        """
+        path = self.run_dir / METRICS
+        lines = _rows(path)
+        kept = [line for line in lines if (row := _row(line)) is not None and key not in row]
+        if len(kept) < len(lines):
+            _rewrite(path, kept)
+        return len(lines) - len(kept)
+
+    # ------------------------------------------------------------ training's checkpoint
+
+    def save_training(self, **state: Any) -> None:
+        """Write checkpoint.pt atomically (model, optimiser, scheduler, adversary, epoch, history, key) with RNG."""
+        torch_save({**state, "rng": rng_states()}, self.run_dir / CHECKPOINT)
+
+    def training_checkpoint(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The checkpoint to continue training from: none for resume=false or before the first epoch ended;
+        refused with one line when it is not a training checkpoint or was trained under another `key`."""
+        path = self.run_dir / CHECKPOINT
+        if self.resume is False or not path.exists():
+            if self.resume is True:
+                log.warning("resume=true: no %s in %s (interrupted before the first epoch ended); starting from "
+                            "epoch 1", CHECKPOINT, self.run_dir)
+            return None
+        blob = safe_torch_load(path, "resume")
+        if not isinstance(blob, dict) or any(k not in blob for k in TRAINING_STATE):
+            raise UserError(f"resume={self.label}: {path} is not a training checkpoint of this tool; resume in the "
+                            f"interrupted run's own directory, or {self.afresh_hint}")
+        self.check_same(blob.get("config"), key, path, "trained")
+        return blob
+
+    # ------------------------------------------------------------ crafting states
+
+    def crafting(self, name: str, key: dict[str, Any], every: int) -> "CraftingCheckpoint":
+        """The crafting state of attack `name` (a pipeline's attacks have one each; under torchrun, one per rank)."""
+        rank = f".rank{dist.rank()}" if dist.world_size() > 1 else ""
+        return CraftingCheckpoint(self, self.run_dir / CRAFTING / f"{name}{rank}.pt", key, every)
+
+    # ------------------------------------------------------------ shared
+
+    @property
+    def label(self) -> str:
+        """The resume mode as written on the command line: auto, true or false."""
+        return str(self.resume).lower()
+
+    @property
+    def afresh_hint(self) -> str:
+        """What to do instead of resuming from a state that cannot be continued."""
+        if self.resume == "auto":
+            return "write to another hydra.run.dir / hydra.sweep.dir, or pass resume=false to start afresh over it"
+        return "start a new run"
+
+    def check_same(self, stored: Optional[dict[str, Any]], current: dict[str, Any], path: Path, verb: str) -> None:
+        """Refuse to continue a state written under settings that differ from this run's."""
+        if stored is None:  # a checkpoint from before settings were recorded
+            return
+        old, new = _flatten(stored), _flatten(current)
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key) != new.get(key):
+                raise UserError(f"{key}={new.get(key)!r}: {path} was {verb} with {key}={old.get(key)!r}; resume="
+                                f"{self.label} continues it only under the same settings: keep them, or "
+                                f"{self.afresh_hint}")
+
+
+class CraftingCheckpoint:
+    """One attack's crafting state file (engine.Checkpoint): `load` what an interrupted attempt left, `save` the
+    state the crafting loop hands over; `every`: images between two saves within a pass (0: at pass ends only)."""
+
+    def __init__(self, record: RunRecord, path: Path, key: dict[str, Any], every: int) -> None:
+        self.record, self.path, self.key, self.every = record, path, key, every
+        self.continued_from: Optional[dict[str, int]] = None  # {"passes", "position"} of the state loaded, if any
+
+    def load(self) -> Optional[dict[str, Any]]:
+        if self.record.resume is False or not self.path.is_file():
+            return None
+        blob = safe_torch_load(self.path, "resume")
+        if not isinstance(blob, dict) or not {"key", "loop", "attack"} <= blob.keys():
+            raise UserError(f"resume={self.record.label}: {self.path} is not a crafting state of this tool; "
+                            f"{self.record.afresh_hint}")
+        self.record.check_same(blob["key"], self.key, self.path, "crafted")
+        self.continued_from = {k: int(blob["loop"][k]) for k in ("passes", "position")}
+        log.info("continuing the crafting of %s after %d passes and %d positions into the next (%s)",
+                 self.path.stem, self.continued_from["passes"], self.continued_from["position"], self.path)
+        return blob
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torch_save({**state, "key": self.key}, self.path)
