@@ -1,0 +1,76 @@
+"""Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
+
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|auto]
+    python scripts/make_tables.py --document docs/results/document.json   (docs/results.md)
+
+Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
+shown as mean ± sample std over those seeds (n = number of runs; two runs of one seed in a row are an error).
+What decides a result: the config keys the task reads,
+and where a record carries `provenance`, the data's fingerprint and the identities of its model and perturbation
+in place of their paths. A row whose runs come from more than one code version is marked (`n†`). A run that did
+not complete gets a row of its own, marked with its status and error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .document import write_document
+from .kinds import KINDS
+from .records import NoRecords
+from .tables import write_tables
+
+PROG = "make_tables"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", help="a sweep directory or outputs/ (searched recursively for run_summary.json)")
+    parser.add_argument("--out", default=None, help="where to write the tables (default: ROOT/tables)")
+    parser.add_argument("--kind", default="auto", choices=KINDS, help="which metric columns to show")
+    parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
+    parser.add_argument("--no-figures", action="store_true", help="write the tables only")
+    parser.add_argument("--document", default=None, metavar="MANIFEST",
+                        help="write the results document a manifest describes (docs/results/document.json)")
+    return parser
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.document is None and args.root is None:
+        parser.error("give a sweep directory (or --document MANIFEST)")
+    return _document(args) if args.document else _tables(args)
+
+
+def _document(args: argparse.Namespace) -> int:
+    try:
+        print(f"wrote {write_document(args.document, not args.no_figures)}")
+    except KeyError as err:
+        return _fail(f"{args.document}: missing key {err.args[0]!r}")
+    except (NoRecords, OSError, ValueError) as err:
+        return _fail(str(err))
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    try:
+        written = write_tables(args.root, args.out, args.kind, _names(args.metrics), not args.no_figures)
+    except (NoRecords, OSError, ValueError) as err:
+        return _fail(str(err))
+    print(Path(written[0]).read_text(), end="")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
