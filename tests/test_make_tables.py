@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -377,3 +378,56 @@ def test_the_package_imports_neither_torch_nor_matplotlib():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def _declaring(sweep: Path, rows_of: dict[str, list[str]]) -> list[dict]:
+    """The sweep's records, those named in `rows_of` declaring those rows (as run_summary.json records them)."""
+    for name, rows in rows_of.items():
+        path = sweep / name / "run_summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "rows": rows}))
+    return load_records(sweep)
+
+
+def test_rows_are_the_ones_the_records_declare(sweep, caplog):
+    records = _declaring(sweep, {name: ["attack.name", "attack.eps"] for name in "01234"})
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        keys, _, rows = build_rows(records, "attacks", declared=["task"])  # the records' rows come first
+    assert keys == ["attack", "attack.eps"]  # a group's name is the group's column
+    assert len(rows) == 4 and _row(rows, "sgd_uap", 0.1)["n"] == 2
+    assert not caplog.records
+
+
+def test_declared_rows_keep_the_clash_guard(sweep, caplog):
+    records = _declaring(sweep, {name: ["attack.name"] for name in "01234"})
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        keys, _, rows = build_rows(records, "attacks")
+    assert keys == ["attack", "attack.eps"]  # runs of one attack at two ε are two experiments, not one row
+    assert len(rows) == 4
+    assert [r.getMessage() for r in caplog.records] == ["note: rows attack.eps added: runs that share the declared "
+                                                        "rows differ in them"]
+
+
+def test_records_that_declare_different_rows_are_refused(sweep, capsys):
+    _declaring(sweep, {"0": ["attack.name", "attack.eps"], "1": ["attack.name"]})
+    with pytest.raises(ValueError, match=r"declare different rows \(\['attack.name', 'attack.eps'\] in 0; \['attack.name'\] in 1\)"):
+        build_rows(load_records(sweep), "attacks")
+    assert main([str(sweep), "--no-figures"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("make_tables: error: rows: the records of one table declare different rows")
+
+
+def test_rows_from_the_command_line_else_inferred_with_a_note(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--out", str(tmp_path / "given"), "--no-figures", "--rows", "attack.name,attack.eps"]) == 0
+    assert (tmp_path / "given" / "attacks.csv").read_text().startswith("attack,attack.eps,status,n,")
+    assert "inferred" not in capsys.readouterr().err
+    assert main([str(sweep), "--out", str(tmp_path / "inferred"), "--no-figures"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["make_tables: note: rows inferred from the runs' overrides (task, dataset, model, attack, training, "
+                   "attack.eps); declare them with `rows` (the table config's or a manifest's) or --rows"]
+
+
+@pytest.mark.parametrize("rows,message", [(["attack.epz"], "rows: attack.epz: no run of this table has this setting"),
+                                          (["attack.name", "seed"], "rows: seed: the seeds of one row are averaged")])
+def test_declared_rows_name_settings_of_the_runs_other_than_the_seed(sweep, rows, message):
+    with pytest.raises(ValueError, match=message):
+        build_rows(load_records(sweep), "attacks", declared=rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -23,15 +24,18 @@ def test_committed_table_regenerates_from_its_records(tmp_path, table, kind):
         assert (tmp_path / f"{kind}.{suffix}").read_text() == (RESULTS / table / f"{kind}.{suffix}").read_text()
 
 
-def test_results_document_regenerates_from_the_committed_records(tmp_path):
-    """docs/results.md, every table in it and the claims it answers come from the records alone."""
+def test_results_document_regenerates_from_the_committed_records(tmp_path, caplog):
+    """docs/results.md, every table in it and the claims it answers come from the records and the manifest alone;
+    every section and frontier declares its rows."""
     shutil.copytree(RESULTS, tmp_path / "docs" / "results")
-    doc = write_document(tmp_path / "docs" / "results" / "document.json", figures=False)
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        doc = write_document(tmp_path / "docs" / "results" / "document.json", figures=False)
     assert doc.read_text() == (REPO / "docs" / "results.md").read_text()
     for table in json.loads((RESULTS / "document.json").read_text())["sections"]:
         for suffix in ("md", "csv", "tex"):
             name = f"{table['kind']}.{suffix}"
             assert (doc.parent / "results" / table["name"] / name).read_text() == (RESULTS / table["name"] / name).read_text()
+    assert not caplog.records  # no rows inferred, none added by the clash guard
 
 
 def _row(**values):
@@ -100,12 +104,13 @@ def _attack_record(attack: str, seed: int, commit: str) -> dict:
                         "min_class_attack_success_rate": 0.0}}
 
 
-def _manifest(root: Path, records: list[dict]) -> Path:
+def _manifest(root: Path, records: list[dict], section: dict | None = None) -> Path:
     """A manifest of one attacks section `s` over `records`, answering claim 1 from it."""
     for i, record in enumerate(records):
         (root / "records" / str(i)).mkdir(parents=True)
         (root / "records" / str(i) / "run_summary.json").write_text(json.dumps(record))
-    section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"]}
+    section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"],
+               **(section or {})}
     manifest = {"document": "doc.md", "title": "T", "intro": [], "sections": [section], "frontiers": [],
                 "claims": {"balance": [{"label": "S", "section": "s"}], "defence": []}}
     (root / "document.json").write_text(json.dumps(manifest))
@@ -121,3 +126,9 @@ def test_document_names_the_code_versions_of_each_section(tmp_path):
     assert "| 2† |" in text and "- attack=sgd_uap: aaaaaaa (1 run), bbbbbbb-dirty (1 run)" in text
     assert VERDICT_REASON in text
     assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]
+
+
+def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
+    records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40)]
+    text = write_document(_manifest(tmp_path, records, {"rows": ["attack.name"]}), figures=False).read_text()
+    assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others

@@ -1,11 +1,12 @@
 """Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
 
-    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|auto]
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|auto] [--rows a,b]
     python scripts/make_tables.py --document docs/results/document.json   (docs/results.md)
 
 Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
 shown as mean ± sample std over those seeds (n = number of runs; two runs of one seed in a row are an error).
-What decides a result: the config keys the task reads,
+The keys that make a row are the records' `rows` (the table config's), else the manifest section's, else --rows,
+else inferred from the runs' overrides (a note says so). What decides a result: the config keys the task reads,
 and where a record carries `provenance`, the data's fingerprint and the identities of its model and perturbation
 in place of their paths. A row whose runs come from more than one code version is marked (`n†`). A run that did
 not complete gets a row of its own, marked with its status and error.
@@ -14,8 +15,10 @@ not complete gets a row of its own, marked with its status and error.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from .document import write_document
@@ -32,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="where to write the tables (default: ROOT/tables)")
     parser.add_argument("--kind", default="auto", choices=KINDS, help="which metric columns to show")
     parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
+    parser.add_argument("--rows", default=None, metavar="KEYS",
+                        help="comma-separated keys that make a row, where the records declare none (e.g. attack.name,attack.eps)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     parser.add_argument("--document", default=None, metavar="MANIFEST",
                         help="write the results document a manifest describes (docs/results/document.json)")
@@ -42,17 +47,34 @@ def _names(text: str | None) -> list[str] | None:
     return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
+@contextmanager
+def _notes_on_stderr() -> Iterator[None]:
+    """The report's notes (rows inferred or added) on stderr, one line each, while the command runs."""
+    logger = logging.getLogger(__package__)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.document is None and args.root is None:
         parser.error("give a sweep directory (or --document MANIFEST)")
-    return _document(args) if args.document else _tables(args)
+    with _notes_on_stderr():
+        return _document(args) if args.document else _tables(args)
 
 
 def _document(args: argparse.Namespace) -> int:
     try:
-        print(f"wrote {write_document(args.document, not args.no_figures)}")
+        print(f"wrote {write_document(args.document, not args.no_figures, _names(args.rows))}")
     except KeyError as err:
         return _fail(f"{args.document}: missing key {err.args[0]!r}")
     except (NoRecords, OSError, ValueError) as err:
@@ -62,7 +84,8 @@ def _document(args: argparse.Namespace) -> int:
 
 def _tables(args: argparse.Namespace) -> int:
     try:
-        written = write_tables(args.root, args.out, args.kind, _names(args.metrics), not args.no_figures)
+        written = write_tables(args.root, args.out, args.kind, _names(args.metrics), not args.no_figures,
+                               _names(args.rows))
     except (NoRecords, OSError, ValueError) as err:
         return _fail(str(err))
     print(Path(written[0]).read_text(), end="")

@@ -2,12 +2,12 @@
 
     python scripts/make_tables.py --document docs/results/document.json
 
-The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, what the
-table compares and the commands that rerun it; its `claims` block names the tables that answer each claim. Every
-number in the document is computed here from the records. Besides one table per section (with the code versions
-behind its records) it draws the label entropy and the fooled-label entropy against the fooling rate (one point
-per run) and the clean against worst-case accuracy of each defence (mean ± std), and it answers the paper's two
-claims in one sentence each from the rows.
+The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, the keys
+that make a row (`rows`), what the table compares and the commands that rerun it; its `claims` block names the
+tables that answer each claim. Every number in the document is computed here from the records. Besides one table
+per section (with the code versions behind its records) it draws the label entropy and the fooled-label entropy
+against the fooling rate (one point per run) and the clean against worst-case accuracy of each defence
+(mean ± std), and it answers the paper's two claims in one sentence each from the rows.
 """
 
 from __future__ import annotations
@@ -37,14 +37,16 @@ class _Build:
     base: Path  # the manifest's folder: record folders and section tables are relative to it
     out_dir: Path  # the document's folder: its links are relative to it
     figures: bool
+    rows: Sequence[str] | None  # the row keys of a section that declares none (the command line's)
 
 
-def write_document(manifest: str | Path, figures: bool = True) -> Path:
-    """Write the document the manifest describes (and its section tables and figures); returns its path."""
+def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[str] | None = None) -> Path:
+    """Write the document the manifest describes (and its section tables and figures); returns its path. `rows`:
+    the row keys of a section whose records and manifest entry declare none."""
     manifest = Path(manifest)
     spec = json.loads(manifest.read_text())
     doc = (manifest.parent / spec["document"]).resolve()
-    build = _Build(manifest.parent.resolve(), doc.parent, figures)
+    build = _Build(manifest.parent.resolve(), doc.parent, figures, rows)
     lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
              "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
              f"{(build.base / manifest.name).relative_to(build.out_dir.parent)}", "```", ""]
@@ -72,7 +74,7 @@ def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, 
 
 def _table(build: _Build, spec: Mapping[str, Any], kind: str, metrics: Sequence[str] | None
            ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """The rows of a section or frontier: its records (those `only` keeps)."""
+    """The rows of a section or frontier: its records (those `only` keeps), grouped by its rows."""
     records = [{**r, "_path": str(build.base / folder / r["_dir"])} for folder in spec["records"]
                for r in load_records(build.base / folder)]
     only = spec.get("only", {})  # {setting: [values]}: keep the records whose setting is one of these
@@ -81,7 +83,7 @@ def _table(build: _Build, spec: Mapping[str, Any], kind: str, metrics: Sequence[
     if not records:
         raise NoRecords(f"{name}: no records under {', '.join(spec['records'])}")
     try:
-        return build_rows(records, kind, metrics)
+        return build_rows(records, kind, metrics, spec.get("rows") or build.rows)
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from err
 

@@ -14,8 +14,9 @@ from typing import Any
 SUMMARY = "run_summary.json"
 # top-level record fields, each the name of its config group (`attack` is `attack.name`)
 IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
-# Settings that differ between runs without changing a result (besides the paths provenance stands in for).
-HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "deterministic"}
+# Settings that differ between runs without changing a result (besides the paths provenance stands in for);
+# `rows` names the keys that make a table row and decides nothing itself.
+HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "deterministic", "rows"}
 HARMLESS_KEYS = {"dataset.download"}
 # tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
 TASKS_WITHOUT_ATTACK = ("train", "evaluate")

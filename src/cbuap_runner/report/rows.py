@@ -1,18 +1,24 @@
 """Table rows: which settings make a row, the runs of each row aggregated over their seeds, the tuning choice.
 
-The clash guard adds to a row's keys any other setting that would put two different experiments into one row
-(seeds, execution and logging options aside), so that no row averages runs that differ in anything but their seed.
+A row's keys come from, in order: the records' own `rows` (the config keys a sweep declares, written into every
+run_summary.json), the keys a caller declares (a manifest section's `rows`, the command line's `--rows`), or
+else they are inferred from the runs' overrides. Whichever they are, the clash guard adds any other setting that
+would put two different experiments into one row (seeds, execution and logging options aside), so that no row
+averages runs that differ in anything but their seed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .formats import setting_text
 from .kinds import metric_columns, resolve_kind
-from .records import commit_counts, hashable, is_harmless, location, metric, override_key, settings
+from .records import IDENTITY_FIELDS, commit_counts, hashable, is_harmless, location, metric, override_key, settings
+
+log = logging.getLogger(__name__)
 
 # the row keys inference starts from, where any run has them
 BASE_KEYS = ("task", "dataset", "model", "attack", "training", "attack.eps")
@@ -24,14 +30,62 @@ TUNING_FOOLING_MARGIN = 0.02
 # ----------------------------------------------------------------------------- row keys
 
 
-def row_keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The settings that define a table row: the identity fields and `attack.eps` where any run has them, every
-    key a run overrode (except the seed and execution options) and the clash guard's additions; override keys that
-    never vary are dropped."""
-    return _inferred(records, [settings(r) for r in records])
+def row_keys(records: Sequence[Mapping[str, Any]], declared: Sequence[str] | None = None) -> list[str]:
+    """The settings that define a table row: the records' `rows`, else `declared`, else inferred; the clash guard's
+    additions follow. ValueError for records that declare different rows, or a declared key no run has."""
+    runs = [settings(r) for r in records]
+    recorded = recorded_rows(records)
+    if recorded is None and not declared:
+        keys = _inferred(records, runs)
+        log.info("note: rows inferred from the runs' overrides (%s); declare them with `rows` (the table config's or a "
+                 "manifest's) or --rows", ", ".join(keys))
+        return keys
+    keys = _named(recorded if recorded is not None else declared, runs, checked=recorded is None)
+    added = _clash_keys(runs, keys)
+    if added:
+        log.info("note: rows %s added: runs that share the declared rows differ in them", ", ".join(added))
+    return keys + added
+
+
+def recorded_rows(records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """The `rows` the records declare (records without them follow the others), or None where none does."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        rows = record.get("rows")
+        if rows is None:
+            continue
+        if not isinstance(rows, list) or not all(isinstance(k, str) for k in rows):
+            raise ValueError(f"{location(record)}: rows={rows!r}: must be a list of config keys")
+        found.setdefault(hashable(rows), record)
+    if len(found) > 1:
+        shown = "; ".join(f"{r['rows']} in {location(r)}" for r in found.values())
+        raise ValueError(f"rows: the records of one table declare different rows ({shown}); tabulate them apart")
+    return list(next(iter(found.values()))["rows"]) if found else None
+
+
+def row_key(name: str) -> str:
+    """The row key of a config key: a group's `name` is the group's column (`attack.name` is `attack`)."""
+    group, _, leaf = name.rpartition(".")
+    return group if leaf == "name" and group in IDENTITY_FIELDS else name
+
+
+def _named(names: Sequence[str], runs: Sequence[Mapping[str, Any]], checked: bool) -> list[str]:
+    """The row keys `names` declares, in order; `checked`: refuse a key no run has (a typo)."""
+    if isinstance(names, str) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"rows={names!r}: must be a list of config keys")
+    keys = list(dict.fromkeys(row_key(n.strip()) for n in names))
+    for key in keys:
+        if key == "seed":
+            raise ValueError("rows: seed: the seeds of one row are averaged; name the other keys")
+        if checked and not any(key in s for s in runs):
+            raise ValueError(f"rows: {key}: no run of this table has this setting (a config key such as "
+                             "attack.eps, or a config group such as table/tune)")
+    return keys
 
 
 def _inferred(records: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The identity fields and `attack.eps` where any run has them, every key a run overrode (except the seed and
+    execution options) and the clash guard's additions; override keys that never vary are dropped."""
     keys = [k for k in BASE_KEYS if any(s.get(k) is not None for s in runs)]
     for record, run in zip(records, runs):
         for override in record.get("overrides") or []:
@@ -79,9 +133,10 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics: Sequence[str] | None = None
-               ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
-    """Aggregate records into table rows; returns (setting columns, metric columns, rows).
+def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics: Sequence[str] | None = None,
+               declared: Sequence[str] | None = None) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """Aggregate records into table rows; returns (setting columns, metric columns, rows). `declared`: the row
+    keys where the records declare none (see row_keys).
 
     Each completed row holds its settings, `status`, `n`, `seeds`, `commits` ({code version: runs}), the run
     directories and `<metric>: (mean, std, n)`; each run that did not complete is a row of its own with its
@@ -89,7 +144,7 @@ def build_rows(records: Sequence[Mapping[str, Any]], kind: str = "auto", metrics
     a row raise ValueError: the row would count one experiment twice.
     """
     kind = resolve_kind(records, kind)
-    keys = row_keys(records)
+    keys = row_keys(records, declared)
     columns = list(metrics) if metrics else metric_columns(records, kind)
     rows = [_aggregate(group, columns) for group in _groups(records, keys)]
     if "time_vs_natural" in columns:

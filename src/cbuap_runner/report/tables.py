@@ -27,14 +27,15 @@ def write_table_files(out: Path, kind: str, keys: Sequence[str], columns: Sequen
 
 
 def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, kind: str = "auto",
-                 metrics: Sequence[str] | None = None, figures: bool = True) -> list[Path]:
+                 metrics: Sequence[str] | None = None, figures: bool = True, rows: Sequence[str] | None = None
+                 ) -> list[Path]:
     """Read the records under `root` and write `<kind>.md/.csv/.tex` and the figures to `out_dir` (default:
-    `root/tables`)."""
+    `root/tables`). `rows`: the row keys where the records declare none."""
     records = load_records(root)
     if not records:
         raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
     kind = resolve_kind(records, kind)
-    keys, columns, table = build_rows(records, kind, metrics)
+    keys, columns, table = build_rows(records, kind, metrics, rows)
     if kind == "tuning":
         choose_tuned(table)
     out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
