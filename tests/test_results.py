@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -132,3 +133,15 @@ def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
     records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40)]
     text = write_document(_manifest(tmp_path, records, {"rows": ["attack.name"]}), figures=False).read_text()
     assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others
+
+
+def test_each_section_rows_hold_the_rows_of_the_tables_that_rerun_it():
+    """A section's rows are its sweeps' (conf/table/<name>.yaml `rows`), plus what tells merged sweeps apart."""
+    from omegaconf import OmegaConf
+
+    for section in json.loads((RESULTS / "document.json").read_text())["sections"]:
+        tables = {name for line in section["rerun"] for name in re.findall(r"\btable=(\w+)", line)}
+        assert tables, section["name"]
+        for table in tables:
+            declared = OmegaConf.load(REPO / "conf" / "table" / f"{table}.yaml").rows
+            assert set(declared) <= set(section["rows"]), (section["name"], table)
