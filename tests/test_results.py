@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from cbuap_runner.report import figures, write_document, write_tables
-from cbuap_runner.report.claims import VERDICT_REASON, claim_balance, claim_defence, claim_tuned
+from cbuap_runner.report.claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 TABLES = [("fair_attacks", "attacks"), ("tune_cb_uap", "tuning"), ("uat_bn", "defences")]
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
 
 
 @pytest.mark.parametrize("table,kind", TABLES)
@@ -52,10 +53,10 @@ def test_tuned_claim_judges_the_validation_choice_on_test():
                 fooled_label_entropy=0.20, min_class_attack_success_rate=0.1)
     far = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.85, label_entropy=0.40,
                fooled_label_entropy=0.40, min_class_attack_success_rate=0.1)
-    assert claim_tuned("x", [sgd, near]).endswith(") holds.")
-    assert "5.0 points lower" in claim_tuned("x", [sgd, far])
-    assert claim_tuned("x", [sgd, far]).endswith("does not hold.")
-    assert "not answered" in claim_tuned("x", [sgd])
+    assert claim_tuned("x", [sgd, near], BAR).endswith(") holds.")
+    assert "5.0 points lower" in claim_tuned("x", [sgd, far], BAR)
+    assert claim_tuned("x", [sgd, far], BAR).endswith("does not hold.")
+    assert "not answered" in claim_tuned("x", [sgd], BAR)
 
 
 def test_defence_claim_reads_the_chosen_cb_uat_variant():
@@ -77,12 +78,12 @@ def test_balance_claim_reads_the_fooled_label_entropy():
                     min_class_attack_success_rate=0.0)
     spread = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.72, fooled_label_entropy=0.50,
                   min_class_attack_success_rate=0.0)
-    verdict = claim_balance("x", [sgd, unfooled])
+    verdict = claim_balance("x", [sgd, unfooled], BAR)
     assert verdict.endswith("does not hold.")
     assert "fooled-label entropy by 0.050" in verdict and "label entropy +0.200" in verdict
-    assert claim_balance("x", [sgd, spread]).endswith(") holds.")
+    assert claim_balance("x", [sgd, spread], BAR).endswith(") holds.")
     del spread["fooled_label_entropy"]
-    assert "not answered" in claim_balance("x", [sgd, spread])
+    assert "not answered" in claim_balance("x", [sgd, spread], BAR)
 
 
 def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(monkeypatch, tmp_path):
@@ -97,23 +98,39 @@ def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(mo
     assert [len(panel.collections[0].get_offsets()) for panel in (label_panel, fooled_panel)] == [2, 2]
 
 
-def _attack_record(attack: str, seed: int, commit: str) -> dict:
+def test_the_thresholds_decide_the_balance_verdict():
+    sgd = _row(attack="sgd_uap", fooling_rate=0.90, label_entropy=0.30, fooled_label_entropy=0.30,
+               min_class_attack_success_rate=0.0)
+    cb = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.40, fooled_label_entropy=0.40,
+              min_class_attack_success_rate=0.0)
+    assert claim_balance("x", [sgd, cb], BAR).endswith("(fooled-label entropy ≥ 0.15 higher with at most 2 points "
+                                                       "lost) does not hold.")  # 0.10 gained
+    lower = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+    assert claim_balance("x", [sgd, cb], lower).endswith("(fooled-label entropy ≥ 0.05 higher with at most 2 points "
+                                                         "lost) holds.")
+    stricter = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.005, tuning_fooling_margin=0.02)
+    assert claim_balance("x", [sgd, cb], stricter).endswith("does not hold.")  # 1 point lost
+
+
+def _attack_record(attack: str, seed: int, commit: str, fooled_entropy: float = 0.05) -> dict:
     return {"status": "completed", "task": "attack", "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
             "training": "natural", "seed": seed, "git_commit": commit, "overrides": [f"attack={attack}", f"seed={seed}"],
             "config": {"attack": {"name": attack, "eps": 0.2}},
-            "metrics": {"fooling_rate": 0.9, "label_entropy": 0.1, "fooled_label_entropy": 0.05,
+            "metrics": {"fooling_rate": 0.9, "label_entropy": 0.1, "fooled_label_entropy": fooled_entropy,
                         "min_class_attack_success_rate": 0.0}}
 
 
-def _manifest(root: Path, records: list[dict], section: dict | None = None) -> Path:
-    """A manifest of one attacks section `s` over `records`, answering claim 1 from it."""
+def _manifest(root: Path, records: list[dict], section: dict | None = None, **claims) -> Path:
+    """A manifest of one attacks section `s` over `records`, answering claim 1 from it; `claims`: its thresholds
+    (default: docs/results/document.json's)."""
     for i, record in enumerate(records):
         (root / "records" / str(i)).mkdir(parents=True)
         (root / "records" / str(i) / "run_summary.json").write_text(json.dumps(record))
     section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"],
                **(section or {})}
+    thresholds = {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02, "tuning_fooling_margin": 0.02, **claims}
     manifest = {"document": "doc.md", "title": "T", "intro": [], "sections": [section], "frontiers": [],
-                "claims": {"balance": [{"label": "S", "section": "s"}], "defence": []}}
+                "claims": {**thresholds, "balance": [{"label": "S", "section": "s"}], "defence": []}}
     (root / "document.json").write_text(json.dumps(manifest))
     return root / "document.json"
 
@@ -129,10 +146,26 @@ def test_document_names_the_code_versions_of_each_section(tmp_path):
     assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]
 
 
+@pytest.mark.parametrize("gain,verdict", [(0.15, "holds"), (0.25, "does not hold")])
+def test_the_manifests_thresholds_decide_the_verdict(tmp_path, gain, verdict):
+    records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40, fooled_entropy=0.25)]
+    text = write_document(_manifest(tmp_path, records, fooled_entropy_gain=gain), figures=False).read_text()
+    claim = text.split("- S: ")[1].splitlines()[0]
+    assert claim.endswith(f"(fooled-label entropy ≥ {gain} higher with at most 2 points lost) {verdict}.")
+
+
 def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
     records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40)]
     text = write_document(_manifest(tmp_path, records, {"rows": ["attack.name"]}), figures=False).read_text()
     assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others
+
+
+@pytest.mark.parametrize("claims,message", [({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None"),
+                                            ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1")])
+def test_a_bad_threshold_is_named(tmp_path, claims, message):
+    manifest = _manifest(tmp_path, [_attack_record("sgd_uap", 0, "a" * 40)], **claims)
+    with pytest.raises(ValueError, match=f"document.json: {message}: must be a number ≥ 0"):
+        write_document(manifest, figures=False)
 
 
 def test_each_section_rows_hold_the_rows_of_the_tables_that_rerun_it():

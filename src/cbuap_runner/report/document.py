@@ -3,11 +3,11 @@
     python scripts/make_tables.py --document docs/results/document.json
 
 The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, the keys
-that make a row (`rows`), what the table compares and the commands that rerun it; its `claims` block names the
-tables that answer each claim. Every number in the document is computed here from the records. Besides one table
-per section (with the code versions behind its records) it draws the label entropy and the fooled-label entropy
-against the fooling rate (one point per run) and the clean against worst-case accuracy of each defence
-(mean ± std), and it answers the paper's two claims in one sentence each from the rows.
+that make a row (`rows`), what the table compares and the commands that rerun it; its `claims` block holds the
+claims' margins (claims.Thresholds) and which tables answer them. Every number in the document is computed here
+from the records. Besides one table per section (with the code versions behind its records) it draws the label
+entropy and the fooled-label entropy against the fooling rate (one point per run) and the clean against worst-case
+accuracy of each defence (mean ± std), and it answers the paper's two claims in one sentence each from the rows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
-from .claims import ENTROPY_GAIN, FOOLING_LOSS, VERDICT_REASON, claim_balance, claim_defence, claim_tuned, matches
+from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
 from .formats import format_cell, row_label, to_markdown, varying_keys
 from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
@@ -37,6 +37,7 @@ class _Build:
     base: Path  # the manifest's folder: record folders and section tables are relative to it
     out_dir: Path  # the document's folder: its links are relative to it
     figures: bool
+    bar: Thresholds
     rows: Sequence[str] | None  # the row keys of a section that declares none (the command line's)
 
 
@@ -46,7 +47,7 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
     manifest = Path(manifest)
     spec = json.loads(manifest.read_text())
     doc = (manifest.parent / spec["document"]).resolve()
-    build = _Build(manifest.parent.resolve(), doc.parent, figures, rows)
+    build = _Build(manifest.parent.resolve(), doc.parent, figures, Thresholds.read(spec["claims"], str(manifest)), rows)
     lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
              "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
              f"{(build.base / manifest.name).relative_to(build.out_dir.parent)}", "```", ""]
@@ -57,16 +58,16 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
     body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
     for frontier in spec["frontiers"]:
         body += _frontier_text(build, frontier)
-    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables), "", *body]).rstrip() + "\n")
+    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables, build.bar), "", *body]).rstrip() + "\n")
     return doc
 
 
-def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]]) -> list[str]:
+def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]], bar: Thresholds) -> list[str]:
     lines = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
     for claim in claims["balance"]:
-        lines += [f"- {claim_balance(claim['label'], tables[claim['section']], claim.get('where', {}))}"]
+        lines += [f"- {claim_balance(claim['label'], tables[claim['section']], bar, claim.get('where', {}))}"]
     for claim in claims.get("tuned", []):
-        lines += [f"- {claim_tuned(claim['label'], tables[claim['section']])}"]
+        lines += [f"- {claim_tuned(claim['label'], tables[claim['section']], bar)}"]
     for claim in claims["defence"]:
         lines += [f"- {claim_defence(claim['label'], tables.get(claim['section'], []), claim.get('cb_where'))}"]
     return lines
@@ -100,7 +101,7 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
     kind = section["kind"]
     keys, columns, rows = _table(build, section, kind, section.get("metrics"))  # metrics: the kind's by default
     if kind == "tuning":
-        choose_tuned(rows)
+        choose_tuned(rows, build.bar.tuning_fooling_margin)
     _labelled(keys, rows)
     folder = build.base / section["name"]
     write_table_files(folder, kind, keys, columns, rows)
@@ -163,7 +164,7 @@ def _frontier_text(build: _Build, spec: Mapping[str, Any]) -> list[str]:
     points = [p for p in points if p[1] is not None and (p[2] is not None or p[3] is not None)]
     png = build.base / "figures" / spec["figure"]
     if build.figures:
-        frontier_figure(points, spec["title"], png, (ENTROPY_GAIN, FOOLING_LOSS))
+        frontier_figure(points, spec["title"], png, (build.bar.fooled_entropy_gain, build.bar.fooling_rate_loss))
     lines = [f"### {spec['title']}", "", spec["about"], "", f"![label entropy and fooled-label entropy against "
              f"fooling rate]({png.relative_to(build.out_dir)})", "",
              "| setting | n | fooling rate | label entropy | fooled-label entropy |", "|---|---|---|---|---|"]

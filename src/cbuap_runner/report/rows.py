@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 # the row keys inference starts from, where any run has them
 BASE_KEYS = ("task", "dataset", "model", "attack", "training", "attack.eps")
 # tuning: the CB-UAP setting with the highest validation entropy among those whose validation fooling rate is
-# within this of SGD-UAP's (the paper's goal: spread the labels without losing strength)
+# within this of SGD-UAP's (the paper's goal: spread the labels without losing strength). The default for a table
+# made without a document manifest; the manifest's claims.tuning_fooling_margin sets it for the document.
 TUNING_FOOLING_MARGIN = 0.02
 
 
