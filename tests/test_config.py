@@ -12,7 +12,7 @@ from cbuap_runner.errors import UserError, describe
 from cbuap_runner.models import MODELS
 from cbuap_runner.tasks import TASKS
 from cbuap_runner.training import DEFENCES
-from helpers import compose_config
+from helpers import REPO, compose_config
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -127,8 +127,21 @@ def test_pipeline_attacks_are_checked(overrides, message, validated):
         validated(overrides)
 
 
+def test_rows_name_config_keys_or_groups(validated):
+    cfg = validated(["rows=[attack.name,attack.eps,table/tune]"])
+    assert cfg.rows == ["attack.name", "attack.eps", "table/tune"]
+    for key in ("seed", "attack.epz"):
+        with pytest.raises(UserError, match=re.escape(f"rows={key!r}: must name config keys other than seed")):
+            validated([f"rows=[attack.name,{key}]"])
+
+
+@pytest.mark.parametrize("table", sorted(p.stem for p in (REPO / "conf" / "table").glob("*.yaml")))
+def test_every_table_declares_its_rows(table, validated):
+    rows = validated([f"table={table}"]).rows
+    assert rows[:6] == ["task", "dataset.name", "model.name", "attack.name", "training.name", "attack.eps"]
+
+
 def test_the_keys_tables_of_method_md_are_generated_from_the_schemas():
     from cbuap_runner.schema_docs import generated_block
-    from helpers import REPO
 
     assert generated_block() in (REPO / "docs" / "method.md").read_text()

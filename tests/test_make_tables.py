@@ -1,11 +1,11 @@
-"""scripts/make_tables.py: run records -> aggregated tables and figures."""
+"""cbuap_runner.report: run records -> aggregated tables and figures (scripts/make_tables.py is its command line)."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -13,16 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from cbuap_runner.report import build_rows, choose_tuned, load_records
+from cbuap_runner.report.cli import main
+from cbuap_runner.report.figures import make_figures
+from cbuap_runner.report.formats import to_csv, to_latex, to_markdown
+from cbuap_runner.report.kinds import resolve_kind
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_tables.py"
-
-
-@pytest.fixture(scope="module")
-def mt():
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _record(attack: str, eps: float, seed: int, fooling: float, status: str = "completed") -> dict:
@@ -96,10 +93,10 @@ def _row(rows, attack, eps, status="completed"):
     return found[0]
 
 
-def test_rows_group_over_seeds_and_keep_failed(mt, sweep):
-    records = mt.load_records(sweep)
+def test_rows_group_over_seeds_and_keep_failed(sweep):
+    records = load_records(sweep)
     assert len(records) == 5
-    keys, columns, rows = mt.build_rows(records, "attacks")
+    keys, columns, rows = build_rows(records, "attacks")
     assert keys == ["task", "dataset", "model", "attack", "training", "attack.eps"]  # no seed, no paths
     assert "fooling_rate" in columns and "num_target_labels" in columns
     assert columns.index("fooled_label_entropy") == columns.index("label_entropy") + 1
@@ -115,28 +112,28 @@ def test_rows_group_over_seeds_and_keep_failed(mt, sweep):
     assert failed["fooling_rate"] == (None, None, 0)
 
 
-def test_a_swept_key_outside_the_base_set_becomes_a_column(mt, sweep):
+def test_a_swept_key_outside_the_base_set_becomes_a_column(sweep):
     for name in ("0", "1"):
         path = sweep / name / "run_summary.json"
         record = json.loads(path.read_text())
         record["overrides"].append(f"attack.passes={5 * (int(name) + 1)}")
         record["config"]["attack"]["passes"] = 5 * (int(name) + 1)
         path.write_text(json.dumps(record))
-    keys, _, rows = mt.build_rows(mt.load_records(sweep), "attacks")
+    keys, _, rows = build_rows(load_records(sweep), "attacks")
     assert "attack.passes" in keys
     assert len([r for r in rows if r["attack"] == "sgd_uap" and r["attack.eps"] == 0.1]) == 2
 
 
-def test_formats(mt, sweep):
-    keys, columns, rows = mt.build_rows(mt.load_records(sweep), "attacks")
-    md = mt.to_markdown(keys, columns, rows)
+def test_formats(sweep):
+    keys, columns, rows = build_rows(load_records(sweep), "attacks")
+    md = to_markdown(keys, columns, rows)
     lines = md.strip().splitlines()
     assert len(lines) == 2 + 4
     assert "0.700 ± 0.141" in md
     failed_line = next(line for line in lines if "FAILED" in line)
     assert "CUDA out of memory" in failed_line and "sgd_uap" in failed_line
 
-    table = list(csv.DictReader(io.StringIO(mt.to_csv(keys, columns, rows))))
+    table = list(csv.DictReader(io.StringIO(to_csv(keys, columns, rows))))
     assert len(table) == 4
     row = next(r for r in table if r["attack"] == "sgd_uap" and r["attack.eps"] == "0.1")
     assert float(row["fooling_rate_mean"]) == pytest.approx(0.7)
@@ -144,7 +141,7 @@ def test_formats(mt, sweep):
     assert row["fooling_rate_n"] == "2" and row["seeds"] == "0 1"
     assert [r["status"] for r in table].count("failed") == 1
 
-    tex = mt.to_latex(keys, columns, rows)
+    tex = to_latex(keys, columns, rows)
     assert tex.startswith(r"\begin{tabular}") and r"\bottomrule" in tex
     assert r"0.700 $\pm$ 0.141" in tex and r"sgd\_uap" in tex and "FAILED" in tex
 
@@ -182,55 +179,54 @@ def _defence(training: str, seed: int, seconds: float, epochs: int = 15, **extra
     }
 
 
-def _time_vs_natural(mt, root: Path, training: str = "cb_uat") -> tuple:
-    _, _, rows = mt.build_rows(mt.load_records(root), "defences")
+def _time_vs_natural(root: Path, training: str = "cb_uat") -> tuple:
+    _, _, rows = build_rows(load_records(root), "defences")
     found = [r for r in rows if r["training"] == training]
     assert len(found) == 1, found
     return found[0]["time_vs_natural"]
 
 
-def test_defence_table_time_relative_to_natural(mt, tmp_path):
+def test_defence_table_time_relative_to_natural(tmp_path):
     _write(tmp_path, [_defence("natural", 0, 10.0), _defence("natural", 1, 20.0),
                       _defence("cb_uat", 0, 30.0), _defence("cb_uat", 1, 40.0)])
-    records = mt.load_records(tmp_path)
-    assert mt.resolve_kind(records) == "defences"
-    keys, columns, rows = mt.build_rows(records)
+    records = load_records(tmp_path)
+    assert resolve_kind(records) == "defences"
+    keys, columns, rows = build_rows(records)
     assert columns[:6] == ["clean_acc", "adv_acc_sgd_uap", "adv_acc_uap", "adv_acc_cb_uap", "worst_adv_acc",
                            "worst_class_adv_acc"]
-    mean, std, n = _time_vs_natural(mt, tmp_path)
+    mean, std, n = _time_vs_natural(tmp_path)
     assert (mean, n) == (pytest.approx(2.5), 2) and std == pytest.approx(math.sqrt(0.5))  # 30/10 and 40/20, seed by seed
-    written = mt.make_figures(keys, rows, tmp_path / "fig")
+    written = make_figures(keys, rows, tmp_path / "fig")
     assert [p.name for p in written] == ["per_class_cifar10_resnet20.png"]
 
 
-def test_time_vs_natural_reads_the_natural_row_of_the_same_epochs(mt, tmp_path):
+def test_time_vs_natural_reads_the_natural_row_of_the_same_epochs(tmp_path):
     _write(tmp_path, [_defence("natural", 0, 30.0, epochs=15), _defence("natural", 0, 10.0, epochs=5),
                       _defence("uat", 0, 60.0, epochs=15)])
-    assert _time_vs_natural(mt, tmp_path, "uat")[0] == pytest.approx(2.0)
+    assert _time_vs_natural(tmp_path, "uat")[0] == pytest.approx(2.0)
 
 
-def test_time_vs_natural_needs_every_seed_in_one_natural_row(mt, tmp_path):
+def test_time_vs_natural_needs_every_seed_in_one_natural_row(tmp_path):
     _write(tmp_path / "missing_seed", [_defence("natural", 0, 10.0), _defence("cb_uat", 0, 30.0),
                                        _defence("cb_uat", 1, 30.0)])
-    assert _time_vs_natural(mt, tmp_path / "missing_seed") == (None, None, 0)
+    assert _time_vs_natural(tmp_path / "missing_seed") == (None, None, 0)
     _write(tmp_path / "two_naturals", [_defence("natural", 0, 10.0, **{"training.lr": 0.1}),
                                        _defence("natural", 0, 20.0, **{"training.lr": 0.05}), _defence("cb_uat", 0, 30.0)])
-    assert _time_vs_natural(mt, tmp_path / "two_naturals") == (None, None, 0)
+    assert _time_vs_natural(tmp_path / "two_naturals") == (None, None, 0)
     _write(tmp_path / "other_sweep", [_defence("natural", 0, 10.0, table="defences"), _defence("natural", 1, 10.0, table="defences"),
                                       _defence("cb_uat", 0, 30.0, table="variants")])
-    assert _time_vs_natural(mt, tmp_path / "other_sweep")[:2] == (pytest.approx(3.0), None)  # `table` is a label
+    assert _time_vs_natural(tmp_path / "other_sweep")[:2] == (pytest.approx(3.0), None)  # `table` is a label
 
 
-def test_empty_directory_fails_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
+def test_empty_directory_fails_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path)]) != 0
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "no run_summary.json" in lines[0]
     assert not (tmp_path / "tables").exists()
 
 
-def test_missing_directory_fails_with_one_line(mt, tmp_path, capsys):
-    assert mt.main([str(tmp_path / "nope")]) != 0
+def test_missing_directory_fails_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such directory" in err[0]
 
@@ -240,19 +236,19 @@ def _tuning_row(attack: str, fooling: float, entropy: float) -> dict:
             "val_label_entropy": (entropy, 0.01, 3)}
 
 
-def test_tuning_choice_is_the_widest_spread_within_the_fooling_margin(mt):
+def test_tuning_choice_is_the_widest_spread_within_the_fooling_margin():
     rows = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.79, 0.20), _tuning_row("cb_uap", 0.781, 0.25),
             _tuning_row("cb_uap", 0.70, 0.60)]
-    assert mt.choose_tuned(rows) is rows[2]  # 0.60 entropy loses 10 points; 0.25 is within 2
+    assert choose_tuned(rows) is rows[2]  # 0.60 entropy loses 10 points; 0.25 is within 2
     assert [r["chosen"] for r in rows] == [False, False, True, False]
     weak = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.70, 0.60), _tuning_row("cb_uap", 0.75, 0.3)]
-    assert mt.choose_tuned(weak) is weak[2]  # none within the margin: the strongest
+    assert choose_tuned(weak) is weak[2]  # none within the margin: the strongest
 
 
-def test_a_cell_with_fewer_runs_than_its_row_says_so(mt):
+def test_a_cell_with_fewer_runs_than_its_row_says_so():
     row = {"status": "completed", "n": 3, "attack": "sgd_uap", "fooling_rate": (0.5, 0.1, 2), "adv_acc": (0.4, 0.1, 3)}
-    _, body = mt._display(["attack"], ["fooling_rate", "adv_acc"], [row])
-    assert body[0] == ["sgd_uap", "3", "0.500 ± 0.100 (n=2)", "0.400 ± 0.100"]
+    line = to_markdown(["attack"], ["fooling_rate", "adv_acc"], [row]).splitlines()[2]
+    assert line == "| sgd_uap | 3 | 0.500 ± 0.100 (n=2) | 0.400 ± 0.100 |"
 
 
 def _evaluate(seed: int, fooling: float, perturbation: dict | None, path: str, attack_in_file: str = "uap") -> dict:
@@ -273,26 +269,26 @@ def _evaluate(seed: int, fooling: float, perturbation: dict | None, path: str, a
     return record
 
 
-def test_evaluate_rows_are_the_perturbations_that_were_run(mt, tmp_path):
+def test_evaluate_rows_are_the_perturbations_that_were_run(tmp_path):
     uap = {"identity": "a" * 64, "attack": "uap", "eps": 0.2, "norm": "linf", "class_wise": False}
     weak = {"identity": "b" * 64, "attack": "uap", "eps": 0.2, "norm": "linf", "class_wise": False}
     _write(tmp_path, [_evaluate(0, 0.75, uap, "runs/a/perturbation.pt"), _evaluate(1, 0.03, weak, "runs/b/perturbation.pt")])
-    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    keys, _, rows = build_rows(load_records(tmp_path), "attacks")
     assert len(rows) == 2 and [r["n"] for r in rows] == [1, 1]
     assert "perturbation.identity" in keys and "perturbation" not in keys
     assert {(r["attack"], r["attack.eps"], r["perturbation.identity"]) for r in rows} == {
         ("uap", 0.2, "a" * 12), ("uap", 0.2, "b" * 12)}  # not the config's sgd_uap at 0.1
 
 
-def test_evaluate_without_provenance_reads_the_files_attack(mt, tmp_path):
+def test_evaluate_without_provenance_reads_the_files_attack(tmp_path):
     _write(tmp_path, [_evaluate(0, 0.75, None, "runs/a/perturbation.pt", "cb_uap"),
                       _evaluate(1, 0.03, None, "runs/b/perturbation.pt", "cb_uap")])
-    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    keys, _, rows = build_rows(load_records(tmp_path), "attacks")
     assert "perturbation" in keys and len(rows) == 2  # another path may hold another perturbation
     assert {(r["attack"], r.get("attack.eps")) for r in rows} == {("cb_uap", None)}  # ε unknown: no column
 
 
-def test_seeds_of_one_experiment_share_a_row_whatever_their_paths_and_execution_settings(mt, tmp_path):
+def test_seeds_of_one_experiment_share_a_row_whatever_their_paths_and_execution_settings(tmp_path):
     records = []
     for seed in (0, 1):
         record = _record("sgd_uap", 0.1, seed, 0.5)
@@ -303,12 +299,12 @@ def test_seeds_of_one_experiment_share_a_row_whatever_their_paths_and_execution_
         record["overrides"].append(f"hydra.run.dir=/runs/{seed}")
         records.append(record)
     _write(tmp_path, records)
-    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
+    keys, _, rows = build_rows(load_records(tmp_path), "attacks")
     assert len(rows) == 1 and rows[0]["n"] == 2
     assert keys == ["task", "dataset", "model", "attack", "training", "attack.eps"]
 
 
-def test_without_provenance_the_paths_are_settings(mt, tmp_path):
+def test_without_provenance_the_paths_are_settings(tmp_path):
     for path in ("dataset.root", "model.checkpoint"):
         records = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1)]
         for record in records:
@@ -318,16 +314,16 @@ def test_without_provenance_the_paths_are_settings(mt, tmp_path):
         section, key = path.split(".")
         records[1]["config"][section][key] = "/elsewhere"
         _write(tmp_path / path, records)
-        keys, _, rows = mt.build_rows(mt.load_records(tmp_path / path), "attacks")
+        keys, _, rows = build_rows(load_records(tmp_path / path), "attacks")
         assert len(rows) == 2 and path in keys
     other_data = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1)]
     other_data[1]["provenance"]["data"]["fingerprint"] = "e" * 64
     _write(tmp_path / "data", other_data)
-    keys, _, rows = mt.build_rows(mt.load_records(tmp_path / "data"), "attacks")
+    keys, _, rows = build_rows(load_records(tmp_path / "data"), "attacks")
     assert len(rows) == 2 and "data" in keys and "dataset.root" not in keys
 
 
-def test_training_rows_ignore_the_attack_config(mt, tmp_path):
+def test_training_rows_ignore_the_attack_config(tmp_path):
     records = []
     for seed, eps in ((0, 0.1), (1, 0.2)):
         record = _defence("natural", seed, 10.0)
@@ -335,37 +331,103 @@ def test_training_rows_ignore_the_attack_config(mt, tmp_path):
         record["config"]["attack"] = {"name": "sgd_uap", "eps": eps}
         records.append(record)
     _write(tmp_path, records)
-    keys, _, rows = mt.build_rows(mt.load_records(tmp_path), "defences")
+    keys, _, rows = build_rows(load_records(tmp_path), "defences")
     assert len(rows) == 1 and rows[0]["n"] == 2
     assert not [k for k in keys if k.startswith("attack")]
 
 
-def test_two_runs_of_one_seed_in_a_row_are_an_error(mt, tmp_path):
+def test_two_runs_of_one_seed_in_a_row_are_an_error(tmp_path):
     _write(tmp_path, [_record("sgd_uap", 0.1, 0, 0.5), _record("sgd_uap", 0.1, 0, 0.6)])
     with pytest.raises(ValueError, match=r"attack=sgd_uap.*seed 0 .*\(0, 1\)"):
-        mt.build_rows(mt.load_records(tmp_path), "attacks")
+        build_rows(load_records(tmp_path), "attacks")
 
 
-def test_a_row_from_two_code_versions_is_marked(mt, tmp_path):
+def test_a_row_from_two_code_versions_is_marked(tmp_path):
     records = [_record("sgd_uap", 0.1, seed, 0.5) for seed in (0, 1, 2)] + [_record("cb_uap", 0.1, 0, 0.5)]
     records[0]["provenance"]["code"] = "1234567890abcdef"
     records[1]["provenance"]["code"] = "fedcba0987654321-dirty"
     del records[2]["provenance"]["code"]  # git_commit "abc" stands in
     _write(tmp_path, records)
-    keys, columns, rows = mt.build_rows(mt.load_records(tmp_path), "attacks")
-    md = mt.to_markdown(keys, columns, rows)
+    keys, columns, rows = build_rows(load_records(tmp_path), "attacks")
+    md = to_markdown(keys, columns, rows)
     assert "| 3† |" in md and "| 1 |" in md
     assert md.rstrip().endswith("- attack=sgd_uap: 1234567 (1 run), abc (1 run), fedcba0-dirty (1 run)")
-    table = {r["attack"]: r for r in csv.DictReader(io.StringIO(mt.to_csv(keys, columns, rows)))}
+    table = {r["attack"]: r for r in csv.DictReader(io.StringIO(to_csv(keys, columns, rows)))}
     assert table["sgd_uap"]["n"] == "3" and table["sgd_uap"]["commits"] == "1234567890abcdef abc fedcba0987654321-dirty"
     assert table["cb_uap"]["commits"] == "abc"
-    assert r"3$^\dagger$" in mt.to_latex(keys, columns, rows)
+    assert r"3$^\dagger$" in to_latex(keys, columns, rows)
 
 
-def test_tuning_choice_reads_the_validation_fooled_label_entropy_where_every_candidate_has_it(mt):
+def test_tuning_choice_reads_the_validation_fooled_label_entropy_where_every_candidate_has_it():
     rows = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.79, 0.20), _tuning_row("cb_uap", 0.79, 0.30)]
     rows[1]["val_fooled_label_entropy"] = (0.5, 0.0, 3)
     rows[2]["val_fooled_label_entropy"] = (0.4, 0.0, 3)
-    assert mt.choose_tuned(rows) is rows[1]
+    assert choose_tuned(rows) is rows[1]
     rows[2]["val_fooled_label_entropy"] = (None, None, 0)
-    assert mt.choose_tuned(rows) is rows[2]  # not every candidate has it: the label entropy
+    assert choose_tuned(rows) is rows[2]  # not every candidate has it: the label entropy
+
+
+def test_tuning_choice_reads_its_margin():
+    rows = [_tuning_row("sgd_uap", 0.80, 0.10), _tuning_row("cb_uap", 0.79, 0.20), _tuning_row("cb_uap", 0.70, 0.60)]
+    assert choose_tuned(rows) is rows[1]
+    assert choose_tuned(rows, margin=0.15) is rows[2]  # 10 points lost are within a 15-point margin
+
+
+def test_the_package_imports_neither_torch_nor_matplotlib():
+    code = "import sys, cbuap_runner.report; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def _declaring(sweep: Path, rows_of: dict[str, list[str]]) -> list[dict]:
+    """The sweep's records, those named in `rows_of` declaring those rows (as run_summary.json records them)."""
+    for name, rows in rows_of.items():
+        path = sweep / name / "run_summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "rows": rows}))
+    return load_records(sweep)
+
+
+def test_rows_are_the_ones_the_records_declare(sweep, caplog):
+    records = _declaring(sweep, {name: ["attack.name", "attack.eps"] for name in "01234"})
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        keys, _, rows = build_rows(records, "attacks", declared=["task"])  # the records' rows come first
+    assert keys == ["attack", "attack.eps"]  # a group's name is the group's column
+    assert len(rows) == 4 and _row(rows, "sgd_uap", 0.1)["n"] == 2
+    assert not caplog.records
+
+
+def test_declared_rows_keep_the_clash_guard(sweep, caplog):
+    records = _declaring(sweep, {name: ["attack.name"] for name in "01234"})
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        keys, _, rows = build_rows(records, "attacks")
+    assert keys == ["attack", "attack.eps"]  # runs of one attack at two ε are two experiments, not one row
+    assert len(rows) == 4
+    assert [r.getMessage() for r in caplog.records] == ["note: rows attack.eps added: runs that share the declared "
+                                                        "rows differ in them"]
+
+
+def test_records_that_declare_different_rows_are_refused(sweep, capsys):
+    _declaring(sweep, {"0": ["attack.name", "attack.eps"], "1": ["attack.name"]})
+    with pytest.raises(ValueError, match=r"declare different rows \(\['attack.name', 'attack.eps'\] in 0; \['attack.name'\] in 1\)"):
+        build_rows(load_records(sweep), "attacks")
+    assert main([str(sweep), "--no-figures"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("make_tables: error: rows: the records of one table declare different rows")
+
+
+def test_rows_from_the_command_line_else_inferred_with_a_note(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--out", str(tmp_path / "given"), "--no-figures", "--rows", "attack.name,attack.eps"]) == 0
+    assert (tmp_path / "given" / "attacks.csv").read_text().startswith("attack,attack.eps,status,n,")
+    assert "inferred" not in capsys.readouterr().err
+    assert main([str(sweep), "--out", str(tmp_path / "inferred"), "--no-figures"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["make_tables: note: rows inferred from the runs' overrides (task, dataset, model, attack, training, "
+                   "attack.eps); declare them with `rows` (the table config's or a manifest's) or --rows"]
+
+
+@pytest.mark.parametrize("rows,message", [(["attack.epz"], "rows: attack.epz: no run of this table has this setting"),
+                                          (["attack.name", "seed"], "rows: seed: the seeds of one row are averaged")])
+def test_declared_rows_name_settings_of_the_runs_other_than_the_seed(sweep, rows, message):
+    with pytest.raises(ValueError, match=message):
+        build_rows(load_records(sweep), "attacks", declared=rows)

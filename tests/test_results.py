@@ -1,60 +1,43 @@
-"""The committed result tables are what scripts/make_tables.py makes of the committed records (nothing typed)."""
+"""The committed result tables are what cbuap_runner.report makes of the committed records (nothing typed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
+import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
+from cbuap_runner.report import figures, write_document, write_tables
+from cbuap_runner.report.claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 TABLES = [("fair_attacks", "attacks"), ("tune_cb_uap", "tuning"), ("uat_bn", "defences")]
-
-
-@pytest.fixture(scope="module")
-def make_tables():
-    spec = importlib.util.spec_from_file_location("make_tables", REPO / "scripts" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_tables"] = module
-    spec.loader.exec_module(module)
-    return module
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
 
 
 @pytest.mark.parametrize("table,kind", TABLES)
-def test_committed_table_regenerates_from_its_records(make_tables, tmp_path, table, kind):
-    make_tables.write_tables(RESULTS / table / "records", tmp_path, kind, figures=False)
-    for suffix in ("md", "csv"):
+def test_committed_table_regenerates_from_its_records(tmp_path, table, kind):
+    write_tables(RESULTS / table / "records", tmp_path, kind, figures=False)
+    for suffix in ("md", "csv", "tex"):
         assert (tmp_path / f"{kind}.{suffix}").read_text() == (RESULTS / table / f"{kind}.{suffix}").read_text()
 
 
-def test_results_document_regenerates_from_the_committed_records(make_tables, tmp_path):
-    """docs/results.md, every table in it and the claims it answers come from the records alone."""
+def test_results_document_regenerates_from_the_committed_records(tmp_path, caplog):
+    """docs/results.md, every table in it and the claims it answers come from the records and the manifest alone;
+    every section and frontier declares its rows."""
     shutil.copytree(RESULTS, tmp_path / "docs" / "results")
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from results_document import write_document
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    doc = write_document(tmp_path / "docs" / "results" / "document.json", figures=False)
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        doc = write_document(tmp_path / "docs" / "results" / "document.json", figures=False)
     assert doc.read_text() == (REPO / "docs" / "results.md").read_text()
     for table in json.loads((RESULTS / "document.json").read_text())["sections"]:
-        for suffix in ("md", "csv"):
+        for suffix in ("md", "csv", "tex"):
             name = f"{table['kind']}.{suffix}"
             assert (doc.parent / "results" / table["name"] / name).read_text() == (RESULTS / table["name"] / name).read_text()
-
-
-@pytest.fixture(scope="module")
-def document(make_tables):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import results_document
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    return results_document
+    assert not caplog.records  # no rows inferred, none added by the clash guard
 
 
 def _row(**values):
@@ -63,30 +46,30 @@ def _row(**values):
     return {"status": "completed", "n": 3, **{k: v for k, v in values.items() if not isinstance(v, float)}, **cells}
 
 
-def test_tuned_claim_judges_the_validation_choice_on_test(document):
+def test_tuned_claim_judges_the_validation_choice_on_test():
     sgd = _row(attack="sgd_uap", _label="sgd_uap", fooling_rate=0.90, label_entropy=0.01, fooled_label_entropy=0.01,
                min_class_attack_success_rate=0.0)
     near = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.89, label_entropy=0.20,
                 fooled_label_entropy=0.20, min_class_attack_success_rate=0.1)
     far = _row(attack="cb_uap", _label="pull1", chosen=True, fooling_rate=0.85, label_entropy=0.40,
                fooled_label_entropy=0.40, min_class_attack_success_rate=0.1)
-    assert document.claim_tuned("x", [sgd, near]).endswith(") holds.")
-    assert "5.0 points lower" in document.claim_tuned("x", [sgd, far])
-    assert document.claim_tuned("x", [sgd, far]).endswith("does not hold.")
-    assert "not answered" in document.claim_tuned("x", [sgd])
+    assert claim_tuned("x", [sgd, near], BAR).endswith(") holds.")
+    assert "5.0 points lower" in claim_tuned("x", [sgd, far], BAR)
+    assert claim_tuned("x", [sgd, far], BAR).endswith("does not hold.")
+    assert "not answered" in claim_tuned("x", [sgd], BAR)
 
 
-def test_defence_claim_reads_the_chosen_cb_uat_variant(document):
+def test_defence_claim_reads_the_chosen_cb_uat_variant():
     rows = [_row(training="uat", clean_acc=0.88, worst_adv_acc=0.70),
             _row(training="cw_uat", clean_acc=0.87, worst_adv_acc=0.65),
             _row(training="cb_uat", **{"table/cb_uat": None}, clean_acc=0.84, worst_adv_acc=0.50),
             _row(training="cb_uat", **{"table/cb_uat": "worst_member"}, clean_acc=0.89, worst_adv_acc=0.75)]
-    assert "not answered" in document.claim_defence("x", rows)  # two CB-UAT rows and no choice between them
-    assert document.claim_defence("x", rows, {"table/cb_uat": "worst_member"}).endswith("the claim holds.")
-    assert document.claim_defence("x", rows, {"table/cb_uat": None}).endswith("the claim does not hold.")
+    assert "not answered" in claim_defence("x", rows)  # two CB-UAT rows and no choice between them
+    assert claim_defence("x", rows, {"table/cb_uat": "worst_member"}).endswith("the claim holds.")
+    assert claim_defence("x", rows, {"table/cb_uat": None}).endswith("the claim does not hold.")
 
 
-def test_balance_claim_reads_the_fooled_label_entropy(document):
+def test_balance_claim_reads_the_fooled_label_entropy():
     """A weaker attack leaves more images unfooled and so gains label entropy for free: the verdict reads the
     entropy of the fooled images' labels, and the sentence reports both."""
     sgd = _row(attack="sgd_uap", fooling_rate=0.90, label_entropy=0.70, fooled_label_entropy=0.30,
@@ -95,19 +78,19 @@ def test_balance_claim_reads_the_fooled_label_entropy(document):
                     min_class_attack_success_rate=0.0)
     spread = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.72, fooled_label_entropy=0.50,
                   min_class_attack_success_rate=0.0)
-    verdict = document.claim_balance("x", [sgd, unfooled], {})
+    verdict = claim_balance("x", [sgd, unfooled], BAR)
     assert verdict.endswith("does not hold.")
     assert "fooled-label entropy by 0.050" in verdict and "label entropy +0.200" in verdict
-    assert document.claim_balance("x", [sgd, spread], {}).endswith(") holds.")
+    assert claim_balance("x", [sgd, spread], BAR).endswith(") holds.")
     del spread["fooled_label_entropy"]
-    assert "not answered" in document.claim_balance("x", [sgd, spread], {})
+    assert "not answered" in claim_balance("x", [sgd, spread], BAR)
 
 
-def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(document, monkeypatch, tmp_path):
+def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(monkeypatch, tmp_path):
     saved = []
-    monkeypatch.setattr(document.mt, "_save_figure", lambda fig, path: saved.append(fig) or path)
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: saved.append(fig) or path)
     points = [("sgd_uap", 0.9, 0.1, 0.05), ("sgd_uap", 0.91, 0.12, 0.07), ("cb_uap, div1", 0.88, 0.3, 0.4)]
-    document.frontier_figure(points, "t", tmp_path / "f.png")
+    figures.frontier_figure(points, "t", tmp_path / "f.png", (0.15, 0.02))
     label_panel, fooled_panel = saved[0].axes
     assert "fooled-label" in fooled_panel.get_ylabel() and "fooled" not in label_panel.get_ylabel()
     for panel in (label_panel, fooled_panel):
@@ -115,25 +98,83 @@ def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(do
     assert [len(panel.collections[0].get_offsets()) for panel in (label_panel, fooled_panel)] == [2, 2]
 
 
-def _attack_record(attack: str, seed: int, commit: str) -> dict:
+def test_the_thresholds_decide_the_balance_verdict():
+    sgd = _row(attack="sgd_uap", fooling_rate=0.90, label_entropy=0.30, fooled_label_entropy=0.30,
+               min_class_attack_success_rate=0.0)
+    cb = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.40, fooled_label_entropy=0.40,
+              min_class_attack_success_rate=0.0)
+    assert claim_balance("x", [sgd, cb], BAR).endswith("(fooled-label entropy ≥ 0.15 higher with at most 2 points "
+                                                       "lost) does not hold.")  # 0.10 gained
+    lower = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+    assert claim_balance("x", [sgd, cb], lower).endswith("(fooled-label entropy ≥ 0.05 higher with at most 2 points "
+                                                         "lost) holds.")
+    stricter = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.005, tuning_fooling_margin=0.02)
+    assert claim_balance("x", [sgd, cb], stricter).endswith("does not hold.")  # 1 point lost
+
+
+def _attack_record(attack: str, seed: int, commit: str, fooled_entropy: float = 0.05) -> dict:
     return {"status": "completed", "task": "attack", "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
             "training": "natural", "seed": seed, "git_commit": commit, "overrides": [f"attack={attack}", f"seed={seed}"],
             "config": {"attack": {"name": attack, "eps": 0.2}},
-            "metrics": {"fooling_rate": 0.9, "label_entropy": 0.1, "fooled_label_entropy": 0.05,
+            "metrics": {"fooling_rate": 0.9, "label_entropy": 0.1, "fooled_label_entropy": fooled_entropy,
                         "min_class_attack_success_rate": 0.0}}
 
 
-def test_document_names_the_code_versions_of_each_section(document, tmp_path):
-    commits = ["a" * 40, "b" * 40 + "-dirty", "a" * 40]
-    for i, (attack, seed) in enumerate([("sgd_uap", 0), ("sgd_uap", 1), ("cb_uap", 0)]):
-        (tmp_path / "records" / str(i)).mkdir(parents=True)
-        (tmp_path / "records" / str(i) / "run_summary.json").write_text(json.dumps(_attack_record(attack, seed, commits[i])))
-    section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"]}
+def _manifest(root: Path, records: list[dict], section: dict | None = None, **claims) -> Path:
+    """A manifest of one attacks section `s` over `records`, answering claim 1 from it; `claims`: its thresholds
+    (default: docs/results/document.json's)."""
+    for i, record in enumerate(records):
+        (root / "records" / str(i)).mkdir(parents=True)
+        (root / "records" / str(i) / "run_summary.json").write_text(json.dumps(record))
+    section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"],
+               **(section or {})}
+    thresholds = {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02, "tuning_fooling_margin": 0.02, **claims}
     manifest = {"document": "doc.md", "title": "T", "intro": [], "sections": [section], "frontiers": [],
-                "claims": {"balance": [{"label": "S", "section": "s"}], "defence": []}}
-    (tmp_path / "document.json").write_text(json.dumps(manifest))
-    text = document.write_document(tmp_path / "document.json", figures=False).read_text()
+                "claims": {**thresholds, "balance": [{"label": "S", "section": "s"}], "defence": []}}
+    (root / "document.json").write_text(json.dumps(manifest))
+    return root / "document.json"
+
+
+def test_document_names_the_code_versions_of_each_section(tmp_path):
+    commits = ["a" * 40, "b" * 40 + "-dirty", "a" * 40]
+    records = [_attack_record(attack, seed, commits[i]) for i, (attack, seed) in
+               enumerate([("sgd_uap", 0), ("sgd_uap", 1), ("cb_uap", 0)])]
+    text = write_document(_manifest(tmp_path, records), figures=False).read_text()
     assert "Records from commits: aaaaaaa (2 runs), bbbbbbb-dirty (1 run)." in text
     assert "| 2† |" in text and "- attack=sgd_uap: aaaaaaa (1 run), bbbbbbb-dirty (1 run)" in text
-    assert document.VERDICT_REASON in text
+    assert VERDICT_REASON in text
     assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]
+
+
+@pytest.mark.parametrize("gain,verdict", [(0.15, "holds"), (0.25, "does not hold")])
+def test_the_manifests_thresholds_decide_the_verdict(tmp_path, gain, verdict):
+    records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40, fooled_entropy=0.25)]
+    text = write_document(_manifest(tmp_path, records, fooled_entropy_gain=gain), figures=False).read_text()
+    claim = text.split("- S: ")[1].splitlines()[0]
+    assert claim.endswith(f"(fooled-label entropy ≥ {gain} higher with at most 2 points lost) {verdict}.")
+
+
+def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
+    records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40)]
+    text = write_document(_manifest(tmp_path, records, {"rows": ["attack.name"]}), figures=False).read_text()
+    assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others
+
+
+@pytest.mark.parametrize("claims,message", [({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None"),
+                                            ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1")])
+def test_a_bad_threshold_is_named(tmp_path, claims, message):
+    manifest = _manifest(tmp_path, [_attack_record("sgd_uap", 0, "a" * 40)], **claims)
+    with pytest.raises(ValueError, match=f"document.json: {message}: must be a number ≥ 0"):
+        write_document(manifest, figures=False)
+
+
+def test_each_section_rows_hold_the_rows_of_the_tables_that_rerun_it():
+    """A section's rows are its sweeps' (conf/table/<name>.yaml `rows`), plus what tells merged sweeps apart."""
+    from omegaconf import OmegaConf
+
+    for section in json.loads((RESULTS / "document.json").read_text())["sections"]:
+        tables = {name for line in section["rerun"] for name in re.findall(r"\btable=(\w+)", line)}
+        assert tables, section["name"]
+        for table in tables:
+            declared = OmegaConf.load(REPO / "conf" / "table" / f"{table}.yaml").rows
+            assert set(declared) <= set(section["rows"]), (section["name"], table)

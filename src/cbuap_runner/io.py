@@ -10,8 +10,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -69,6 +67,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -83,6 +83,8 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
 
 def safe_torch_load(path: str | os.PathLike, key: str, map_location: Any = "cpu") -> Any:
     """torch.load with weights_only=True; every failure becomes one UserError naming `key` and the path."""
+    import torch
+
     from .errors import UserError
 
     p = Path(path).expanduser()

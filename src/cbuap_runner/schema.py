@@ -6,6 +6,7 @@ not have is refused then); `check` methods test ranges and cross-field rules onc
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Iterator, List, Mapping, Optional
@@ -259,8 +260,9 @@ class Config:
     cache_dir: str = "outputs/cache"
     progress: Progress = Progress.auto
     deterministic: bool = False
-    # the config keys whose values make one table row (its seeds are averaged), e.g. [attack.name, attack.eps]:
-    # each conf/table/* declares them, run_summary.json records them and the report groups runs by them
+    # the config keys whose values make one table row (its seeds are averaged), e.g. [attack.name, attack.eps], or
+    # config groups a sweep chooses (table/tune): each conf/table/* declares them, run_summary.json records them and
+    # the report groups runs by them
     rows: Optional[list[str]] = None
 
 
@@ -342,10 +344,16 @@ def validate(cfg: Config) -> None:
         positive("eval.num_images", cfg.eval.num_images)
 
 
+_GROUP_CHOICE = re.compile(r"\w+(/\w+)+")  # a config group a run chooses, `table/tune` of `+table/tune=pull1`
+
+
 def _validate_rows(cfg: Config) -> None:
     for key in cfg.rows or ():
+        if _GROUP_CHOICE.fullmatch(key):  # the run's overrides record its choice
+            continue
         if key == "seed" or _at_path(cfg, tuple(key.split("."))) is _ABSENT:
-            fail("rows", key, "must name config keys other than seed (the seeds of one row are averaged)")
+            fail("rows", key, "must name config keys other than seed (the seeds of one row are averaged) or config "
+                 "groups such as table/tune")
 
 
 def _validate_pipeline(cfg: Config) -> None:

@@ -1,0 +1,118 @@
+"""The paper's two claims, each answered in one sentence from table rows (or saying which rows are missing).
+
+Claim 1: CB-UAP spreads the labels of the images it fools (fooled-label entropy) over SGD-UAP's by a margin
+without losing fooling rate beyond another. Claim 2: CB-UAT beats UAT and CW-UAT on worst-case white-box UAP
+accuracy at equal or better clean accuracy. The margins are research policy: the document manifest's `claims`
+block sets them (Thresholds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .formats import format_cell
+
+VERDICT_ENTROPY = "fooled_label_entropy"
+VERDICT_REASON = ("Claim 1's verdict reads the fooled-label entropy, the entropy of the labels the attack gives the "
+                  "images it fools: that is where a class-balanced attack spreads its victims, while the label entropy "
+                  "also counts the images left unfooled, so a weaker attack would gain it for free.")
+UAT_FAMILY = ("cb_uat", "uat", "cw_uat")  # claim 2: CB-UAT against the other two
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The manifest's `claims` margins (each a number ≥ 0)."""
+
+    fooled_entropy_gain: float  # claim 1: CB-UAP's fooled-label entropy at least this above SGD-UAP's
+    fooling_rate_loss: float  # claim 1: CB-UAP's fooling rate at most this below SGD-UAP's
+    tuning_fooling_margin: float  # the tuning choice: validation fooling rate at most this below SGD-UAP's
+
+    @classmethod
+    def read(cls, claims: Mapping[str, Any], where: str) -> Thresholds:
+        """The margins of a manifest's `claims` block; ValueError naming `where` and the key for a bad one."""
+        values = {}
+        for name in (f.name for f in fields(cls)):
+            value = claims.get(name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{where}: claims.{name}={value!r}: must be a number ≥ 0")
+            values[name] = value
+        return cls(**values)
+
+
+def matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
+    return all(row.get(k) == v for k, v in where.items())
+
+
+def _mean(row: Mapping[str, Any] | None, metric: str) -> float | None:
+    return None if row is None else row.get(metric, (None,))[0]
+
+
+def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> Mapping[str, Any] | None:
+    found = [r for r in rows if r["status"] == "completed" and matches(r, where)]
+    return found[0] if len(found) == 1 else None
+
+
+def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, bar: Thresholds) -> str:
+    """`name` against SGD-UAP on test: fooled-label entropy gained (the verdict's), label entropy gained, fooling
+    rate lost, minimum per-class success, the verdict."""
+    if _mean(sgd, VERDICT_ENTROPY) is None or _mean(cb, VERDICT_ENTROPY) is None:
+        return "not answered (the rows lack the fooled-label entropy)."
+    d_fooled = _mean(cb, VERDICT_ENTROPY) - _mean(sgd, VERDICT_ENTROPY)
+    d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
+    d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
+    holds = d_fooled >= bar.fooled_entropy_gain and d_fr >= -bar.fooling_rate_loss
+    cell = format_cell
+    return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f} "
+            f"({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label entropy {d_ent:+.3f}, "
+            f"{cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
+            f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
+            f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
+            f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
+            f"(n = {sgd['n']}, {cb['n']}): the claim (fooled-label entropy ≥ {bar.fooled_entropy_gain} higher with at "
+            f"most {bar.fooling_rate_loss * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
+
+
+def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
+                  where: Mapping[str, Any] | None = None) -> str:
+    """Claim 1 in one sentence: does CB-UAP (the defaults; the rows matching `where`) clear `bar` over SGD-UAP?"""
+    rows = [r for r in rows if matches(r, where or {})]
+    sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, attack="cb_uap")
+    if sgd is None or cb is None:
+        return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
+    return f"{label}: {_balance_verdict(sgd, cb, 'CB-UAP', bar)}"
+
+
+def claim_tuned(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds) -> str:
+    """Claim 1 for the setting chosen on validation in a tuning table (labelled by `_label`), judged on test."""
+    sgd = _find(rows, attack="sgd_uap")
+    chosen = _find(rows, chosen=True)
+    if sgd is None or chosen is None:
+        return f"{label}: not answered (the tuning table lacks a completed SGD-UAP row or a chosen row)."
+    name = f"the setting chosen on validation ({chosen['_label']})"
+    return f"{label}: {_balance_verdict(sgd, chosen, name, bar)}"
+
+
+def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mapping[str, Any] | None = None) -> str:
+    """Claim 2 in one sentence: does CB-UAT (its row matching `cb_where`) beat UAT and CW-UAT on worst-case
+    white-box UAP accuracy at equal or better clean accuracy?"""
+    where = {name: {"training": name} for name in UAT_FAMILY}
+    where["cb_uat"].update(cb_where or {})
+    found = {name: _find(rows, **where[name]) for name in UAT_FAMILY}
+    missing = [name for name, row in found.items() if row is None]
+    if missing:
+        return f"{label}: not answered (no completed row for {', '.join(missing)})."
+    cb = found["cb_uat"]
+    parts, wins = [], True
+    for other in ("uat", "cw_uat"):
+        row = found[other]
+        worst = _mean(cb, "worst_adv_acc") - _mean(row, "worst_adv_acc")
+        clean = _mean(cb, "clean_acc") - _mean(row, "clean_acc")
+        wins &= worst > 0 and clean >= 0
+        parts.append(f"against {other} worst-case {worst * 100:+.1f} points and clean {clean * 100:+.1f} points")
+    runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
+    return (f"{label}: CB-UAT (clean {format_cell(cb['clean_acc'])}, worst case "
+            f"{format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "
+            f"{'holds' if wins else 'does not hold'}.")

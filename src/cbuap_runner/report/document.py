@@ -1,0 +1,190 @@
+"""The results document: docs/results.md, its tables and figures, generated from the committed records.
+
+    python scripts/make_tables.py --document docs/results/document.json
+
+The manifest (JSON) names, per section, the record folders (relative to the manifest), the table kind, the keys
+that make a row (`rows`), what the table compares and the commands that rerun it; its `claims` block holds the
+claims' margins (claims.Thresholds) and which tables answer them. Every number in the document is computed here
+from the records. Besides one table per section (with the code versions behind its records) it draws the label
+entropy and the fooled-label entropy against the fooling rate (one point per run) and the clean against worst-case
+accuracy of each defence (mean ± std), and it answers the paper's two claims in one sentence each from the rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..io import write_text
+from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
+from .figures import defence_figure, frontier_figure
+from .formats import format_cell, row_label, to_markdown, varying_keys
+from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
+from .rows import build_rows, choose_tuned, mean_std
+from .tables import write_table_files
+
+FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
+PLATEAU_TOLERANCE = 0.01  # a defence has reached its plateau: final val_acc within this of the best and of the last 3
+
+
+@dataclass(frozen=True)
+class _Build:
+    """What every part of one document shares."""
+
+    base: Path  # the manifest's folder: record folders and section tables are relative to it
+    out_dir: Path  # the document's folder: its links are relative to it
+    figures: bool
+    bar: Thresholds
+    rows: Sequence[str] | None  # the row keys of a section that declares none (the command line's)
+
+
+def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[str] | None = None) -> Path:
+    """Write the document the manifest describes (and its section tables and figures); returns its path. `rows`:
+    the row keys of a section whose records and manifest entry declare none."""
+    manifest = Path(manifest)
+    spec = json.loads(manifest.read_text())
+    doc = (manifest.parent / spec["document"]).resolve()
+    build = _Build(manifest.parent.resolve(), doc.parent, figures, Thresholds.read(spec["claims"], str(manifest)), rows)
+    lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
+             "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
+             f"{(build.base / manifest.name).relative_to(build.out_dir.parent)}", "```", ""]
+    body, tables = [], {}
+    for section in spec["sections"]:
+        text, tables[section["name"]] = _section_text(build, section)
+        body += text
+    body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
+    for frontier in spec["frontiers"]:
+        body += _frontier_text(build, frontier)
+    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables, build.bar), "", *body]).rstrip() + "\n")
+    return doc
+
+
+def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]], bar: Thresholds) -> list[str]:
+    lines = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
+    for claim in claims["balance"]:
+        lines += [f"- {claim_balance(claim['label'], tables[claim['section']], bar, claim.get('where', {}))}"]
+    for claim in claims.get("tuned", []):
+        lines += [f"- {claim_tuned(claim['label'], tables[claim['section']], bar)}"]
+    for claim in claims["defence"]:
+        lines += [f"- {claim_defence(claim['label'], tables.get(claim['section'], []), claim.get('cb_where'))}"]
+    return lines
+
+
+def _table(build: _Build, spec: Mapping[str, Any], kind: str, metrics: Sequence[str] | None
+           ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """The rows of a section or frontier: its records (those `only` keeps), grouped by its rows."""
+    records = [{**r, "_path": str(build.base / folder / r["_dir"])} for folder in spec["records"]
+               for r in load_records(build.base / folder)]
+    only = spec.get("only", {})  # {setting: [values]}: keep the records whose setting is one of these
+    records = [r for r in records if all(settings(r).get(k) in v for k, v in only.items())]
+    name = f"section {spec['name']}" if "name" in spec else f"frontier {spec['figure']}"
+    if not records:
+        raise NoRecords(f"{name}: no records under {', '.join(spec['records'])}")
+    try:
+        return build_rows(records, kind, metrics, spec.get("rows") or build.rows)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from err
+
+
+def _labelled(keys: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows`, each with `_label`: its settings that differ between the completed rows."""
+    varying = varying_keys(keys, [r for r in rows if r["status"] == "completed"], skip=("task", "dataset", "model"))
+    for row in rows:
+        row["_label"] = row_label(row, varying)
+    return rows
+
+
+def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    kind = section["kind"]
+    keys, columns, rows = _table(build, section, kind, section.get("metrics"))  # metrics: the kind's by default
+    if kind == "tuning":
+        choose_tuned(rows, build.bar.tuning_fooling_margin)
+    _labelled(keys, rows)
+    folder = build.base / section["name"]
+    write_table_files(folder, kind, keys, columns, rows)
+    rel = folder.relative_to(build.out_dir)
+    lines = [f"## {section['title']}", "", section["about"], ""]
+    lines += ["Rerun:", "", "```bash", *section["rerun"], "```", ""]
+    records = [rec for row in rows for rec in row["_records"]]
+    lines += [to_markdown(keys, columns, rows), f"Records from commits: {commits_text(commit_counts(records))}.", "",
+              f"CSV and LaTeX: [{rel}/{kind}.csv]({rel}/{kind}.csv), [{rel}/{kind}.tex]({rel}/{kind}.tex).", ""]
+    if kind == "defences":
+        lines += _defence_text(build, section, rows, folder)
+    return lines, rows
+
+
+def _defence_text(build: _Build, section: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], folder: Path
+                  ) -> list[str]:
+    plateau = plateau_lines(rows)
+    lines = []
+    if plateau:
+        lines += ["Training to its plateau (validation accuracy per epoch, from each run's `metrics.jsonl`):", "",
+                  *plateau, ""]
+    png = folder / "clean_vs_worst.png"
+    if build.figures:
+        defence_figure(rows, section["title"], png)
+    return lines + [f"![clean against worst-case accuracy]({png.relative_to(build.out_dir)})", ""]
+
+
+def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch training rows of a run (its metrics.jsonl, committed beside the record), in order."""
+    path = Path(record.get("_path") or "") / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "epoch" in r and "val_acc" in r]
+
+
+def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per defence row: epochs trained, the final validation accuracy, how far it lies below the best epoch and how
+    much it moved over the last three epochs (means over the seeds; the check: both within PLATEAU_TOLERANCE)."""
+    lines = ["| defence | n | epochs | final val_acc | best − final | range over the last 3 epochs | within 1 point |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        runs = [epoch_rows(rec) for rec in row.get("_records", [])]
+        runs = [r for r in runs if len(r) >= 3]
+        if row["status"] != "completed" or not runs:
+            continue
+        final = [r[-1]["val_acc"] for r in runs]
+        gap = [max(e["val_acc"] for e in r) - r[-1]["val_acc"] for r in runs]
+        spread = [max(e["val_acc"] for e in r[-3:]) - min(e["val_acc"] for e in r[-3:]) for r in runs]
+        ok = all(g <= PLATEAU_TOLERANCE for g in gap) and all(s <= PLATEAU_TOLERANCE for s in spread)
+        cell = [format_cell((*mean_std(v), len(v))) for v in (final, gap, spread)]
+        lines.append(f"| {row['_label']} | {len(runs)} | {len(runs[0])} | {' | '.join(cell)} | {'yes' if ok else 'no'} |")
+    return lines if len(lines) > 2 else []
+
+
+def _frontier_text(build: _Build, spec: Mapping[str, Any]) -> list[str]:
+    keys, _, rows = _table(build, spec, "attacks", list(FRONTIER_METRICS))
+    rows = _labelled(keys, [r for r in rows if r["status"] == "completed" and matches(r, spec.get("where", {}))])
+    points = [(r["_label"], *(metric(rec, m) for m in FRONTIER_METRICS)) for r in rows for rec in r["_records"]]
+    points = [p for p in points if p[1] is not None and (p[2] is not None or p[3] is not None)]
+    png = build.base / "figures" / spec["figure"]
+    if build.figures:
+        frontier_figure(points, spec["title"], png, (build.bar.fooled_entropy_gain, build.bar.fooling_rate_loss))
+    lines = [f"### {spec['title']}", "", spec["about"], "", f"![label entropy and fooled-label entropy against "
+             f"fooling rate]({png.relative_to(build.out_dir)})", "",
+             "| setting | n | fooling rate | label entropy | fooled-label entropy |", "|---|---|---|---|---|"]
+    ordered = sorted(rows, key=lambda r: -(r["fooling_rate"][0] or 0))
+    lines += [f"| {r['_label']} | {r['n']} | " + " | ".join(format_cell(r[m]) for m in FRONTIER_METRICS) + " |"
+              for r in ordered]
+    return [*lines, "", *_per_seed_lines(ordered), ""]
+
+
+def _per_seed_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The points of a frontier figure, one table row per run, folded away."""
+    def number(rec: Mapping[str, Any], name: str) -> str:
+        value = metric(rec, name)
+        return "–" if value is None else f"{value:.3f}"
+
+    metrics = ("fooling_rate", "label_entropy", "fooled_label_entropy", "min_class_attack_success_rate")
+    lines = ["<details><summary>Every run (one point of each panel of the figure)</summary>", "",
+             "| setting | seed | fooling rate | label entropy | fooled-label entropy | min per-class attack success |",
+             "|---|---|---|---|---|---|"]
+    for row in rows:
+        for rec in sorted(row["_records"], key=lambda rec: str(rec.get("seed"))):
+            lines.append(f"| {row['_label']} | {rec.get('seed')} | " + " | ".join(number(rec, m) for m in metrics) + " |")
+    return [*lines, "", "</details>"]

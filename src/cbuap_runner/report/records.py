@@ -1,0 +1,165 @@
+"""Run records (`run_summary.json`): loading them, the settings that decide each one's result, its code version."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+SUMMARY = "run_summary.json"
+# top-level record fields, each the name of its config group (`attack` is `attack.name`)
+IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
+# Settings that differ between runs without changing a result (besides the paths provenance stands in for);
+# `rows` names the keys that make a table row and decides nothing itself.
+HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "deterministic", "rows"}
+HARMLESS_KEYS = {"dataset.download"}
+# tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
+TASKS_WITHOUT_ATTACK = ("train", "evaluate")
+SHORT_ID = 12  # hex characters of a fingerprint or identity shown as a setting
+
+
+class NoRecords(Exception):
+    """The directory holds no run records."""
+
+
+def load_records(root: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every `run_summary.json` under `root` (recursively), each with `_dir` (its run directory
+    relative to `root`). An unreadable file becomes a record with status "unreadable"."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: no such directory")
+    records = []
+    for path in sorted(root.rglob(SUMMARY)):
+        rel = path.parent.relative_to(root).as_posix() or "."
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            record = {"status": "unreadable", "error": f"{path}: {err}".splitlines()[0]}
+        record["_dir"] = rel
+        records.append(record)
+    return records
+
+
+def location(record: Mapping[str, Any]) -> str:
+    """Where the record was read: its path where known, else its run directory under the root."""
+    return str(record.get("_path") or record.get("_dir"))
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif prefix:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def override_key(override: str) -> str | None:
+    """`attack.eps` for `attack.eps=0.2` (also `+key=`, `++key=`); None for `~key` or no '='."""
+    if "=" not in override or override.startswith("~"):
+        return None
+    return override.split("=", 1)[0].lstrip("+").strip()
+
+
+def is_harmless(key: str) -> bool:
+    """Seed, execution and logging options: they differ between runs of one experiment."""
+    return re.split(r"[./]", key)[0] in HARMLESS_ROOTS or key in HARMLESS_KEYS
+
+
+def short_id(value: Any) -> str:
+    """A fingerprint or identity cut to SHORT_ID hex characters (a `sha256:` prefix kept)."""
+    prefix, _, digest = str(value).rpartition(":")
+    return f"{prefix}:{digest[:SHORT_ID]}" if prefix else digest[:SHORT_ID]
+
+
+def hashable(value: Any) -> str:
+    """`value` as a string that compares equal exactly when the values do."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides the record's result: flattened config, overrides and the top-level identity fields, with
+    provenance in place of the paths it identifies and the attack a task actually ran."""
+    out = flatten(record.get("config") or {})
+    for override in record.get("overrides") or []:
+        key = override_key(str(override))
+        if key and key not in out:
+            out[key] = str(override).split("=", 1)[1]
+    for key in IDENTITY_FIELDS:
+        if key in record:
+            out[key] = record[key]
+        elif isinstance(out.get(f"{key}.name"), str):
+            out[key] = out[f"{key}.name"]
+    _use_provenance(out, record.get("provenance") or {})
+    if out.get("task") in TASKS_WITHOUT_ATTACK:
+        _use_attack_run(out, record)
+    return out
+
+
+def _use_provenance(out: dict[str, Any], provenance: Mapping[str, Any]) -> None:
+    """Replace the paths of the data, model and perturbation by what the record says they held (a path alone is
+    a setting like any other: another path may hold other contents)."""
+    data, model, perturbation = (provenance.get(k) or {} for k in ("data", "model", "perturbation"))
+    if data.get("fingerprint"):
+        for key in ("dataset.root", "dataset.download"):
+            out.pop(key, None)
+        out["data"] = short_id(data["fingerprint"])
+    if model.get("identity"):
+        for key in ("model.checkpoint", "training.init_checkpoint"):
+            out.pop(key, None)
+        out["model.identity"] = short_id(model["identity"])
+    if perturbation:
+        out.pop("perturbation", None)
+        out["perturbation.identity"] = short_id(perturbation.get("identity") or perturbation.get("sha256"))
+
+
+def _use_attack_run(out: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """For a task that reads no `attack.*` key: drop the config's attack, and label an evaluated perturbation by
+    the attack that made it (from its provenance, else the file's attack name with ε unknown)."""
+    for key in [k for k in out if k == "attack" or k.startswith("attack.")]:
+        del out[key]
+    stored = (record.get("provenance") or {}).get("perturbation")
+    if stored:
+        out.update({"attack": stored.get("attack"), "attack.eps": stored.get("eps"), "attack.norm": stored.get("norm")})
+    elif (record.get("metrics") or {}).get("perturbation_attack") is not None:
+        out.update({"attack": record["metrics"]["perturbation_attack"], "attack.eps": None})
+
+
+def metric(record: Mapping[str, Any], name: str) -> float | None:
+    """The record's finite number `name` (a metric, or its `wall_seconds`), else None."""
+    value = (record.get("metrics") or {}).get(name)
+    if value is None and name == "wall_seconds":
+        value = record.get("wall_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def commit_of(record: Mapping[str, Any]) -> str:
+    """The code version that produced the record (provenance.code, else git_commit)."""
+    return str((record.get("provenance") or {}).get("code") or record.get("git_commit") or "unknown")
+
+
+def short_commit(commit: str) -> str:
+    """A 7-character hash, `-dirty` kept."""
+    return commit.removesuffix("-dirty")[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def commit_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{code version: number of records}, the most frequent first."""
+    counts = Counter(commit_of(record) for record in records)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def commits_text(counts: Mapping[str, int]) -> str:
+    """`abc1234 (2 runs), def5678 (1 run)`."""
+    return ", ".join(f"{short_commit(c)} ({k} run{'s' if k != 1 else ''})" for c, k in counts.items())

@@ -1,0 +1,45 @@
+"""A sweep's tables: the records under a directory as `<kind>.md`, `.csv`, `.tex` and figures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import write_text
+from .figures import make_figures
+from .formats import WRITERS
+from .kinds import resolve_kind
+from .records import SUMMARY, NoRecords, load_records
+from .rows import build_rows, choose_tuned
+
+
+def write_table_files(out: Path, kind: str, keys: Sequence[str], columns: Sequence[str],
+                      rows: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """`out/<kind>.md`, `.csv` and `.tex`; returns their paths."""
+    written = []
+    for suffix, writer in WRITERS.items():
+        path = out / f"{kind}.{suffix}"
+        write_text(path, writer(keys, columns, rows))
+        written.append(path)
+    return written
+
+
+def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, kind: str = "auto",
+                 metrics: Sequence[str] | None = None, figures: bool = True, rows: Sequence[str] | None = None
+                 ) -> list[Path]:
+    """Read the records under `root` and write `<kind>.md/.csv/.tex` and the figures to `out_dir` (default:
+    `root/tables`). `rows`: the row keys where the records declare none."""
+    records = load_records(root)
+    if not records:
+        raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
+    kind = resolve_kind(records, kind)
+    keys, columns, table = build_rows(records, kind, metrics, rows)
+    if kind == "tuning":
+        choose_tuned(table)
+    out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
+    written = write_table_files(out, kind, keys, columns, table)
+    if figures:
+        written += make_figures(keys, table, out)
+    return written
