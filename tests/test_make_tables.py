@@ -391,10 +391,19 @@ def _declaring(sweep: Path, rows_of: dict[str, list[str]]) -> list[dict]:
 def test_rows_are_the_ones_the_records_declare(sweep, caplog):
     records = _declaring(sweep, {name: ["attack.name", "attack.eps"] for name in "01234"})
     with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
-        keys, _, rows = build_rows(records, "attacks", declared=["task"])  # the records' rows come first
+        keys, _, rows = build_rows(records, "attacks")
     assert keys == ["attack", "attack.eps"]  # a group's name is the group's column
     assert len(rows) == 4 and _row(rows, "sgd_uap", 0.1)["n"] == 2
     assert not caplog.records
+
+
+def test_declared_rows_come_before_the_records_and_merge_sweeps_of_other_rows(sweep):
+    """A manifest section (or --rows) may merge sweeps whose records declare different rows."""
+    records = _declaring(sweep, {"0": ["attack.name"], "1": ["attack.name", "attack.eps"]})
+    with pytest.raises(ValueError, match="declare different rows"):
+        build_rows(records, "attacks")
+    keys, _, rows = build_rows(records, "attacks", declared=["attack.name", "attack.eps"])
+    assert keys == ["attack", "attack.eps"] and len(rows) == 4
 
 
 def test_declared_rows_keep_the_clash_guard(sweep, caplog):
@@ -431,3 +440,13 @@ def test_rows_from_the_command_line_else_inferred_with_a_note(sweep, tmp_path, c
 def test_declared_rows_name_settings_of_the_runs_other_than_the_seed(sweep, rows, message):
     with pytest.raises(ValueError, match=message):
         build_rows(load_records(sweep), "attacks", declared=rows)
+
+
+def test_a_run_that_continued_its_crafting_shows_no_crafting_time():
+    from cbuap_runner.report.records import metric
+
+    record = {"metrics": {"craft_seconds": 3.0, "craft_continued_from": {"passes": 1, "position": 4}},
+              "wall_seconds": 9.0}
+    assert metric(record, "craft_seconds") is None and metric(record, "wall_seconds") is None
+    record["metrics"]["craft_continued_from"] = None
+    assert metric(record, "craft_seconds") == 3.0 and metric(record, "wall_seconds") == 9.0

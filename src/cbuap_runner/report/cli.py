@@ -5,8 +5,8 @@
 
 Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
 shown as mean ± sample std over those seeds (n = number of runs; two runs of one seed in a row are an error).
-The keys that make a row are the records' `rows` (the table config's), else the manifest section's, else --rows,
-else inferred from the runs' overrides (a note says so). What decides a result: the config keys the task reads,
+The keys that make a row are the manifest section's `rows` or --rows, else the records' `rows` (the table
+config's), else inferred from the runs' overrides (a note says so). What decides a result: the config keys the task reads,
 and where a record carries `provenance`, the data's fingerprint and the identities of its model and perturbation
 in place of their paths. A row whose runs come from more than one code version is marked (`n†`). A run that did
 not complete gets a row of its own, marked with its status and error.

@@ -16,10 +16,12 @@ SUMMARY = "run_summary.json"
 IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
 # Settings that differ between runs without changing a result (besides the paths provenance stands in for);
 # `rows` names the keys that make a table row and decides nothing itself.
-HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "deterministic", "rows"}
+HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "checkpoint_images",
+                  "deterministic", "rows"}
 HARMLESS_KEYS = {"dataset.download"}
 # tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
 TASKS_WITHOUT_ATTACK = ("train", "evaluate")
+PARTIAL_WHEN_CONTINUED = ("craft_seconds", "wall_seconds")  # timings a relaunch measures only in part
 SHORT_ID = 12  # hex characters of a fingerprint or identity shown as a setting
 
 
@@ -135,8 +137,12 @@ def _use_attack_run(out: dict[str, Any], record: Mapping[str, Any]) -> None:
 
 
 def metric(record: Mapping[str, Any], name: str) -> float | None:
-    """The record's finite number `name` (a metric, or its `wall_seconds`), else None."""
-    value = (record.get("metrics") or {}).get(name)
+    """The record's finite number `name` (a metric, or its `wall_seconds`), else None; None too for the time of a
+    run that continued an earlier attempt's crafting (it counts only the relaunch)."""
+    metrics = record.get("metrics") or {}
+    if name in PARTIAL_WHEN_CONTINUED and metrics.get("craft_continued_from"):
+        return None
+    value = metrics.get(name)
     if value is None and name == "wall_seconds":
         value = record.get("wall_seconds")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -1,10 +1,10 @@
 """Table rows: which settings make a row, the runs of each row aggregated over their seeds, the tuning choice.
 
-A row's keys come from, in order: the records' own `rows` (the config keys a sweep declares, written into every
-run_summary.json), the keys a caller declares (a manifest section's `rows`, the command line's `--rows`), or
-else they are inferred from the runs' overrides. Whichever they are, the clash guard adds any other setting that
-would put two different experiments into one row (seeds, execution and logging options aside), so that no row
-averages runs that differ in anything but their seed.
+A row's keys come from, in order: the keys a caller declares (a manifest section's `rows`, which may merge the
+records of several sweeps, or the command line's `--rows`), the records' own `rows` (the config keys a sweep
+declares, written into every run_summary.json), or else they are inferred from the runs' overrides. Whichever
+they are, the clash guard adds any other setting that would put two different experiments into one row (seeds,
+execution and logging options aside), so that no row averages runs that differ in anything but their seed.
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ TUNING_FOOLING_MARGIN = 0.02
 
 
 def row_keys(records: Sequence[Mapping[str, Any]], declared: Sequence[str] | None = None) -> list[str]:
-    """The settings that define a table row: the records' `rows`, else `declared`, else inferred; the clash guard's
-    additions follow. ValueError for records that declare different rows, or a declared key no run has."""
+    """The settings that define a table row: `declared`, else the records' `rows`, else inferred; the clash guard's
+    additions follow. ValueError for records that declare different rows (and nothing is declared), or a declared
+    key no run has."""
     runs = [settings(r) for r in records]
-    recorded = recorded_rows(records)
+    recorded = None if declared else recorded_rows(records)
     if recorded is None and not declared:
         keys = _inferred(records, runs)
         log.info("note: rows inferred from the runs' overrides (%s); declare them with `rows` (the table config's or a "
                  "manifest's) or --rows", ", ".join(keys))
         return keys
-    keys = _named(recorded if recorded is not None else declared, runs, checked=recorded is None)
+    keys = _named(declared or recorded, runs, checked=bool(declared))
     added = _clash_keys(runs, keys)
     if added:
         log.info("note: rows %s added: runs that share the declared rows differ in them", ", ".join(added))
