@@ -9,7 +9,7 @@ import pytest
 from cbuap_runner.attacks import ATTACKS
 from cbuap_runner.data import DATASETS
 from cbuap_runner.errors import UserError, describe
-from cbuap_runner.models import MODELS
+from cbuap_runner.models import model_options
 from cbuap_runner.tasks import TASKS
 from cbuap_runner.training import DEFENCES
 from helpers import REPO, compose_config
@@ -23,10 +23,13 @@ def test_every_dataset_composes(dataset, validated):
     assert cfg.attack.eps == cfg.dataset.eps  # the dataset carries the default budget
 
 
-@pytest.mark.parametrize("group,options", [("model", MODELS), ("attack", ATTACKS), ("training", DEFENCES)])
+REQUIRED = {"torchvision": ["model.arch=resnet18"], "module": ["model.target=pkg.Net"], "scripted": ["model.path=x.pt"]}
+
+
+@pytest.mark.parametrize("group,options", [("model", model_options()), ("attack", ATTACKS), ("training", DEFENCES)])
 def test_every_option_composes(group, options, validated):
     for option in options:
-        cfg = validated([f"{group}={option}"])
+        cfg = validated([f"{group}={option}", *REQUIRED.get(option, [])])
         assert getattr(cfg, group).name == option
 
 

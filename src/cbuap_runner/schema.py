@@ -95,6 +95,11 @@ class DatasetConfig:
     val_size: int = 5000  # seeded, class-balanced validation images carved from the training split (never trained on)
     train_subset: Optional[int] = None  # seeded, class-balanced subset of what remains of the training split
     classes: Optional[List[str]] = None  # class names for figures and tables
+    # image folders of any size: shorter side resized to `resize`, centre-cropped to `crop` (null: the model's
+    # declared preprocessing where it has one, else every image must be image_size x image_size)
+    resize: Optional[int] = None
+    crop: Optional[int] = None
+    interpolation: str = "bilinear"  # nearest | bilinear | bicubic
 
     def check(self) -> None:
         for key in ("num_classes", "channels", "image_size", "eps", "val_size"):
@@ -107,14 +112,25 @@ class DatasetConfig:
             fail("dataset.mean", list(self.mean), f"mean and std need one value per channel ({self.channels})")
         for s in self.std:
             positive("dataset.std", s)
+        for key in ("resize", "crop"):
+            if getattr(self, key) is not None:
+                positive(f"dataset.{key}", getattr(self, key))
+        if self.resize is not None and self.crop is None:
+            fail("dataset.resize", self.resize, "needs dataset.crop (the size the images are cropped to)")
+        one_of("dataset.interpolation", self.interpolation, ("nearest", "bilinear", "bicubic"))
 
 
 @dataclass
 class ModelConfig:
+    """What every model option has; a source of networks from elsewhere (models/sources.py) extends it."""
+
     name: str = MISSING
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = None  # a model.pt this tool wrote (trained or fine-tuned), used instead
     channels_last: bool = False
     compile: bool = False  # torch.compile the forward (docs/PERFORMANCE.md: measured, off by default)
+
+    def check(self) -> None:
+        pass
 
 
 @dataclass
@@ -275,11 +291,11 @@ def registries() -> dict[tuple[str, ...], Mapping[str, Any]]:
     registries import this module's config types."""
     from .attacks import ATTACKS
     from .data import DATASETS
-    from .models import MODELS
+    from .models import model_options
     from .tasks import TASKS
     from .training import DEFENCES
 
-    return {("task",): TASKS, ("dataset", "name"): DATASETS, ("model", "name"): MODELS, ("attack", "name"): ATTACKS,
+    return {("task",): TASKS, ("dataset", "name"): DATASETS, ("model", "name"): model_options(), ("attack", "name"): ATTACKS,
             ("training", "name"): DEFENCES}
 
 
@@ -287,7 +303,7 @@ def option_schemas() -> dict[str, dict[str, type]]:
     """group -> option -> its schema, for the groups whose options have keys of their own."""
     found = registries()
     return {group: {name: spec.schema for name, spec in found[(group, "name")].items()}
-            for group in ("dataset", "attack", "training")}
+            for group in ("dataset", "model", "attack", "training")}
 
 
 def _has_key(node: Any, parts: list[str]) -> bool:
@@ -333,6 +349,7 @@ def validate(cfg: Config) -> None:
     for group, schemas in option_schemas().items():
         check_schema(group, getattr(cfg, group), schemas, group)
     cfg.dataset.check()
+    cfg.model.check()
     num_classes = cfg.dataset.num_classes
     cfg.attack.check("attack", num_classes)
     cfg.training.check(num_classes)

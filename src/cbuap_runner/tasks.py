@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -21,6 +22,7 @@ from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
 from .metrics import best_start, evaluate_clean, evaluate_perturbation
 from .models import build_model, load_model, prepare, read_model_file, save_model
+from .models.sources import SOURCES, ModelSource, Network, SourceContext, describe_network, network_identity
 from .progress import progress_enabled
 from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
 from .record import CraftingCheckpoint, RunRecord
@@ -46,8 +48,14 @@ class Context:
     def run_dir(self) -> Path:
         return self.record.run_dir
 
+    @property
+    def source(self) -> ModelSource | None:
+        """The model option's source when the network comes from elsewhere (models/sources.py), else None."""
+        return SOURCES.get(self.cfg.model.name)
+
     def data(self) -> DataBundle:
-        data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device)
+        declared = None if self.source is None else self.source.preprocessing(self.cfg.model)
+        data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device, declared)
         self.provenance.update(code=git_commit(), data={"fingerprint": data.fingerprint})
         return data
 
@@ -76,10 +84,15 @@ def _check_model_fits(path: str, data: DataBundle, key: str, dataset: str | None
 
 
 def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, Any]]:
-    """Train cfg.training's defence on the data; writes checkpoint.pt every epoch and model.pt at the end."""
+    """Train cfg.training's defence on the data (from a model source's weights where the model has a source);
+    writes checkpoint.pt every epoch and model.pt at the end."""
     cfg = ctx.cfg
-    model = build_model(cfg.model.name, data.num_classes, data.input_shape, list(cfg.dataset.mean),
-                        list(cfg.dataset.std)).to(ctx.device)
+    if ctx.source is not None:
+        model = network_from_source(ctx, data).model.to(ctx.device)
+        ctx.provenance["initial_model"] = ctx.provenance.pop("model")
+    else:
+        model = build_model(cfg.model.name, data.num_classes, data.input_shape, list(cfg.dataset.mean),
+                            list(cfg.dataset.std)).to(ctx.device)
     if cfg.training.init_checkpoint:
         _check_model_fits(cfg.training.init_checkpoint, data, "training.init_checkpoint")
         model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
@@ -114,6 +127,9 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
     """model.checkpoint if given; else the cached model for this config, trained once on first use (one job of a
     sweep trains a slot while the others wait for it: lease.py)."""
     cfg = ctx.cfg
+    if ctx.source is not None:  # used as it is: never trained here, never cached
+        network = network_from_source(ctx, data)
+        return _prepared(cfg, network.model.to(ctx.device).eval()), ctx.provenance["model"]["label"]
     if cfg.model.checkpoint:
         blob = _check_model_fits(cfg.model.checkpoint, data, "model.checkpoint", dataset=cfg.dataset.name)
         _note_model(ctx, cfg.model.checkpoint, blob, "checkpoint", data)
@@ -134,6 +150,54 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
             with atomic_path(cached) as tmp:
                 shutil.copyfile(ctx.run_dir / "model.pt", tmp)
     return model, str(cached)
+
+
+def network_from_source(ctx: Context, data: DataBundle) -> Network:
+    """The model source's network for this data (refused with one line when its classes do not match), with the
+    weights of model.checkpoint where one is given (a network fine-tuned here); recorded as provenance.model."""
+    cfg = ctx.cfg
+    source_cfg = cfg.model
+    if cfg.model.checkpoint and hasattr(source_cfg, "weights"):  # the checkpoint's weights replace the source's
+        source_cfg = dataclasses.replace(source_cfg, weights=None)
+    context = SourceContext(data.num_classes, list(cfg.dataset.mean), list(cfg.dataset.std), cfg.seed)
+    network = ctx.source.load(source_cfg, context)
+    if network.num_classes is not None:
+        check_classes(cfg.model.name, cfg.dataset.name, network.num_classes, data.num_classes)
+    description = dict(network.description)
+    if cfg.model.checkpoint:
+        blob = read_model_file(cfg.model.checkpoint)
+        try:
+            network.model.load_state_dict(blob["state_dict"])
+        except RuntimeError as ex:
+            raise UserError(f"model.checkpoint={cfg.model.checkpoint!r}: its weights do not fit "
+                            f"{describe_network(description)} ({str(ex).splitlines()[0]})") from ex
+        description["checkpoint"] = model_file_provenance(cfg.model.checkpoint, blob, "checkpoint")
+    check_classes(cfg.model.name, cfg.dataset.name, _output_width(network.model, data), data.num_classes)
+    label = describe_network(description)
+    ctx.provenance["model"] = {"identity": f"network:{network_identity(description)}", "label": label,
+                               **description}
+    return network
+
+
+def check_classes(model: str, dataset: str, network_classes: int, dataset_classes: int) -> None:
+    """Refuse a network whose head has another number of classes than the dataset."""
+    if network_classes != dataset_classes:
+        raise UserError(f"model.name={model}: the network has {network_classes} classes, dataset={dataset} has "
+                        f"{dataset_classes}; give a dataset of its classes or a network for this one")
+
+
+def _output_width(model: nn.Module, data: DataBundle) -> int:
+    """The number of logits the network gives for one test image."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(model(data.test.float_x()[:1].cpu()).shape[-1])
+    except RuntimeError as ex:
+        raise UserError(f"dataset.crop: the network cannot take images of {tuple(data.input_shape)} "
+                        f"({str(ex).splitlines()[0]}); set dataset.resize/dataset.crop to the size it expects") from ex
+    finally:
+        model.train(was)
 
 
 @contextmanager

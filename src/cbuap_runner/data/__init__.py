@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..progress import progress_enabled
 from ..provenance import SYNTHETIC_GENERATOR, digest, tensors_fingerprint
 from ..schema import DatasetConfig
+from .folder import Preprocessing, has_folder_layout
 from .sources import DATASETS, DatasetSource, load_split  # noqa: F401  (the dataset registry)
 from .synthetic import make_synthetic
 
@@ -79,8 +79,8 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return picked.sort().values.to(y.device)
 
 
-def _check_shape(split: Split, cfg: DatasetConfig, what: str) -> None:
-    expected = (cfg.channels, cfg.image_size, cfg.image_size)
+def _check_shape(split: Split, cfg: DatasetConfig, size: int, what: str) -> None:
+    expected = (cfg.channels, size, size)
     if tuple(split.x.shape[1:]) != expected:
         raise UserError(
             f"dataset.root={cfg.root!r}: {what} images are {tuple(split.x.shape[1:])} but dataset={cfg.name} "
@@ -92,8 +92,16 @@ def _check_shape(split: Split, cfg: DatasetConfig, what: str) -> None:
                         f"{top}); set dataset.num_classes={top + 1}")
 
 
-def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.device) -> DataBundle:
-    """Load both splits into memory (uint8) and move them to `device` whole."""
+def folder_preprocessing(cfg: DatasetConfig, declared: Optional[Preprocessing]) -> Optional[Preprocessing]:
+    """How image folders are decoded: the dataset's resize/crop where set, else what the model declares."""
+    return Preprocessing(cfg.resize, cfg.crop, cfg.interpolation) if cfg.crop is not None else declared
+
+
+def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.device,
+              declared: Optional[Preprocessing] = None) -> DataBundle:
+    """Load both splits into memory (uint8) and move them to `device` whole; image folders decoded with the
+    dataset's resize/crop, else with `declared` (the model's preprocessing)."""
+    size, pre = cfg.image_size, None
     if DATASETS[cfg.name].synthetic:
         shape = (cfg.num_classes, cfg.channels, cfg.image_size)
         train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
@@ -102,13 +110,14 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         fingerprint = digest({"generator": SYNTHETIC_GENERATOR, "size": cfg.synthetic_size, "shape": shape})
     else:
         root, cache = Path(cfg.root).expanduser(), Path(cache_dir).expanduser()
-        read = [load_split(cfg.name, root, split, cfg.download, cfg.channels, cfg.image_size, cache,
-                           progress_enabled()) for split in ("train", "test")]
+        pre = folder_preprocessing(cfg, declared) if has_folder_layout(root) else None
+        size = size if pre is None else pre.crop
+        read = [load_split(cfg, split, cache, pre) for split in ("train", "test")]
         train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])
         names = read[0][2]
-        fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg))
+        fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg, pre))
     for split, what in ((train, "train"), (test, "test")):
-        _check_shape(split, cfg, what)
+        _check_shape(split, cfg, size, what)
     train, val = split_validation(train, cfg.val_size, seed)
     if cfg.train_subset is not None:
         train = train.subset(balanced_subset(train.y, cfg.train_subset, seed))
@@ -116,12 +125,16 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
              len(test), tuple(train.x.shape[1:]))
     names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
     return DataBundle(train.to(device), val.to(device), test.to(device), cfg.num_classes,
-                      (cfg.channels, cfg.image_size, cfg.image_size), names, fingerprint)
+                      (cfg.channels, size, size), names, fingerprint)
 
 
-def _preprocessing(cfg: DatasetConfig) -> dict:
-    """What turned the files into the tensors: decoded as they are, to this many channels and this size."""
-    return {"decode": "as_is", "channels": cfg.channels, "image_size": cfg.image_size}
+def _preprocessing(cfg: DatasetConfig, pre: Optional[Preprocessing]) -> dict:
+    """What turned the files into the tensors: decoded as they are, to this many channels and this size, or
+    resized and cropped."""
+    if pre is None:
+        return {"decode": "as_is", "channels": cfg.channels, "image_size": cfg.image_size}
+    return {"decode": "resize_crop", "channels": cfg.channels, "resize": pre.resize, "crop": pre.crop,
+            "interpolation": pre.interpolation}
 
 
 def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:

@@ -1,19 +1,44 @@
-"""ImageFolder layout (`<root>/<split>/<class>/<image>`) decoded once into uint8 tensors and cached."""
+"""ImageFolder layout (`<root>/<split>/<class>/<image>`) decoded once into uint8 tensors and cached.
+
+Images are taken as they are (each must have the dataset's size), or, with a `Preprocessing` (the dataset's
+`resize`/`crop` keys, else what the model declares), of any size and aspect: the shorter side resized to `resize`
+(antialiased, with `interpolation`), then centre-cropped to `crop`, as torchvision's classification presets do.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
 from ..io import torch_save
 from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How image files become the network's input: shorter side resized to `resize` (None: kept), centre-cropped
+    to `crop`."""
+
+    resize: Optional[int]
+    crop: int
+    interpolation: str = "bilinear"  # nearest | bilinear | bicubic
+
+    def apply(self, image: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None:
+            image = TF.resize(image, [self.resize], interpolation=InterpolationMode(self.interpolation),
+                              antialias=True)
+        return TF.center_crop(image, [self.crop, self.crop])
+
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -35,24 +60,32 @@ def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int) -> str:
+def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int,
+               pre: Optional[Preprocessing]) -> str:
     """The decoded tensors' key: every file's absolute path, label, size, modification and change times (a file
     rewritten in place with its mtime restored still changes its ctime), then the decode settings."""
-    h = hashlib.sha256(f"{split_dir.resolve()}|{channels}|{size}\n".encode())
+    h = hashlib.sha256(f"{split_dir.resolve()}|{channels}|{size}|{pre}\n".encode())
     for path, label in files:
         st = path.stat()
         h.update(f"{path.name}|{path.parent.name}|{label}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
-def _decode(files: list[tuple[Path, int]], channels: int, size: int, progress: bool) -> torch.Tensor:
+def _decode(files: list[tuple[Path, int]], channels: int, size: int, pre: Optional[Preprocessing],
+            progress: bool) -> torch.Tensor:
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    size = size if pre is None else pre.crop
     out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
     for i, (path, _) in enumerate(progress_bar(files, desc=f"decoding {path_parent(files)}", enabled=progress)):
         try:
             image = decode_image(read_file(str(path)), mode=mode)
         except RuntimeError as ex:
             raise UserError(f"{path}: cannot decode image ({ex}); remove or replace the file") from ex
+        if pre is not None:
+            if pre.resize is None and min(image.shape[1:]) < pre.crop:
+                raise UserError(f"{path}: image is {tuple(image.shape[1:])}, smaller than dataset.crop={pre.crop}; "
+                                "set dataset.resize as well")
+            image = pre.apply(image)
         if image.shape[1:] != (size, size):
             raise UserError(f"{path}: image is {tuple(image.shape[1:])}, dataset.image_size expects {size}x{size}")
         out[i] = image
@@ -64,7 +97,8 @@ def path_parent(files: list[tuple[Path, int]]) -> str:
 
 
 def load_folder_split(
-    root: Path, split: str, channels: int, size: int, cache_dir: Path, progress: bool
+    root: Path, split: str, channels: int, size: int, cache_dir: Path, progress: bool,
+    pre: Optional[Preprocessing] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode (or load from cache) one split: uint8 [N,C,H,W], int64 [N], class names."""
     split_dir = root / split
@@ -72,7 +106,7 @@ def load_folder_split(
     if not files:
         raise UserError(f"{split_dir}: no images in its class folders; put the images in {split_dir}/<class>/ "
                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    cache = cache_dir / "folders" / f"{_cache_key(split_dir, files, channels, size)}.pt"
+    cache = cache_dir / "folders" / f"{_cache_key(split_dir, files, channels, size, pre)}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
@@ -80,7 +114,7 @@ def load_folder_split(
         except Exception as ex:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s (%s)", cache, ex)
     log.info("decoding %d images under %s (cached afterwards in %s)", len(files), split_dir, cache)
-    x = _decode(files, channels, size, progress)
+    x = _decode(files, channels, size, pre, progress)
     y = torch.tensor([label for _, label in files], dtype=torch.long)
     torch_save({"x": x, "y": y, "classes": classes}, cache)
     return x, y, classes

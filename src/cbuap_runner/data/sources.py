@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..progress import progress_enabled
 from ..schema import DatasetConfig
-from .folder import has_folder_layout, load_folder_split
+from .folder import Preprocessing, has_folder_layout, load_folder_split
 from .idx import load_idx_split
 from .synthetic import SyntheticConfig
 
@@ -104,11 +105,16 @@ def _torchvision(name: str, loader: Loader, root: Path, split: str, download: bo
         ) from ex
 
 
-def load_split(name: str, root: Path, split: str, download: bool, channels: int, size: int,
-               cache_dir: Path, progress: bool) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """One split as uint8 [N,C,H,W] and int64 [N], plus class names where the source has them."""
+def load_split(cfg: DatasetConfig, split: str, cache_dir: Path, pre: Preprocessing | None
+               ) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+    """One split as uint8 [N,C,H,W] and int64 [N], plus class names where the source has them; image folders are
+    decoded with `pre` (other sources are read as they are)."""
+    name, root, download = cfg.name, Path(cfg.root).expanduser(), cfg.download
     if has_folder_layout(root):
-        return load_folder_split(root, split, channels, size, cache_dir, progress)
+        return load_folder_split(root, split, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre)
+    if cfg.crop is not None:
+        raise UserError(f"dataset.crop={cfg.crop}: resizing and cropping apply to image folders; dataset={name} is "
+                        f"read from {root} as tensors of {cfg.image_size}x{cfg.image_size}: drop dataset.resize/crop")
     source = DATASETS[name]
     local = _local_idx(name, root, split, source.idx_dirs)
     if local is not None:

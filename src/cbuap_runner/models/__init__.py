@@ -1,8 +1,10 @@
-"""Model registry; every model takes [0,1] images and normalises inside itself."""
+"""Model registry: the architectures the tool trains (`MODELS`) and the sources of networks it uses as they are
+(`sources.SOURCES`); every model takes [0,1] images and normalises inside itself."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..io import safe_torch_load, torch_save
+from ..schema import ModelConfig
 from .resnet import ResNet18
 from .resnet_cifar import ResNet20
 from .small_cnn import SmallCNN
@@ -27,6 +30,20 @@ MODELS: dict[str, Builder] = {
     "wrn28_10": lambda k, c, s: WideResNet(k, c, 28, 10),
     "vgg16": lambda k, c, s: VGG16(k, c),
 }
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A `model=` option the tool builds and trains: an entry of MODELS, with the shared model keys."""
+
+    schema: type[ModelConfig] = ModelConfig
+
+
+def model_options() -> dict[str, Any]:
+    """Every `model=` option and its entry (an Architecture, or a sources.ModelSource with its own schema)."""
+    from .sources import SOURCES
+
+    return {**{name: Architecture() for name in MODELS}, **SOURCES}
 
 
 class Normalized(nn.Module):

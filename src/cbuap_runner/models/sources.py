@@ -1,0 +1,319 @@
+"""Model sources: networks the tool did not train, used as they are (`model=torchvision`, `model=module`,
+`model=scripted`).
+
+Every source yields a `Network`: a module that takes [0,1] images and normalises inside itself, in eval mode; its
+number of classes and class names where it has them; the preprocessing it expects of images (resize, centre
+crop, interpolation) where it declares one; and a description that run_summary.json records (the source, the
+architecture, the weights and the SHA-256 of the file they came from), so a record names exactly which network it
+attacked.
+
+- torchvision: `model.arch` is any classification model torchvision lists; `model.weights` a weights enum name
+  (`IMAGENET1K_V2`, `DEFAULT`), a path to a state-dict file, or null (random initialisation, seeded). An enum's
+  classes, normalisation and preprocessing come from its metadata. Its file is looked for in torch's hub cache
+  (`$TORCH_HOME/hub/checkpoints`, the file name of its URL) and downloaded there where a network exists; since the
+  hub does not re-hash a file already cached, the SHA-256 prefix the file name carries is checked here first.
+  Architectures with auxiliary heads (GoogLeNet, Inception-v3) are built as torchvision builds them; their
+  train-mode outputs are reduced to the main logits.
+- module: your own `nn.Module` class by dotted path (`model.target`, Hydra's `_target_` convention) with keyword
+  arguments (`model.kwargs`), and a state-dict file (`model.weights`, or null for its own initialisation).
+- scripted: a network shipped without code, a TorchScript archive (`torch.jit.save`) or a `torch.export` archive
+  (`.pt2`), at `model.path`.
+
+A module or scripted network, and torchvision's without an enum, normalise with the dataset's mean and std.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from ..data.folder import Preprocessing
+from ..errors import UserError
+from ..io import safe_torch_load
+from ..provenance import digest, file_sha256
+from ..schema import ModelConfig, fail
+
+HUB_HASH = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: the SHA-256 prefix in a weights file's name
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass
+class Network:
+    """What every model source yields."""
+
+    model: nn.Module  # [0,1] images in, logits out; eval mode
+    num_classes: Optional[int]  # None: the dataset's (a head built for it)
+    class_names: Optional[list[str]]
+    preprocessing: Optional[Preprocessing]
+    description: dict[str, Any]  # recorded as provenance.model
+
+
+class MainLogits(nn.Module):
+    """[0,1] images, normalised, into a network; an output with auxiliary heads (GoogLeNet, Inception-v3 in train
+    mode) gives its main logits."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net((x - self.mean) / self.std)
+        return getattr(out, "logits", out) if not isinstance(out, torch.Tensor) else out
+
+
+# ---------------------------------------------------------------- schemas
+
+
+@dataclass
+class TorchvisionConfig(ModelConfig):
+    """A torchvision classification model."""
+
+    arch: str = MISSING  # any name torchvision.models.list_models() gives for classification
+    weights: Optional[str] = "DEFAULT"  # a weights enum name, a state-dict file, or null (random init)
+
+    def check(self) -> None:
+        from torchvision import models
+
+        names = models.list_models(module=models)
+        if self.arch not in names:
+            close = [n for n in names if n.startswith(self.arch[:4])] or names[:8]
+            fail("model.arch", self.arch, f"torchvision has no classification model of that name; e.g. {', '.join(close)}")
+
+
+@dataclass
+class ModuleConfig(ModelConfig):
+    """Your own nn.Module class, built by dotted path with keyword arguments."""
+
+    target: str = MISSING  # package.module.Class (importable)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None  # a state-dict file; null: the module's own initialisation
+
+    def check(self) -> None:
+        if "." not in self.target:
+            fail("model.target", self.target, "must be a dotted path package.module.Class")
+
+
+@dataclass
+class ScriptedConfig(ModelConfig):
+    """A network without code: a TorchScript or torch.export archive."""
+
+    path: str = MISSING
+
+    def check(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _file(path: str, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{key}={path!r}: no such file")
+    return p
+
+
+def _refuse_web_page(path: Path, key: str) -> None:
+    """A download that saved an HTML page (a login or quota page) under a weights file's name."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
+        raise UserError(f"{key}={str(path)!r}: holds a web page or text, not weights; download the file again")
+
+
+def _state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
+    _refuse_web_page(path, key)
+    blob = safe_torch_load(path, key)
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict) or not all(isinstance(v, torch.Tensor) for v in blob.values()):
+        raise UserError(f"{key}={str(path)!r}: not a state dict (a mapping of parameter names to tensors)")
+    return blob
+
+
+def _load_weights(net: nn.Module, state: dict[str, torch.Tensor], path: Path, key: str) -> None:
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as ex:
+        raise UserError(f"{key}={str(path)!r}: the weights do not fit the network ({str(ex).splitlines()[0]})") from ex
+
+
+def hub_file(url: str) -> Path:
+    """Where torch's hub cache keeps the file of `url`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def checked_hub_file(url: str, key: str) -> Path:
+    """The hub-cached file of `url`, downloaded where a network exists, its SHA-256 checked against the prefix its
+    name carries (the hub does not re-hash a cached file)."""
+    path = hub_file(url)
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as ex:  # offline: URLError, socket errors, ...
+            raise UserError(f"{key}: {path.name} is not in torch's hub cache and could not be downloaded "
+                            f"({type(ex).__name__}); put the file of {url} at {path}") from ex
+    found = HUB_HASH.search(path.name)
+    sha = file_sha256(path)
+    if found and not sha.startswith(found.group(1)):
+        raise UserError(f"{key}: {path} has SHA-256 {sha[:12]}…, its name says {found.group(1)}…: not the file "
+                        f"torchvision publishes; delete it and put the file of {url} there")
+    return path
+
+
+def _torchvision_enum(cfg: TorchvisionConfig) -> Any:
+    from torchvision.models import get_model_weights
+
+    weights = get_model_weights(cfg.arch)
+    name = "DEFAULT" if cfg.weights == "DEFAULT" else cfg.weights
+    try:
+        return weights.DEFAULT if name == "DEFAULT" else weights[name]
+    except KeyError:
+        raise UserError(f"model.weights={cfg.weights!r}: {cfg.arch} has the weights "
+                        f"{', '.join(w.name for w in weights)}, DEFAULT, a state-dict file or null") from None
+
+
+def _is_enum_name(weights: Optional[str]) -> bool:
+    return weights is not None and re.fullmatch(r"[A-Z0-9_]+", weights) is not None
+
+
+def torchvision_preprocessing(cfg: TorchvisionConfig) -> Optional[Preprocessing]:
+    """The preprocessing an enum's metadata declares (None without an enum), read without loading weights."""
+    if not _is_enum_name(cfg.weights):
+        return None
+    t = _torchvision_enum(cfg).transforms()
+    resize = t.resize_size[0] if t.resize_size else None
+    return Preprocessing(resize, int(t.crop_size[0]), t.interpolation.value)
+
+
+def load_torchvision(cfg: TorchvisionConfig, ctx: SourceContext) -> Network:
+    from torchvision import __version__ as tv_version
+    from torchvision.models import get_model
+
+    description = {"source": "torchvision", "arch": cfg.arch, "weights": cfg.weights, "torchvision": tv_version}
+    if _is_enum_name(cfg.weights):
+        enum = _torchvision_enum(cfg)
+        path = checked_hub_file(enum.url, f"model.weights={cfg.weights}")
+        net = get_model(cfg.arch, weights=enum)  # reads the checked file from the hub cache
+        t = enum.transforms()
+        categories = list(enum.meta["categories"])
+        description.update(weights=f"{type(enum).__name__}.{enum.name}", file=str(path), sha256=file_sha256(path))
+        return Network(MainLogits(net, list(t.mean), list(t.std)).eval(), len(categories), categories,
+                       torchvision_preprocessing(cfg), description)
+    with torch.random.fork_rng():
+        torch.manual_seed(ctx.seed)
+        net = get_model(cfg.arch, weights=None, num_classes=ctx.num_classes)
+    if cfg.weights is None:
+        description.update(init_seed=ctx.seed, num_classes=ctx.num_classes)
+    else:
+        path = _file(cfg.weights, "model.weights")
+        _load_weights(net, _state_dict(path, "model.weights"), path, "model.weights")
+        description.update(file=str(path), sha256=file_sha256(path))
+    return Network(MainLogits(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
+
+
+def load_module(cfg: ModuleConfig, ctx: SourceContext) -> Network:
+    module_name, _, cls_name = cfg.target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as ex:
+        raise UserError(f"model.target={cfg.target!r}: cannot import it ({type(ex).__name__}: {ex}); put its package "
+                        "on PYTHONPATH") from ex
+    with torch.random.fork_rng():
+        torch.manual_seed(ctx.seed)
+        try:
+            net = cls(**dict(cfg.kwargs))
+        except TypeError as ex:
+            raise UserError(f"model.kwargs={dict(cfg.kwargs)!r}: {cfg.target} does not take them ({ex})") from ex
+    if not isinstance(net, nn.Module):
+        raise UserError(f"model.target={cfg.target!r}: builds a {type(net).__name__}, not an nn.Module")
+    description = {"source": "module", "target": cfg.target, "kwargs": dict(cfg.kwargs), "weights": cfg.weights}
+    if cfg.weights is None:
+        description["init_seed"] = ctx.seed
+    else:
+        path = _file(cfg.weights, "model.weights")
+        _load_weights(net, _state_dict(path, "model.weights"), path, "model.weights")
+        description.update(file=str(path), sha256=file_sha256(path))
+    return Network(MainLogits(net, ctx.mean, ctx.std).eval(), None, None, None, description)
+
+
+def load_scripted(cfg: ScriptedConfig, ctx: SourceContext) -> Network:
+    path = _file(cfg.path, "model.path")
+    _refuse_web_page(path, "model.path")
+    try:
+        if path.suffix == ".pt2":
+            net = _Exported(torch.export.load(str(path)).module())
+        else:
+            net = torch.jit.load(str(path), map_location="cpu")
+    except Exception as ex:
+        raise UserError(f"model.path={cfg.path!r}: not a TorchScript or torch.export archive ({type(ex).__name__}); "
+                        "save it with torch.jit.save or torch.export.save") from ex
+    description = {"source": "scripted", "format": "export" if path.suffix == ".pt2" else "torchscript",
+                   "file": str(path), "sha256": file_sha256(path)}
+    return Network(MainLogits(net, ctx.mean, ctx.std), None, None, None, description)
+
+
+class _Exported(nn.Module):
+    """A torch.export program's module: it has no train/eval modes (it runs as it was exported), so switching the
+    mode stops here instead of reaching it."""
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> "_Exported":
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source reads of the run: the dataset's classes and normalisation, the seed of a random init."""
+
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    seed: int
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model option whose network comes from elsewhere: its schema, its loader, the preprocessing it declares."""
+
+    schema: type[ModelConfig]
+    load: Callable[[Any, SourceContext], Network]
+    preprocessing: Callable[[Any], Optional[Preprocessing]] = lambda cfg: None
+
+
+SOURCES: dict[str, ModelSource] = {
+    "torchvision": ModelSource(TorchvisionConfig, load_torchvision, torchvision_preprocessing),
+    "module": ModelSource(ModuleConfig, load_module),
+    "scripted": ModelSource(ScriptedConfig, load_scripted),
+}
+
+
+def describe_network(description: dict[str, Any]) -> str:
+    """A short label: source, what it is and its weights (e.g. torchvision:resnet50@ResNet50_Weights.IMAGENET1K_V2)."""
+    what = description.get("arch") or description.get("target") or description.get("file")
+    weights = description.get("weights")
+    return f"{description['source']}:{what}" + (f"@{weights}" if weights else "")
+
+
+def network_identity(description: dict[str, Any]) -> str:
+    """The identity of a network from a source: what it is and the hash of its weights file (or its init seed)."""
+    keep = {k: v for k, v in description.items() if k not in ("file", "torchvision")}
+    return digest(keep)
