@@ -34,10 +34,10 @@ run: install data ## run the main job (CB-UAP against a small CNN on Fashion-MNI
 	$(BIN)/python -m cbuap_runner $(ARGS)
 
 test: install data ## the fast test suite (what CI runs)
-	$(BIN)/python -m pytest -m "not slow" -q --durations=10 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -q -n auto --durations=10 $(PYTEST_ARGS)
 
 test-full: install data ## every test, the slow ones included
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto $(PYTEST_ARGS)
 
 lint: install ## ruff over the sources, tests and scripts
 	$(BIN)/ruff check src tests scripts

@@ -33,6 +33,8 @@ SUMMARY = "run_summary.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 CRAFTING = "crafting"
+PER_CLASS = "per_class"  # <stem>.json: per-class lists and the transition matrix of one evaluation
+INLINE_CLASSES = 20  # up to this many classes, per-class lists stay in run_summary.json
 TRAINING_STATE = ("model", "optimizer", "scheduler", "adversary", "rng", "epoch", "history", "train_seconds")
 
 
@@ -185,6 +187,30 @@ class RunRecord:
                 raise UserError(f"{key}={new.get(key)!r}: {path} was {verb} with {key}={old.get(key)!r}; resume="
                                 f"{self.label} continues it only under the same settings: keep them, or "
                                 f"{self.afresh_hint}")
+
+
+def sparse_matrix(matrix: list[list[int]]) -> list[list[int]]:
+    """A count matrix as its non-zero cells [row, column, count]."""
+    return [[i, j, int(v)] for i, row in enumerate(matrix) for j, v in enumerate(row) if v]
+
+
+def per_class_to_file(metrics: dict[str, Any], k: int, run_dir: Path, stem: str) -> dict[str, Any]:
+    """`metrics` as run_summary.json keeps them: the transition matrix (always) and, past INLINE_CLASSES classes,
+    every per-class list (length `k`) go to `<stem>.json` in the run directory (the matrix as its non-zero
+    [clean, adversarial, count] cells), named in `per_class_file`; the scalar summaries (worst, mean, std) stay.
+    Rank 0 writes."""
+    lists = [key for key, value in metrics.items() if isinstance(value, list) and len(value) == k
+             and key != "transition_matrix"] if k > INLINE_CLASSES else []
+    moved = lists + (["transition_matrix"] if "transition_matrix" in metrics else [])
+    if not moved:
+        return metrics
+    side = {key: metrics[key] for key in moved}
+    if "transition_matrix" in side:
+        side["transition_matrix"] = {"shape": [k, k], "cells": sparse_matrix(metrics["transition_matrix"])}
+    if dist.is_main():
+        write_json(run_dir / f"{stem}.json", side)
+    kept = {key: value for key, value in metrics.items() if key not in moved}
+    return {**kept, "per_class_file": f"{stem}.json"}
 
 
 class CraftingCheckpoint:

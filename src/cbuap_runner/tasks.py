@@ -20,12 +20,12 @@ from .data import DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
-from .metrics import best_start, evaluate_clean, evaluate_perturbation
+from .metrics import best_start, evaluate_clean, evaluate_perturbation, predict
 from .models import build_model, load_model, prepare, read_model_file, save_model
 from .models.sources import SOURCES, ModelSource, Network, SourceContext, describe_network, network_identity
 from .progress import progress_enabled
 from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
-from .record import CraftingCheckpoint, RunRecord
+from .record import PER_CLASS, CraftingCheckpoint, RunRecord, per_class_to_file
 from .runinfo import git_commit
 from .schema import AttackConfig, Config, to_plain
 from .training import make_adversary
@@ -310,11 +310,13 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     return metrics, delta
 
 
-def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model_path: str,
+def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model: tuple[nn.Module, str],
                       data: DataBundle, metrics: dict[str, Any], stem: str = "perturbation") -> None:
-    """perturbation.pt plus its figures (δ with examples, label histogram, transition matrix); rank 0 only."""
+    """perturbation.pt plus its figures (δ with examples labelled by the network's clean and adversarial classes,
+    label histogram, transition matrix); rank 0 only. `model`: the network and where it came from."""
     if not dist.is_main():
         return
+    model, model_path = model
     run_dir, class_wise = ctx.run_dir, ATTACKS[attack.name].class_wise
     crafted = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
                "seed": ctx.cfg.seed}
@@ -329,7 +331,8 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
     x = examples.float_x()
     adv = apply_delta(x, delta, examples.y if class_wise else None)
-    figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), x.cpu(), adv.cpu())
+    names = [[data.class_names[int(k)] for k in predict(model, images, ctx.cfg.eval.batch_size)] for images in (x, adv)]
+    figures.save_perturbation_png(run_dir / f"{stem}.png", delta.detach().cpu(), (x.cpu(), adv.cpu()), names)
     prefix = "" if stem == "perturbation" else f"{stem}_"  # pipeline runs hold one set per attack
     figures.save_label_hist_png(run_dir / f"{prefix}label_hist.png", metrics["clean_label_hist"],
                                 metrics["label_hist"], data.class_names)
@@ -395,7 +398,8 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     model, model_path = obtain_model(ctx, data)
     test = eval_split(ctx, data)
     if ctx.cfg.perturbation is None:
-        return evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+        clean = evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+        return per_class_to_file(clean, data.num_classes, ctx.run_dir, PER_CLASS)
     blob = load_perturbation(ctx.cfg.perturbation, data)
     ctx.provenance["perturbation"] = perturbation_provenance(ctx.cfg.perturbation, blob)
     delta = blob["delta"].to(ctx.device)
@@ -403,16 +407,16 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
                                     class_wise=stored_class_wise(blob))
     metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
                    source_model=blob.get("model_checkpoint"), target_model=model_path)
-    return metrics
+    return per_class_to_file(metrics, data.num_classes, ctx.run_dir, PER_CLASS)
 
 
 def task_attack(ctx: Context) -> dict[str, Any]:
     data = ctx.data()
     model, model_path = obtain_model(ctx, data)
     metrics, delta = craft_and_evaluate(ctx, model, data, ctx.cfg.attack)
-    save_perturbation(ctx, delta, ctx.cfg.attack, model_path, data, metrics)
+    save_perturbation(ctx, delta, ctx.cfg.attack, (model, model_path), data, metrics)
     ctx.tracker.log_table("result", [{"attack": ctx.cfg.attack.name, **_scalars(metrics)}])
-    return metrics
+    return per_class_to_file(metrics, data.num_classes, ctx.run_dir, PER_CLASS)
 
 
 def pipeline_attacks(base: AttackConfig, names: list[str]) -> dict[str, AttackConfig]:
@@ -438,14 +442,17 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
     out["pipeline_attacks"] = list(ctx.cfg.pipeline.attacks)
     for name, attack in pipeline_attacks(ctx.cfg.attack, out["pipeline_attacks"]).items():
         metrics, delta = craft_and_evaluate(ctx, model, data, attack, prefix=f"{name}/")
-        save_perturbation(ctx, delta, attack, model_path, data, metrics, stem=f"perturbation_{name}")
+        save_perturbation(ctx, delta, attack, (model, model_path), data, metrics, stem=f"perturbation_{name}")
         per_attack[name] = metrics
         out[f"adv_acc_{name}"] = metrics["adv_acc"]
         out[f"fooling_rate_{name}"] = metrics["fooling_rate"]
         out[f"label_entropy_{name}"] = metrics["label_entropy"]
     universal = {name: m for name, m in per_attack.items() if not ATTACKS[name].class_wise}
-    out.update(worst_case(universal), attacks=per_attack)
+    out.update(worst_case(universal))
     ctx.tracker.log_table("attacks", [{"attack": name, **_scalars(m)} for name, m in per_attack.items()])
+    out = per_class_to_file(out, data.num_classes, ctx.run_dir, PER_CLASS)
+    out["attacks"] = {name: per_class_to_file(m, data.num_classes, ctx.run_dir, f"{PER_CLASS}_{name}")
+                      for name, m in per_attack.items()}
     return out
 
 
