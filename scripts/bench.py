@@ -7,6 +7,8 @@ images. All ratios come from one run of this script on one machine.
 
     python scripts/bench.py                                   # small_cnn + resnet20, CPU-sized
     python scripts/bench.py --models resnet18 --dataset cifar10 --device cuda --amp
+    python scripts/bench.py --models torchvision:resnet50 --dataset synthetic224 --only craft --batch 16 \
+        --craft-images 32 --rounds 2 --out outputs/bench_resnet50.json
     python scripts/bench.py --only craft,defences --defence-images 1024
     python scripts/bench.py --models resnet20 --dataset cifar10 --root <cifar10> --device cuda --amp \
         --channels-last --only craft,train --out docs/results/gpu/bench.json
@@ -34,8 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from cbuap_runner.attacks import attack_config, craft
 from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
+from cbuap_runner.data.synthetic import SyntheticConfig
 from cbuap_runner.metrics import evaluate_perturbation
 from cbuap_runner.models import build_model, load_model
+from cbuap_runner.models.sources import SourceContext, TorchvisionConfig, load_torchvision
 from cbuap_runner.record import RunRecord
 from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
 from cbuap_runner.training import DEFENCES, make_adversary
@@ -47,6 +51,9 @@ DATASETS = {  # shapes and statistics of the configs in conf/dataset
                           root="data/fashion_mnist"),
     "cifar10": dict(num_classes=10, channels=3, image_size=32, mean=[0.4914, 0.4822, 0.4465],
                     std=[0.2470, 0.2435, 0.2616], eps=8 / 255, root="data/cifar10", crop_padding=4, hflip=True),
+    # ImageNet-sized generated images (throughput only: random pixels, 10 classes)
+    "synthetic224": dict(num_classes=10, channels=3, image_size=224, mean=[0.485, 0.456, 0.406],
+                         std=[0.229, 0.224, 0.225], eps=10 / 255, root="unused", synthetic_size=320, val_size=32),
 }
 
 
@@ -314,9 +321,18 @@ def crafting_figures(model, args, data: DataBundle, dataset_cfg: DatasetConfig, 
     return out
 
 
-def bench_model(name: str, args, data: DataBundle, dataset_cfg: DatasetConfig, device) -> dict[str, Any]:
+def network(name: str, data: DataBundle, dataset_cfg: DatasetConfig, device) -> torch.nn.Module:
+    """An in-house architecture, or `torchvision:<arch>` (a torchvision classifier, seeded random weights)."""
     torch.manual_seed(0)
-    model = build_model(name, data.num_classes, data.input_shape, dataset_cfg.mean, dataset_cfg.std).to(device)
+    if name.startswith("torchvision:"):
+        cfg = TorchvisionConfig(name="torchvision", arch=name.partition(":")[2], weights=None)
+        context = SourceContext(data.num_classes, list(dataset_cfg.mean), list(dataset_cfg.std), seed=0)
+        return load_torchvision(cfg, context).model.to(device)
+    return build_model(name, data.num_classes, data.input_shape, dataset_cfg.mean, dataset_cfg.std).to(device)
+
+
+def bench_model(name: str, args, data: DataBundle, dataset_cfg: DatasetConfig, device) -> dict[str, Any]:
+    model = network(name, data, dataset_cfg, device)
     if args.checkpoint and name == args.models.split(",")[0]:  # trained weights: meaningful fooling rates
         model = load_model(args.checkpoint, device).train()
     if args.channels_last:
@@ -416,7 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = dict(DATASETS[args.dataset])
     if args.root:
         spec["root"] = args.root
-    dataset_cfg = DatasetConfig(name=args.dataset, download=False, **spec)
+    if "synthetic_size" in spec:
+        dataset_cfg = SyntheticConfig(name="synthetic", download=False, **spec)
+    else:
+        dataset_cfg = DatasetConfig(name=args.dataset, download=False, **spec)
     data = load_data(dataset_cfg, "outputs/cache", 0, device)
     args.peak_tflops = peak_tflops(device, args.peak_tflops, args.amp)
     record: dict[str, Any] = {

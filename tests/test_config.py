@@ -23,7 +23,8 @@ def test_every_dataset_composes(dataset, validated):
     assert cfg.attack.eps == cfg.dataset.eps  # the dataset carries the default budget
 
 
-REQUIRED = {"torchvision": ["model.arch=resnet18"], "module": ["model.target=pkg.Net"], "scripted": ["model.path=x.pt"]}
+REQUIRED = {"torchvision": ["model.arch=resnet18"], "timm": ["model.arch=resnet18"],
+            "module": ["model.target=pkg.Net"], "scripted": ["model.path=x.pt"]}
 
 
 @pytest.mark.parametrize("group,options", [("model", model_options()), ("attack", ATTACKS), ("training", DEFENCES)])

@@ -259,3 +259,30 @@ def test_a_pretrained_head_of_other_classes_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"^model\.name=torchvision: the network has 1000 classes, dataset=image_folder "
                                         r"has 3"):
         check_classes("torchvision", "image_folder", 1000, 3)
+
+
+# ---------------------------------------------------------------- timm (the optional extra)
+
+
+def test_timm_weights_from_a_local_file_with_timms_preprocessing(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18_a1.pth"
+    torch.save(timm.create_model("resnet18.a1_in1k", pretrained=False).state_dict(), path)
+    cfg = sources.TimmConfig(name="timm", arch="resnet18.a1_in1k", weights=str(path))
+    network = sources.load_timm(cfg, CONTEXT)
+    pre = timm.get_pretrained_cfg("resnet18.a1_in1k")
+    assert network.preprocessing == Preprocessing(int(224 / pre.crop_pct), 224, pre.interpolation)
+    assert network.description["sha256"] == file_sha256(path) and network.num_classes == 1000
+    stored = torch.load(path, weights_only=True)
+    assert all(torch.equal(v, stored[k]) for k, v in network.model.net.state_dict().items())
+
+
+@pytest.mark.e2e
+def test_cli_attacks_a_timm_model(tmp_path):
+    pytest.importorskip("timm")
+    root = jpeg_folders(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    model = completed(run_cli([*ATTACK, "model=timm", "model.arch=resnet18", "model.weights=null",
+                               *folder_args(root)], run_dir), run_dir)["provenance"]["model"]
+    assert (model["source"], model["arch"], model["num_classes"]) == ("timm", "resnet18", 3)

@@ -14,6 +14,11 @@ attacked.
   hub does not re-hash a file already cached, the SHA-256 prefix the file name carries is checked here first.
   Architectures with auxiliary heads (GoogLeNet, Inception-v3) are built as torchvision builds them; their
   train-mode outputs are reduced to the main logits.
+- timm (the `timm` extra): `model.arch` any `timm.list_models()` name (with its pretrained tag, e.g.
+  `resnet50.a1_in1k`); `model.weights` `pretrained` (timm's own download and cache), a local weights file (read
+  through timm's pretrained-config overlay, so timm's own key filtering and head handling apply), or null (random
+  initialisation, seeded). Preprocessing from timm's pretrained config: input size, `crop_pct` (the resize is
+  input size / crop_pct, as timm's eval transform does), interpolation, mean and std.
 - module: your own `nn.Module` class by dotted path (`model.target`, Hydra's `_target_` convention) with keyword
   arguments (`model.kwargs`), and a state-dict file (`model.weights`, or null for its own initialisation).
 - scripted: a network shipped without code, a TorchScript archive (`torch.jit.save`) or a `torch.export` archive
@@ -38,7 +43,7 @@ from torch import nn
 from ..data.folder import Preprocessing
 from ..errors import UserError
 from ..io import safe_torch_load
-from ..provenance import digest, file_sha256
+from ..provenance import digest, file_sha256, state_dict_fingerprint
 from ..schema import ModelConfig, fail
 
 HUB_HASH = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: the SHA-256 prefix in a weights file's name
@@ -88,6 +93,27 @@ class TorchvisionConfig(ModelConfig):
         if self.arch not in names:
             close = [n for n in names if n.startswith(self.arch[:4])] or names[:8]
             fail("model.arch", self.arch, f"torchvision has no classification model of that name; e.g. {', '.join(close)}")
+
+
+@dataclass
+class TimmConfig(ModelConfig):
+    """A timm model (the `timm` extra)."""
+
+    arch: str = MISSING  # a timm.list_models() name, e.g. resnet50.a1_in1k
+    weights: Optional[str] = "pretrained"  # pretrained (timm's download and cache), a local file, or null
+
+    def check(self) -> None:
+        timm = _timm()
+        if not timm.is_model(self.arch.split(".")[0]):
+            fail("model.arch", self.arch, "timm has no model of that name (timm.list_models() lists them)")
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise UserError("model=timm: timm is not installed; pip install 'cbuap-runner[timm]'") from None
+    return timm
 
 
 @dataclass
@@ -223,6 +249,47 @@ def load_torchvision(cfg: TorchvisionConfig, ctx: SourceContext) -> Network:
     return Network(MainLogits(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
 
 
+def timm_preprocessing(cfg: TimmConfig) -> Optional[Preprocessing]:
+    """The eval preprocessing timm's pretrained config declares (None for a random initialisation)."""
+    if cfg.weights is None:
+        return None
+    pre = _timm().get_pretrained_cfg(cfg.arch)
+    if pre is None:
+        raise UserError(f"model.arch={cfg.arch!r}: timm has no pretrained config for it; name a pretrained tag "
+                        "(timm.list_pretrained()) or set model.weights=null")
+    size = int(pre.input_size[-1])
+    interpolation = pre.interpolation if pre.interpolation in INTERPOLATIONS else "bilinear"
+    return Preprocessing(int(size / pre.crop_pct), size, interpolation)
+
+
+def load_timm(cfg: TimmConfig, ctx: SourceContext) -> Network:
+    timm = _timm()
+    description = {"source": "timm", "arch": cfg.arch, "weights": cfg.weights, "timm": timm.__version__}
+    with torch.random.fork_rng():
+        torch.manual_seed(ctx.seed)
+        if cfg.weights is None:
+            net = timm.create_model(cfg.arch, pretrained=False, num_classes=ctx.num_classes)
+            description.update(init_seed=ctx.seed, num_classes=ctx.num_classes)
+            return Network(MainLogits(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
+        overlay = {}
+        if cfg.weights != "pretrained":
+            path = _file(cfg.weights, "model.weights")
+            _refuse_web_page(path, "model.weights")
+            overlay = {"file": str(path)}
+            description.update(file=str(path), sha256=file_sha256(path))
+        try:
+            net = timm.create_model(cfg.arch, pretrained=True, pretrained_cfg_overlay=overlay)
+        except Exception as ex:  # offline downloads, a file of other keys, ...
+            raise UserError(f"model.weights={cfg.weights!r}: timm could not load {cfg.arch}'s weights "
+                            f"({type(ex).__name__}: {str(ex).splitlines()[0][:200]}); give a local weights file, or "
+                            "run where timm can download them") from ex
+    if "sha256" not in description:  # timm's own cache: the weights as loaded identify the network
+        description["weights_fingerprint"] = state_dict_fingerprint(net.state_dict())
+    pre = net.pretrained_cfg
+    return Network(MainLogits(net, list(pre["mean"]), list(pre["std"])).eval(), int(net.num_classes), None,
+                   timm_preprocessing(cfg), description)
+
+
 def load_module(cfg: ModuleConfig, ctx: SourceContext) -> Network:
     module_name, _, cls_name = cfg.target.rpartition(".")
     try:
@@ -301,6 +368,7 @@ class ModelSource:
 
 SOURCES: dict[str, ModelSource] = {
     "torchvision": ModelSource(TorchvisionConfig, load_torchvision, torchvision_preprocessing),
+    "timm": ModelSource(TimmConfig, load_timm, timm_preprocessing),
     "module": ModelSource(ModuleConfig, load_module),
     "scripted": ModelSource(ScriptedConfig, load_scripted),
 }
