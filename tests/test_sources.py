@@ -286,3 +286,45 @@ def test_cli_attacks_a_timm_model(tmp_path):
     model = completed(run_cli([*ATTACK, "model=timm", "model.arch=resnet18", "model.weights=null",
                                *folder_args(root)], run_dir), run_dir)["provenance"]["model"]
     assert (model["source"], model["arch"], model["num_classes"]) == ("timm", "resnet18", 3)
+
+
+# ---------------------------------------------------------------- classes of the network and of the dataset
+
+
+def _named_network(names: list[str]) -> sources.Network:
+    net = torch.nn.Linear(4, len(names))
+    return sources.Network(net, len(names), names, None, {"source": "test"})
+
+
+def test_model_classes_select_logits_by_index_or_name():
+    network = _named_network(["tench", "goldfish", "great white shark", "tiger_shark"])
+    x = torch.rand(3, 4)
+    full = network.model(x)
+    by_index = sources.select_classes(network, [3, 0], ["tiger shark", "tench"], 4)
+    assert torch.equal(by_index.model(x), full[:, [3, 0]]) and by_index.class_names == ["tiger_shark", "tench"]
+    assert by_index.description["classes"] == [3, 0] and by_index.num_classes == 2
+    by_name = sources.select_classes(network, "names", ["Tiger Shark", "goldfish"], 4)
+    assert by_name.description["classes"] == [3, 1]
+    with pytest.raises(UserError, match=r"^model\.classes=names: the network has no class 'axolotl'"):
+        sources.select_classes(network, "names", ["axolotl"], 4)
+    with pytest.raises(UserError, match=r"^model\.classes=\[4\]: the network has 4 classes"):
+        sources.select_classes(network, [4], ["x"], 4)
+
+
+def test_class_names_that_disagree_are_refused_and_wordnet_ids_are_not_compared():
+    network = _named_network(["cat", "dog"])
+    sources.check_class_names(network, ["cat", "dog"])
+    sources.check_class_names(network, ["0", "1"])  # unnamed classes
+    sources.check_class_names(network, ["n02123045", "n02084071"])  # WordNet ids
+    with pytest.raises(UserError, match=r"^model\.classes: the network's class 0 is 'cat', the dataset's is 'dog'"):
+        sources.check_class_names(network, ["dog", "cat"])
+
+
+@pytest.mark.e2e
+def test_cli_attacks_a_subset_of_a_networks_classes(tmp_path):
+    """A 5-class network, the dataset's 3 classes among them (model.classes)."""
+    root = jpeg_folders(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    proc = run_cli([*ATTACK, "model=module", "model.target=test_sources.TinyNet", "+model.kwargs.num_classes=5",
+                    "model.classes=[4,0,2]", *folder_args(root)], run_dir, env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert completed(proc, run_dir)["provenance"]["model"]["classes"] == [4, 0, 2]

@@ -22,7 +22,16 @@ from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
 from .metrics import best_start, evaluate_clean, evaluate_perturbation, predict
 from .models import build_model, load_model, prepare, read_model_file, save_model
-from .models.sources import SOURCES, ModelSource, Network, SourceContext, describe_network, network_identity
+from .models.sources import (
+    SOURCES,
+    ModelSource,
+    Network,
+    SourceContext,
+    check_class_names,
+    describe_network,
+    network_identity,
+    select_classes,
+)
 from .progress import progress_enabled
 from .provenance import digest, file_sha256, identity, model_file_provenance, weights_key
 from .record import PER_CLASS, CraftingCheckpoint, RunRecord, per_class_to_file
@@ -161,8 +170,10 @@ def network_from_source(ctx: Context, data: DataBundle) -> Network:
         source_cfg = dataclasses.replace(source_cfg, weights=None)
     context = SourceContext(data.num_classes, list(cfg.dataset.mean), list(cfg.dataset.std), cfg.seed)
     network = ctx.source.load(source_cfg, context)
+    network = select_classes(network, cfg.model.classes, data.class_names, _output_width(network.model, data))
     if network.num_classes is not None:
         check_classes(cfg.model.name, cfg.dataset.name, network.num_classes, data.num_classes)
+    check_class_names(network, data.class_names)
     description = dict(network.description)
     if cfg.model.checkpoint:
         blob = read_model_file(cfg.model.checkpoint)

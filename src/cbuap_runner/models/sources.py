@@ -25,6 +25,12 @@ attacked.
   (`.pt2`), at `model.path`.
 
 A module or scripted network, and torchvision's without an enum, normalise with the dataset's mean and std.
+
+`model.classes` (every source) attacks a subset of the network's classes: a list of its class indices in the
+dataset's class order (CIFAR-10's classes against a 10-class head of another order, an ImageNet-100 subset), or
+`names` to match the dataset's class names to the network's; the logits are restricted to those classes. Where
+both sides have class names they must agree (case, spaces, underscores and hyphens aside); WordNet ids (ImageNet
+folder names) are not compared with words.
 """
 
 from __future__ import annotations
@@ -80,13 +86,30 @@ class MainLogits(nn.Module):
 
 
 @dataclass
-class TorchvisionConfig(ModelConfig):
+class SourceConfig(ModelConfig):
+    """What every model source has besides the shared model keys."""
+
+    classes: Optional[Any] = None  # null: all; a list of the network's class indices; or "names" (matched)
+
+    def check(self) -> None:
+        c = self.classes
+        if c is None or c == "names":
+            return
+        if isinstance(c, str) or not c or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in c):
+            fail("model.classes", c, "must be null, names, or a list of the network's class indices")
+        if len(set(c)) != len(c):
+            fail("model.classes", list(c), "names a class twice")
+
+
+@dataclass
+class TorchvisionConfig(SourceConfig):
     """A torchvision classification model."""
 
     arch: str = MISSING  # any name torchvision.models.list_models() gives for classification
     weights: Optional[str] = "DEFAULT"  # a weights enum name, a state-dict file, or null (random init)
 
     def check(self) -> None:
+        super().check()
         from torchvision import models
 
         names = models.list_models(module=models)
@@ -96,13 +119,14 @@ class TorchvisionConfig(ModelConfig):
 
 
 @dataclass
-class TimmConfig(ModelConfig):
+class TimmConfig(SourceConfig):
     """A timm model (the `timm` extra)."""
 
     arch: str = MISSING  # a timm.list_models() name, e.g. resnet50.a1_in1k
     weights: Optional[str] = "pretrained"  # pretrained (timm's download and cache), a local file, or null
 
     def check(self) -> None:
+        super().check()
         timm = _timm()
         if not timm.is_model(self.arch.split(".")[0]):
             fail("model.arch", self.arch, "timm has no model of that name (timm.list_models() lists them)")
@@ -117,7 +141,7 @@ def _timm():
 
 
 @dataclass
-class ModuleConfig(ModelConfig):
+class ModuleConfig(SourceConfig):
     """Your own nn.Module class, built by dotted path with keyword arguments."""
 
     target: str = MISSING  # package.module.Class (importable)
@@ -125,18 +149,16 @@ class ModuleConfig(ModelConfig):
     weights: Optional[str] = None  # a state-dict file; null: the module's own initialisation
 
     def check(self) -> None:
+        super().check()
         if "." not in self.target:
             fail("model.target", self.target, "must be a dotted path package.module.Class")
 
 
 @dataclass
-class ScriptedConfig(ModelConfig):
+class ScriptedConfig(SourceConfig):
     """A network without code: a TorchScript or torch.export archive."""
 
     path: str = MISSING
-
-    def check(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------- loading
@@ -372,6 +394,65 @@ SOURCES: dict[str, ModelSource] = {
     "module": ModelSource(ModuleConfig, load_module),
     "scripted": ModelSource(ScriptedConfig, load_scripted),
 }
+
+
+class SelectLogits(nn.Module):
+    """The logits of some of a network's classes, in the order given."""
+
+    def __init__(self, net: nn.Module, indices: list[int]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).index_select(-1, self.indices)
+
+
+WORDNET_ID = re.compile(r"n\d{8}")
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def named(names: Optional[list[str]]) -> bool:
+    """Whether class names are words to compare: not absent, not 0..K-1, not WordNet ids."""
+    return bool(names) and not all(n == str(k) for k, n in enumerate(names)) and not all(
+        WORDNET_ID.fullmatch(n) for n in names)
+
+
+def select_classes(network: Network, classes: Any, dataset_names: list[str], width: int) -> Network:
+    """The network restricted to `classes` (model.classes: indices, or "names" matched to the dataset's), of
+    `width` logits in all; the network itself for null."""
+    if classes is None:
+        return network
+    if classes == "names":
+        if not named(network.class_names) or not named(dataset_names):
+            raise UserError("model.classes=names: needs class names on both sides (the network's and the dataset's "
+                            "folders or dataset.classes); give the network's class indices instead")
+        keys = {_name_key(n): i for i, n in enumerate(network.class_names)}
+        missing = [n for n in dataset_names if _name_key(n) not in keys]
+        if missing:
+            raise UserError(f"model.classes=names: the network has no class {missing[0]!r} ({len(missing)} of the "
+                            f"dataset's {len(dataset_names)} classes unmatched); give class indices instead")
+        indices = [keys[_name_key(n)] for n in dataset_names]
+    else:
+        indices = list(classes)
+        if max(indices) >= width:
+            fail("model.classes", indices, f"the network has {width} classes (indices 0..{width - 1})")
+    names = None if network.class_names is None else [network.class_names[i] for i in indices]
+    description = {**network.description, "classes": indices}
+    return Network(SelectLogits(network.model, indices), len(indices), names, network.preprocessing, description)
+
+
+def check_class_names(network: Network, dataset_names: list[str]) -> None:
+    """Refuse a network whose class names differ from the dataset's, where both have words for names."""
+    if not (named(network.class_names) and named(dataset_names)) or len(network.class_names) != len(dataset_names):
+        return
+    for k, (ours, theirs) in enumerate(zip(network.class_names, dataset_names)):
+        if _name_key(ours) != _name_key(theirs):
+            raise UserError(f"model.classes: the network's class {k} is {ours!r}, the dataset's is {theirs!r}; set "
+                            "model.classes=names to match them by name, or list the network's class indices")
 
 
 def describe_network(description: dict[str, Any]) -> str:
