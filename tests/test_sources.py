@@ -232,7 +232,11 @@ def test_refusals_name_the_key(tmp_path):
     root = jpeg_folders(tmp_path / "images", per_class=4)
     page = tmp_path / "page.pt"
     page.write_text("<!DOCTYPE html><html><body>Quota exceeded</body></html>")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
     cases = {
+        "corrupt": (["model=torchvision", "model.arch=resnet18", f"model.weights={corrupt}"],
+                    f"error: model.weights={str(corrupt)!r}: "),
         "unknown_arch": (["model=torchvision", "model.arch=resnet_nope"],
                                    "error: model.arch='resnet_nope': torchvision has no classification model"),
         "web_page": (["model=torchvision", "model.arch=resnet18", f"model.weights={page}"],
