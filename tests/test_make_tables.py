@@ -450,3 +450,22 @@ def test_a_run_that_continued_its_crafting_shows_no_crafting_time():
     assert metric(record, "craft_seconds") is None and metric(record, "wall_seconds") is None
     record["metrics"]["craft_continued_from"] = None
     assert metric(record, "craft_seconds") == 3.0 and metric(record, "wall_seconds") == 9.0
+
+
+def test_published_anchors_stand_beside_the_matching_rows():
+    from cbuap_runner.report.document import anchor_lines
+
+    rows = [{"status": "completed", "model.arch": "vgg16", "attack": "uap", "fooling_rate": (0.701, 0.02, 3)},
+            {"status": "completed", "model.arch": "vgg16", "attack": "sgd_uap", "fooling_rate": (0.9, None, 1)}]
+    anchors = {"metric": "fooling_rate", "source": "a paper, Table 1", "note": "Expect a few points of difference.",
+               "values": [{"label": "VGG-16, DeepFool UAP", "where": {"model.arch": "vgg16", "attack": "uap"},
+                           "value": 0.783},
+                          {"label": "VGG-19, DeepFool UAP", "where": {"model.arch": "vgg19", "attack": "uap"},
+                           "value": 0.778}]}
+    lines = anchor_lines(anchors, rows)
+    assert lines[0] == "Published figures beside these (fooling_rate; a paper, Table 1):"
+    assert "| VGG-16, DeepFool UAP | 0.783 | 0.701 ± 0.020 (3) | -0.082 |" in lines
+    assert "| VGG-19, DeepFool UAP | 0.778 | – (not run) | – |" in lines
+    assert lines[-2] == "Expect a few points of difference."
+    with pytest.raises(ValueError, match="matches 2 rows"):
+        anchor_lines({**anchors, "values": [{"label": "x", "where": {"model.arch": "vgg16"}, "value": 0.5}]}, rows)

@@ -5,7 +5,11 @@ weights saved in the layout the libraries use."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -20,7 +24,7 @@ from cbuap_runner.errors import UserError
 from cbuap_runner.models import sources
 from cbuap_runner.models.sources import SourceContext, TorchvisionConfig, hub_file, torchvision_preprocessing
 from cbuap_runner.provenance import file_sha256
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 CLASSES = ("cat", "dog", "fox")
 CONTEXT = SourceContext(len(CLASSES), [0.5] * 3, [0.25] * 3, seed=0)
@@ -332,3 +336,42 @@ def test_cli_attacks_a_subset_of_a_networks_classes(tmp_path):
     proc = run_cli([*ATTACK, "model=module", "model.target=test_sources.TinyNet", "+model.kwargs.num_classes=5",
                     "model.classes=[4,0,2]", *folder_args(root)], run_dir, env={"PYTHONPATH": str(Path(__file__).parent)})
     assert completed(proc, run_dir)["provenance"]["model"]["classes"] == [4, 0, 2]
+
+
+# ---------------------------------------------------------------- the ImageNet table, end to end on generated data
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_imagenet_table_runs_end_to_end_and_shows_its_anchors(tmp_path):
+    """table=uap_imagenet on a generated 1,000-class folder (one image per class and split, random weights, 32-px
+    crops, one pass over 20 crafting images, 100 test images): every job completes and the generated section sets the published
+    figures beside the table's."""
+    from cbuap_runner.report.document import write_document
+
+    rng, g = random.Random(0), torch.Generator().manual_seed(0)
+    root = tmp_path / "imagenet"
+    for split in ("train", "test"):
+        for k in range(1000):
+            folder = root / split / f"n{k:08d}"
+            folder.mkdir(parents=True)
+            h, w = rng.randint(64, 90), rng.randint(64, 90)
+            write_jpeg((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), str(folder / "0.jpg"))
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbuap_runner", "table=uap_imagenet", f"hydra.sweep.dir={sweep}", "progress=off",
+         "device=cpu", f"cache_dir={tmp_path / 'cache'}", "model.weights=null", "dataset.resize=36", "dataset.crop=32",
+         "dataset.val_size=100", "attack.crafting_images=20", "attack.passes=1", "attack.batch_size=10",
+         "eval.num_images=100", "eval.batch_size=100"],
+        cwd=REPO, capture_output=True, text=True, timeout=3000, env={**os.environ, "IMAGENET_ROOT": str(root),
+                                                                      "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = sorted(sweep.glob("*/run_summary.json"))
+    assert len(records) == 30 and all(json.loads(p.read_text())["status"] == "completed" for p in records)
+    manifest = json.loads((REPO / "docs/results/uap_imagenet/document.json").read_text())
+    manifest["sections"][0]["records"] = [str(sweep)]
+    (tmp_path / "document.json").write_text(json.dumps(manifest))
+    text = write_document(tmp_path / "document.json", figures=False).read_text()
+    assert "Published figures beside these (fooling_rate; Moosavi-Dezfooli et al., CVPR 2017, Table 1" in text
+    for label in ("VGG-16", "VGG-19", "GoogLeNet", "ResNet-152"):
+        assert re.search(rf"\| {label}, DeepFool UAP, L∞ 10 \| 0\.\d{{3}} \| \d\.\d{{3}} \(1\) \| [+-]\d\.\d{{3}} \|", text)

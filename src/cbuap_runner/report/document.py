@@ -55,22 +55,26 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
     for section in spec["sections"]:
         text, tables[section["name"]] = _section_text(build, section)
         body += text
-    body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
-    for frontier in spec["frontiers"]:
+    if spec.get("frontiers"):
+        body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
+    for frontier in spec.get("frontiers", []):
         body += _frontier_text(build, frontier)
-    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables, build.bar), "", *body]).rstrip() + "\n")
+    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables, build.bar), *body]).rstrip() + "\n")
     return doc
 
 
 def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]], bar: Thresholds) -> list[str]:
+    """The claims' sentences (none where the manifest answers no claim)."""
+    if not any(claims.get(kind) for kind in ("balance", "tuned", "defence")):
+        return []
     lines = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
-    for claim in claims["balance"]:
+    for claim in claims.get("balance", []):
         lines += [f"- {claim_balance(claim['label'], tables[claim['section']], bar, claim.get('where', {}))}"]
     for claim in claims.get("tuned", []):
         lines += [f"- {claim_tuned(claim['label'], tables[claim['section']], bar)}"]
-    for claim in claims["defence"]:
+    for claim in claims.get("defence", []):
         lines += [f"- {claim_defence(claim['label'], tables.get(claim['section'], []), claim.get('cb_where'))}"]
-    return lines
+    return [*lines, ""]
 
 
 def _table(build: _Build, spec: Mapping[str, Any], kind: str, metrics: Sequence[str] | None
@@ -111,9 +115,29 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
     records = [rec for row in rows for rec in row["_records"]]
     lines += [to_markdown(keys, columns, rows), f"Records from commits: {commits_text(commit_counts(records))}.", "",
               f"CSV and LaTeX: [{rel}/{kind}.csv]({rel}/{kind}.csv), [{rel}/{kind}.tex]({rel}/{kind}.tex).", ""]
+    if "anchors" in section:
+        lines += anchor_lines(section["anchors"], rows)
     if kind == "defences":
         lines += _defence_text(build, section, rows, folder)
     return lines, rows
+
+
+def anchor_lines(anchors: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Published figures beside this table's: per anchor (`where`: the row's settings, `value`, `label`) the
+    published value, the matching row's mean ± std (n) and the difference; `metric` and `source` say what and whose,
+    `note` what to expect of the comparison."""
+    name = anchors["metric"]
+    lines = [f"Published figures beside these ({name}; {anchors['source']}):", "",
+             "| row | published | this table (n) | this − published |", "|---|---|---|---|"]
+    for anchor in anchors["values"]:
+        found = [r for r in rows if r["status"] == "completed" and matches(r, anchor["where"])]
+        if len(found) > 1:
+            raise ValueError(f"anchors: {anchor['label']!r} matches {len(found)} rows; make its `where` name one")
+        cell = found[0][name] if found else (None, None, 0)
+        ours = format_cell(cell) + (f" ({cell[2]})" if found else " (not run)")
+        diff = "–" if cell[0] is None else f"{cell[0] - anchor['value']:+.3f}"
+        lines.append(f"| {anchor['label']} | {anchor['value']:.3f} | {ours} | {diff} |")
+    return [*lines, "", anchors["note"], ""] if anchors.get("note") else [*lines, ""]
 
 
 def _defence_text(build: _Build, section: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], folder: Path
