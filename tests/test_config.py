@@ -24,7 +24,8 @@ def test_every_dataset_composes(dataset, validated):
 
 
 REQUIRED = {"torchvision": ["model.arch=resnet18"], "timm": ["model.arch=resnet18"],
-            "module": ["model.target=pkg.Net"], "scripted": ["model.path=x.pt"]}
+            "robustbench": ["model.arch=Wong2020Fast"], "module": ["model.target=pkg.Net"],
+            "scripted": ["model.path=x.pt"]}
 
 
 @pytest.mark.parametrize("group,options", [("model", model_options()), ("attack", ATTACKS), ("training", DEFENCES)])

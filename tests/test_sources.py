@@ -1,6 +1,6 @@
-"""Model sources (models/sources.py): torchvision classifiers, your own nn.Module, TorchScript and torch.export
-archives, used as they are on image folders of any size; no network and no published weights needed: random
-weights saved in the layout the libraries use."""
+"""Model sources (models/sources.py): torchvision classifiers, timm and RobustBench models, your own nn.Module,
+TorchScript and torch.export archives, used as they are on image folders of any size; no network and no published
+weights needed: random weights saved in the layout the libraries use."""
 
 from __future__ import annotations
 
@@ -30,11 +30,12 @@ CLASSES = ("cat", "dog", "fox")
 CONTEXT = SourceContext(len(CLASSES), [0.5] * 3, [0.25] * 3, seed=0)
 
 
-def jpeg_folders(root: Path, per_class: int = 8, sizes: tuple[int, int] = (40, 90)) -> Path:
+def jpeg_folders(root: Path, per_class: int = 8, sizes: tuple[int, int] = (40, 90),
+                 classes: tuple[str, ...] = CLASSES) -> Path:
     """train/ and test/ folders of random RGB JPEGs of mixed sizes and aspects, one folder per class."""
     rng, g = random.Random(0), torch.Generator().manual_seed(0)
     for split, n in (("train", per_class), ("test", per_class // 2)):
-        for name in CLASSES:
+        for name in classes:
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(n):
@@ -375,3 +376,174 @@ def test_the_imagenet_table_runs_end_to_end_and_shows_its_anchors(tmp_path):
     assert "Published figures beside these (fooling_rate; Moosavi-Dezfooli et al., CVPR 2017, Table 1" in text
     for label in ("VGG-16", "VGG-19", "GoogLeNet", "ResNet-152"):
         assert re.search(rf"\| {label}, DeepFool UAP, L∞ 10 \| 0\.\d{{3}} \| \d\.\d{{3}} \(1\) \| [+-]\d\.\d{{3}} \|", text)
+# ---------------------------------------------------------------- RobustBench (the optional extra)
+
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+ROBUSTBENCH_STATS = {  # the normalisation each zoo network carries inside itself (robustbench/model_zoo/cifar10.py)
+    "Wong2020Fast": ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]),
+    "Engstrom2019Robustness": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+}
+
+
+def _zoo_entry(arch: str, dataset: str = "cifar10", threat: str = "Linf") -> dict:
+    from cbuap_runner.models.robustbench_source import _robustbench
+
+    try:
+        _robustbench()  # robustbench made importable (pyautoattack standing in for autoattack)
+    except UserError:
+        pass
+    pytest.importorskip("robustbench.utils")  # the robustbench extra is not installed: skipped
+    from robustbench.model_zoo import model_dicts
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat)][arch]
+
+
+def robustbench_weights(model_dir: Path, arch: str, seed: int = 0) -> tuple[nn.Module, Path]:
+    """The zoo's own network for `arch` (CIFAR-10, Linf), built as load_model builds it, its random weights saved
+    where load_model looks, without the normalisation buffers (as the published files are): Wong2020Fast as a plain
+    state dict, Engstrom2019Robustness under `state_dict` with DataParallel's `module.` prefix."""
+    entry = _zoo_entry(arch)
+    torch.manual_seed(seed)
+    net = entry["model"]().eval()
+    state = {k: v for k, v in net.state_dict().items() if k not in ("mu", "sigma")}
+    if arch == "Engstrom2019Robustness":
+        state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
+    path = model_dir / "cifar10" / "Linf" / f"{arch}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return net, path
+
+
+def _robustbench_cfg(model_dir: Path, arch: str, **kw):
+    from cbuap_runner.models.robustbench_source import RobustBenchConfig
+
+    return RobustBenchConfig(name="robustbench", arch=arch, dir=str(model_dir), **kw)
+
+
+@pytest.mark.parametrize("arch", ["Wong2020Fast", "Engstrom2019Robustness"])
+def test_robustbench_networks_load_from_robustbenchs_directory_and_normalise_inside(arch, tmp_path):
+    net, path = robustbench_weights(tmp_path / "models", arch)
+    network = sources.load_robustbench(_robustbench_cfg(tmp_path / "models", arch), CONTEXT)
+    d = network.description
+    assert (d["source"], d["arch"], d["dataset"], d["threat"], d["weights"]) == ("robustbench", arch, "cifar10", "Linf",
+                                                                                "cifar10/Linf")
+    assert (d["file"], d["sha256"]) == (str(path), file_sha256(path))
+    assert network.num_classes == 10 and network.preprocessing is None and not network.model.training
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in network.model.net.state_dict().items())
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ROBUSTBENCH_STATS[arch])
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # [0,1] in; the zoo network's own buffers normalise, nothing is added in front of them
+        bare = type(net).__mro__[1].forward(net, (x - mean) / std)
+        assert torch.allclose(network.model(x), bare, atol=1e-5)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("arch", ["Wong2020Fast", "Engstrom2019Robustness"])
+def test_cli_attacks_a_robustbench_model_on_cifar_sized_jpegs(arch, tmp_path):
+    _, path = robustbench_weights(tmp_path / "models", arch)
+    root = jpeg_folders(tmp_path / "images", per_class=4, sizes=(32, 32), classes=CIFAR10)
+    run_dir = tmp_path / "run"
+    proc = run_cli([*ATTACK, "model=robustbench", f"model.arch={arch}", "model.dataset=cifar10", "model.threat=Linf",
+                    f"model.dir={tmp_path / 'models'}", "dataset=image_folder", f"dataset.root={root}",
+                    "dataset.num_classes=10", "dataset.image_size=32", "dataset.val_size=10", "eval.batch_size=16"],
+                   run_dir)
+    model = completed(proc, run_dir)["provenance"]["model"]
+    assert (model["source"], model["arch"], model["dataset"], model["threat"]) == ("robustbench", arch, "cifar10",
+                                                                                  "Linf")
+    assert (model["file"], model["sha256"]) == (str(path), file_sha256(path))
+    assert model["label"] == f"robustbench:{arch}@cifar10/Linf" and model["identity"].startswith("network:")
+    assert torch.load(run_dir / "perturbation.pt", weights_only=True)["delta"].shape == (3, 32, 32)
+    assert {"perturbation.pt", "perturbation.png", "metrics.jsonl", "crafting"} <= {p.name for p in run_dir.iterdir()}
+    assert not (tmp_path / "cache" / "models").exists()  # used as it is: nothing trained, nothing cached
+
+
+@pytest.mark.e2e
+def test_robustbench_refusals_are_one_line(tmp_path):
+    _zoo_entry("Wong2020Fast")
+    root = jpeg_folders(tmp_path / "images", per_class=2, sizes=(32, 32), classes=CIFAR10)
+    page = tmp_path / "models" / "cifar10" / "Linf" / "Wong2020Fast.pt"
+    page.parent.mkdir(parents=True)
+    page.write_text("<!DOCTYPE html><html><body>Google Drive - Quota exceeded</body></html>")
+    data = ["dataset=image_folder", f"dataset.root={root}", "dataset.num_classes=10", "dataset.image_size=32",
+            "dataset.val_size=10"]
+    cases = {
+        "web_page": ("Wong2020Fast", f"error: model.dir='{page}': holds a web page or text, not weights"),
+        "unknown_arch": ("Wong2020Slow", "error: model.arch='Wong2020Slow': RobustBench's cifar10/Linf zoo has no model "
+                                         "of that name; e.g. Wong2020Fast"),
+    }
+    for name, (arch, expected) in cases.items():
+        line = _refused(run_cli([*ATTACK, "model=robustbench", f"model.arch={arch}", f"model.dir={tmp_path / 'models'}",
+                                 *data], tmp_path / name))
+        assert line.startswith(expected), (name, line)
+
+
+def _offline(monkeypatch) -> None:
+    import robustbench.utils
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", offline)
+
+
+@pytest.mark.parametrize("arch,files", [("Wong2020Fast", ["Wong2020Fast.pt"]),
+                                        ("Chen2020Adversarial", [f"Chen2020Adversarial.pt_m{i}.pt" for i in range(3)])])
+def test_robustbench_weights_neither_there_nor_downloadable_name_the_file_and_where_it_goes(arch, files, tmp_path,
+                                                                                           monkeypatch):
+    entry = _zoo_entry(arch)
+    _offline(monkeypatch)
+    with pytest.raises(UserError) as info:
+        sources.load_robustbench(_robustbench_cfg(tmp_path / "models", arch), CONTEXT)
+    message, where = str(info.value), tmp_path / "models" / "cifar10" / "Linf"
+    drive = entry["gdrive_id"] if isinstance(entry["gdrive_id"], str) else entry["gdrive_id"][0]
+    assert message.startswith(f"model.dir='{tmp_path / 'models'}': {files[0]} is not in RobustBench's model directory "
+                              "and could not be downloaded (ConnectionError)") and "\n" not in message
+    assert f"put RobustBench's file of {arch} (Google Drive id {drive}) at {where / files[0]}" in message
+    assert ("2 more of the ensemble" in message) == (len(files) == 3)
+
+
+def test_robustbench_weights_that_do_not_fit_are_refused(tmp_path):
+    _, path = robustbench_weights(tmp_path / "models", "Wong2020Fast")
+    torch.save({"fc.weight": torch.zeros(1)}, path)
+    with pytest.raises(UserError, match=r"^model\.arch='Wong2020Fast': RobustBench could not load it from .*"
+                                        r"Wong2020Fast\.pt \(RuntimeError: Error\(s\) in loading state_dict"):
+        sources.load_robustbench(_robustbench_cfg(tmp_path / "models", "Wong2020Fast"), CONTEXT)
+
+
+def test_robustbench_threats_the_zoo_lacks_for_a_dataset_are_refused(tmp_path):
+    _zoo_entry("Wong2020Fast")
+    cfg = _robustbench_cfg(tmp_path, "Wong2020Fast", dataset="cifar100", threat="L2")
+    with pytest.raises(UserError, match=r"^model\.threat='L2': RobustBench's zoo has no cifar100 models for it; it "
+                                        r"has Linf, corruptions$"):
+        sources.load_robustbench(cfg, CONTEXT)
+
+
+def test_robustbench_imagenet_preprocessing_is_robustbenchs_own(tmp_path):
+    _zoo_entry("Salman2020Do_R18", "imagenet")
+    from robustbench.data import PREPROCESSINGS
+
+    assert [type(t).__name__ for t in PREPROCESSINGS["Res256Crop224"].transforms] == ["Resize", "CenterCrop",
+                                                                                       "ToTensor"]
+    cases = {"Salman2020Do_R18": Preprocessing(256, 224, "bilinear"),  # Res256Crop224
+             "Singh2023Revisiting_ConvNeXt-T-ConvStem": Preprocessing(256, 224, "bicubic")}  # BicubicRes256Crop224
+    for arch, expected in cases.items():
+        cfg = _robustbench_cfg(tmp_path, arch, dataset="imagenet")
+        assert sources.robustbench_preprocessing(cfg) == expected, arch
+
+
+def test_robustbench_keys_are_checked_without_the_package():
+    """Composing a config needs no robustbench (a sweep may be launched from where it is not installed); the
+    dataset and threat are checked there, the arch when the zoo is read; CIFAR declares no preprocessing."""
+    with pytest.raises(UserError, match=r"^model\.threat='L3': must be one of Linf, L2, corruptions$"):
+        _robustbench_cfg(Path("models"), "Wong2020Fast", threat="L3").check()
+    with pytest.raises(UserError, match=r"^model\.dataset='mnist': must be one of cifar10, cifar100, imagenet$"):
+        _robustbench_cfg(Path("models"), "Wong2020Fast", dataset="mnist").check()
+    assert sources.robustbench_preprocessing(_robustbench_cfg(Path("models"), "Wong2020Fast")) is None
+
+
+def test_robustbench_absent_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "robustbench.utils", None)  # as where the extra is not installed
+    with pytest.raises(UserError, match=r"^model=robustbench: robustbench is not installed; pip install "
+                                        r"'cbuap-runner\[robustbench\]'"):
+        sources.load_robustbench(_robustbench_cfg(Path("models"), "Wong2020Fast"), CONTEXT)

@@ -134,6 +134,22 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig(ModelConfig):
+    """What every model source (models/sources.py: a network from elsewhere) has besides the shared model keys."""
+
+    classes: Optional[Any] = None  # null: all; a list of the network's class indices; or "names" (matched)
+
+    def check(self) -> None:
+        c = self.classes
+        if c is None or c == "names":
+            return
+        if isinstance(c, str) or not c or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in c):
+            fail("model.classes", c, "must be null, names, or a list of the network's class indices")
+        if len(set(c)) != len(c):
+            fail("model.classes", list(c), "names a class twice")
+
+
+@dataclass
 class AttackConfig:
     """What every attack has: its threat model, its start, and the crafting budget and stopping rule (set them
     here, never per attack, so that a table compares attacks under one budget). Each attack's schema extends it."""

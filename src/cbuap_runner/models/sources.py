@@ -1,5 +1,5 @@
-"""Model sources: networks the tool did not train, used as they are (`model=torchvision`, `model=module`,
-`model=scripted`).
+"""Model sources: networks the tool did not train, used as they are (`model=torchvision`, `model=timm`,
+`model=robustbench`, `model=module`, `model=scripted`).
 
 Every source yields a `Network`: a module that takes [0,1] images and normalises inside itself, in eval mode; its
 number of classes and class names where it has them; the preprocessing it expects of images (resize, centre
@@ -19,6 +19,9 @@ attacked.
   through timm's pretrained-config overlay, so timm's own key filtering and head handling apply), or null (random
   initialisation, seeded). Preprocessing from timm's pretrained config: input size, `crop_pct` (the resize is
   input size / crop_pct, as timm's eval transform does), interpolation, mean and std.
+- robustbench (the `robustbench` extra): a network of RobustBench's model zoo, `model.arch` its zoo name with
+  `model.dataset` and `model.threat`, its weights file where RobustBench keeps it (`<model.dir>/<dataset>/<threat>/
+  <arch>.pt`); models/robustbench_source.py.
 - module: your own `nn.Module` class by dotted path (`model.target`, Hydra's `_target_` convention) with keyword
   arguments (`model.kwargs`), and a state-dict file (`model.weights`, or null for its own initialisation).
 - scripted: a network shipped without code, a TorchScript archive (`torch.jit.save`) or a `torch.export` archive
@@ -50,7 +53,8 @@ from ..data.folder import Preprocessing
 from ..errors import UserError
 from ..io import safe_torch_load
 from ..provenance import digest, file_sha256, state_dict_fingerprint
-from ..schema import ModelConfig, fail
+from ..schema import ModelConfig, SourceConfig, fail
+from .robustbench_source import RobustBenchConfig, load_robustbench, robustbench_preprocessing
 
 HUB_HASH = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: the SHA-256 prefix in a weights file's name
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -83,22 +87,6 @@ class MainLogits(nn.Module):
 
 
 # ---------------------------------------------------------------- schemas
-
-
-@dataclass
-class SourceConfig(ModelConfig):
-    """What every model source has besides the shared model keys."""
-
-    classes: Optional[Any] = None  # null: all; a list of the network's class indices; or "names" (matched)
-
-    def check(self) -> None:
-        c = self.classes
-        if c is None or c == "names":
-            return
-        if isinstance(c, str) or not c or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in c):
-            fail("model.classes", c, "must be null, names, or a list of the network's class indices")
-        if len(set(c)) != len(c):
-            fail("model.classes", list(c), "names a class twice")
 
 
 @dataclass
@@ -391,6 +379,7 @@ class ModelSource:
 SOURCES: dict[str, ModelSource] = {
     "torchvision": ModelSource(TorchvisionConfig, load_torchvision, torchvision_preprocessing),
     "timm": ModelSource(TimmConfig, load_timm, timm_preprocessing),
+    "robustbench": ModelSource(RobustBenchConfig, load_robustbench, robustbench_preprocessing),
     "module": ModelSource(ModuleConfig, load_module),
     "scripted": ModelSource(ScriptedConfig, load_scripted),
 }
