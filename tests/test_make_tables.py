@@ -469,3 +469,27 @@ def test_published_anchors_stand_beside_the_matching_rows():
     assert lines[-2] == "Expect a few points of difference."
     with pytest.raises(ValueError, match="matches 2 rows"):
         anchor_lines({**anchors, "values": [{"label": "x", "where": {"model.arch": "vgg16"}, "value": 0.5}]}, rows)
+
+
+def test_the_transfer_matrix_puts_crafted_on_rows_and_evaluated_on_columns(tmp_path):
+    from cbuap_runner.report.transfer import to_markdown, transfer_cells, write_transfer
+
+    def evaluated(source: str, target: str, rate: float, seed: int = 0) -> dict:
+        return {"status": "completed", "task": "evaluate", "seed": seed,
+                "metrics": {"fooling_rate": rate, "source_model": source, "target_model": target},
+                "provenance": {"perturbation": {"attack": "uap", "norm": "linf", "eps": 0.04}}}
+
+    records = [evaluated("torchvision:vgg16", "torchvision:vgg16", 0.8),
+               evaluated("torchvision:vgg16", "torchvision:vgg16", 0.6, seed=1),
+               evaluated("torchvision:vgg16", "outputs/cache/models/x-resnet20-natural-ab12/model.pt", 0.3),
+               evaluated("outputs/cache/models/x-resnet20-natural-ab12/model.pt", "torchvision:vgg16", 0.4),
+               {"status": "completed", "task": "attack", "metrics": {"fooling_rate": 0.9}}]
+    cells = transfer_cells(records)
+    assert cells["uap linf ε=0.04"][("torchvision:vgg16", "torchvision:vgg16")] == [0.8, 0.6]
+    text = to_markdown(cells)
+    assert "| crafted on \\ evaluated on | torchvision:vgg16 | x-resnet20-natural-ab12 |" in text
+    assert "| torchvision:vgg16 | 0.700 ± 0.141 (2) | 0.300 (1) |" in text
+    assert "| x-resnet20-natural-ab12 | 0.400 (1) | – |" in text
+    written = write_transfer(records, tmp_path, figures=True)
+    assert [p.name for p in written] == ["transfer.md", "transfer.csv", "transfer.png"]
+    assert (tmp_path / "transfer.png").stat().st_size > 1000

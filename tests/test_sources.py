@@ -344,10 +344,11 @@ def test_cli_attacks_a_subset_of_a_networks_classes(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_the_imagenet_table_runs_end_to_end_and_shows_its_anchors(tmp_path):
+def test_the_imagenet_tables_run_end_to_end(tmp_path):
     """table=uap_imagenet on a generated 1,000-class folder (one image per class and split, random weights, 32-px
-    crops, one pass over 20 crafting images, 100 test images): every job completes and the generated section sets the published
-    figures beside the table's."""
+    crops, one pass over 20 crafting images, 100 test images): every job completes and the generated section sets
+    the published figures beside the table's; then table=transfer_imagenet evaluates each DeepFool UAP on every
+    network, and --kind transfer draws the 5x5 matrix whose diagonal is each white-box rate."""
     from cbuap_runner.report.document import write_document
 
     rng, g = random.Random(0), torch.Generator().manual_seed(0)
@@ -359,13 +360,13 @@ def test_the_imagenet_table_runs_end_to_end_and_shows_its_anchors(tmp_path):
             h, w = rng.randint(64, 90), rng.randint(64, 90)
             write_jpeg((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), str(folder / "0.jpg"))
     sweep = tmp_path / "sweep"
+    small = ["progress=off", "device=cpu", f"cache_dir={tmp_path / 'cache'}", "model.weights=null", "dataset.resize=36",
+             "dataset.crop=32", "dataset.val_size=100", "eval.num_images=100", "eval.batch_size=100"]
+    env = {**os.environ, "IMAGENET_ROOT": str(root), "UAP_SWEEP": str(sweep), "WANDB_MODE": "disabled"}
     proc = subprocess.run(
-        [sys.executable, "-m", "cbuap_runner", "table=uap_imagenet", f"hydra.sweep.dir={sweep}", "progress=off",
-         "device=cpu", f"cache_dir={tmp_path / 'cache'}", "model.weights=null", "dataset.resize=36", "dataset.crop=32",
-         "dataset.val_size=100", "attack.crafting_images=20", "attack.passes=1", "attack.batch_size=10",
-         "eval.num_images=100", "eval.batch_size=100"],
-        cwd=REPO, capture_output=True, text=True, timeout=3000, env={**os.environ, "IMAGENET_ROOT": str(root),
-                                                                      "WANDB_MODE": "disabled"})
+        [sys.executable, "-m", "cbuap_runner", "table=uap_imagenet", f"hydra.sweep.dir={sweep}", *small,
+         "attack.crafting_images=20", "attack.passes=1", "attack.batch_size=10"],
+        cwd=REPO, capture_output=True, text=True, timeout=3000, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = sorted(sweep.glob("*/run_summary.json"))
     assert len(records) == 30 and all(json.loads(p.read_text())["status"] == "completed" for p in records)
@@ -376,6 +377,22 @@ def test_the_imagenet_table_runs_end_to_end_and_shows_its_anchors(tmp_path):
     assert "Published figures beside these (fooling_rate; Moosavi-Dezfooli et al., CVPR 2017, Table 1" in text
     for label in ("VGG-16", "VGG-19", "GoogLeNet", "ResNet-152"):
         assert re.search(rf"\| {label}, DeepFool UAP, L∞ 10 \| 0\.\d{{3}} \| \d\.\d{{3}} \(1\) \| [+-]\d\.\d{{3}} \|", text)
+
+    from cbuap_runner.report.tables import write_tables
+
+    transfer = tmp_path / "transfer"
+    proc = subprocess.run([sys.executable, "-m", "cbuap_runner", "table=transfer_imagenet",
+                           f"hydra.sweep.dir={transfer}", *small], cwd=REPO, capture_output=True, text=True,
+                          timeout=3000, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    write_tables(transfer, kind="transfer", figures=True)
+    matrix = (transfer / "tables" / "transfer.csv").read_text().splitlines()[1:]
+    assert len(matrix) == 25 and (transfer / "tables" / "transfer.png").is_file()
+    for arch in ("vgg16", "vgg19", "googlenet", "resnet152", "resnet50"):
+        white_box = json.loads((sweep / f"{arch}_uap_linf" / "run_summary.json").read_text())["metrics"]
+        label = f"torchvision:{arch}"
+        (cell,) = [line for line in matrix if f",{label},{label}," in line]
+        assert float(cell.split(",")[3]) == white_box["fooling_rate"]
 # ---------------------------------------------------------------- RobustBench (the optional extra)
 
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

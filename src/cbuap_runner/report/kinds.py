@@ -41,14 +41,15 @@ DEFENCE_METRICS = (
 )
 KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS,
                 "tuning": TUNING_METRICS}
-KINDS = ("auto", *KIND_METRICS)
+TRANSFER = "transfer"  # the cross-model matrix of evaluated perturbations (transfer.py), not a table of rows
+KINDS = ("auto", *KIND_METRICS, TRANSFER)
 
 
 def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> str:
     """`kind`, or for "auto": defences when every run trains or runs the pipeline, attacks when
     every run attacks or evaluates, "mixed" otherwise."""
     if kind != "auto":
-        if kind not in KIND_METRICS:
+        if kind not in KINDS:
             raise ValueError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
         return kind
     tasks = {r.get("task") for r in records if r.get("status") == "completed"} or {r.get("task") for r in records}

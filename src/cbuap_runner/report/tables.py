@@ -10,9 +10,10 @@ from typing import Any
 from ..io import write_text
 from .figures import make_figures
 from .formats import WRITERS
-from .kinds import resolve_kind
+from .kinds import TRANSFER, resolve_kind
 from .records import SUMMARY, NoRecords, load_records
 from .rows import build_rows, choose_tuned
+from .transfer import write_transfer
 
 
 def write_table_files(out: Path, kind: str, keys: Sequence[str], columns: Sequence[str],
@@ -35,10 +36,12 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     if not records:
         raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
     kind = resolve_kind(records, kind)
+    out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
+    if kind == TRANSFER:
+        return write_transfer(records, out, figures)
     keys, columns, table = build_rows(records, kind, metrics, rows)
     if kind == "tuning":
         choose_tuned(table)
-    out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
     written = write_table_files(out, kind, keys, columns, table)
     if figures:
         written += make_figures(keys, table, out)
