@@ -76,7 +76,14 @@ def test_cli_attacks_a_torchvision_resnet18_on_mixed_size_jpegs(tmp_path):
     assert (model["source"], model["arch"], model["weights"], model["num_classes"]) == ("torchvision", "resnet18",
                                                                                        None, 3)
     assert model["identity"].startswith("network:") and model["label"] == "torchvision:resnet18"
-    assert torch.load(run_dir / "perturbation.pt", weights_only=True)["delta"].shape == (3, 48, 48)
+    stored = torch.load(run_dir / "perturbation.pt", weights_only=True)
+    assert stored["delta"].shape == (3, 48, 48)
+    space = stored["space"]  # where the perturbation lives, for whoever applies it elsewhere
+    assert (space["channels"], space["channel_order"], space["resolution"], space["value_range"]) == (
+        3, "RGB", [48, 48], [0.0, 1.0])
+    assert space["added_after"] == {"decode": "resize_crop", "channels": 3, "resize": 56, "crop": 48,
+                                    "interpolation": "bilinear"}
+    assert space["network"]["arch"] == "resnet18" and space["norm"] == "linf"
     assert {"perturbation.pt", "perturbation.png", "metrics.jsonl", "crafting"} <= {p.name for p in run_dir.iterdir()}
     assert not (tmp_path / "cache" / "models").exists()  # used as it is: nothing trained, nothing cached
 

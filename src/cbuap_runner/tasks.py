@@ -332,7 +332,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     crafted = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
                "seed": ctx.cfg.seed}
     torch_save({"delta": delta.detach().cpu(), "eps": attack.eps, "norm": str(attack.norm), "attack": attack.name,
-                "class_wise": class_wise,
+                "class_wise": class_wise, "space": perturbation_space(ctx, data, attack),
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "config": to_plain(attack),
@@ -352,6 +352,16 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
     ctx.tracker.log_artifact(run_dir / f"{stem}.pt", name=f"{stem}-{attack.name}-{ctx.cfg.dataset.name}",
                              type="perturbation", metadata={"eps": attack.eps, "norm": str(attack.norm),
                                                             "attack": attack.name, **_scalars(metrics)})
+
+
+def perturbation_space(ctx: Context, data: DataBundle, attack: AttackConfig) -> dict[str, Any]:
+    """Where a perturbation lives: added to the network's input images (channels in RGB or grey, values in [0,1],
+    this resolution, after the data's resize and crop) within ε in its norm, and the network it was crafted on."""
+    channels, height, width = data.input_shape
+    network = {k: v for k, v in ctx.provenance["model"].items() if k not in ("path", "file")}
+    return {"channels": channels, "channel_order": "RGB" if channels == 3 else "grey", "value_range": [0.0, 1.0],
+            "resolution": [height, width], "added_after": data.preprocessing, "clamped_to": [0.0, 1.0],
+            "eps": attack.eps, "norm": str(attack.norm), "network": network}
 
 
 def stored_class_wise(blob: dict[str, Any]) -> bool:
@@ -414,10 +424,15 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     blob = load_perturbation(ctx.cfg.perturbation, data)
     ctx.provenance["perturbation"] = perturbation_provenance(ctx.cfg.perturbation, blob)
     delta = blob["delta"].to(ctx.device)
+    crafted_after = (blob.get("space") or {}).get("added_after")
+    if crafted_after is not None and crafted_after != data.preprocessing:
+        log.warning("perturbation=%s was crafted on images prepared as %s; these are prepared as %s",
+                    ctx.cfg.perturbation, crafted_after, data.preprocessing)
     metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
                                     class_wise=stored_class_wise(blob))
     metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
-                   source_model=blob.get("model_checkpoint"), target_model=model_path)
+                   source_model=blob.get("model_checkpoint"), target_model=model_path,
+                   same_preparation=None if crafted_after is None else crafted_after == data.preprocessing)
     return per_class_to_file(metrics, data.num_classes, ctx.run_dir, PER_CLASS)
 
 

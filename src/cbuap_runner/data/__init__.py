@@ -54,6 +54,7 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     class_names: list[str]
     fingerprint: str = ""  # of the splits as read, before the validation carve (provenance.py)
+    preprocessing: Optional[dict] = None  # what turned the files into these tensors (_preprocessing)
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -116,6 +117,7 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])
         names = read[0][2]
         fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg, pre))
+    preprocessing = {"decode": "generated"} if DATASETS[cfg.name].synthetic else _preprocessing(cfg, pre)
     for split, what in ((train, "train"), (test, "test")):
         _check_shape(split, cfg, size, what)
     train, val = split_validation(train, cfg.val_size, seed)
@@ -125,7 +127,7 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
              len(test), tuple(train.x.shape[1:]))
     names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
     return DataBundle(train.to(device), val.to(device), test.to(device), cfg.num_classes,
-                      (cfg.channels, size, size), names, fingerprint)
+                      (cfg.channels, size, size), names, fingerprint, preprocessing)
 
 
 def _preprocessing(cfg: DatasetConfig, pre: Optional[Preprocessing]) -> dict:
