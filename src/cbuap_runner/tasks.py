@@ -171,8 +171,6 @@ def network_from_source(ctx: Context, data: DataBundle) -> Network:
     context = SourceContext(data.num_classes, list(cfg.dataset.mean), list(cfg.dataset.std), cfg.seed)
     network = ctx.source.load(source_cfg, context)
     network = select_classes(network, cfg.model.classes, data.class_names, _output_width(network.model, data))
-    if network.num_classes is not None:
-        check_classes(cfg.model.name, cfg.dataset.name, network.num_classes, data.num_classes)
     check_class_names(network, data.class_names)
     description = dict(network.description)
     if cfg.model.checkpoint:
@@ -198,12 +196,12 @@ def check_classes(model: str, dataset: str, network_classes: int, dataset_classe
 
 
 def _output_width(model: nn.Module, data: DataBundle) -> int:
-    """The number of logits the network gives for one test image."""
+    """The number of logits the network gives for one test image (the network's head, whatever it declares)."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return int(model(data.test.float_x()[:1].cpu()).shape[-1])
+            return int(model(data.test.x[:1].cpu().float().div(255)).shape[-1])
     except RuntimeError as ex:
         raise UserError(f"dataset.crop: the network cannot take images of {tuple(data.input_shape)} "
                         f"({str(ex).splitlines()[0]}); set dataset.resize/dataset.crop to the size it expects") from ex

@@ -112,6 +112,9 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
     else:
         root, cache = Path(cfg.root).expanduser(), Path(cache_dir).expanduser()
         pre = folder_preprocessing(cfg, declared) if has_folder_layout(root) else None
+        if declared is not None and pre is None:
+            log.warning("the model declares %s; dataset=%s is read as tensors of %dx%d as they are (only image folders "
+                        "are resized and cropped)", declared, cfg.name, cfg.image_size, cfg.image_size)
         size = size if pre is None else pre.crop
         read = [load_split(cfg, split, cache, pre) for split in ("train", "test")]
         train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])

@@ -47,7 +47,8 @@ def model_options() -> dict[str, Any]:
 
 
 class Normalized(nn.Module):
-    """(x - mean) / std in front of a network, so that callers work in [0,1] pixel space."""
+    """(x - mean) / std in front of a network, so that callers work in [0,1] pixel space; an output with auxiliary
+    heads (torchvision's GoogLeNet and Inception-v3 in train mode) gives its main logits."""
 
     def __init__(self, net: nn.Module, mean: list[float], std: list[float]):
         super().__init__()
@@ -56,7 +57,8 @@ class Normalized(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
+        out = self.net((x - self.mean) / self.std)
+        return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
 
 
 def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int],

@@ -160,7 +160,8 @@ def robustbench_preprocessing(cfg: RobustBenchConfig) -> Optional[Preprocessing]
 
 
 def load_robustbench(cfg: RobustBenchConfig, ctx: SourceContext) -> Network:
-    from .sources import MainLogits, Network
+    from . import Normalized
+    from .sources import Network
 
     utils = _robustbench()
     entry = _zoo(cfg)
@@ -196,5 +197,5 @@ def load_robustbench(cfg: RobustBenchConfig, ctx: SourceContext) -> Network:
         description["weights_fingerprint"] = state_dict_fingerprint(net.state_dict())
     num_classes = int(utils.DATASET_CLASSES[utils.BenchmarkDataset(cfg.dataset)])
     # the zoo's networks normalise inside themselves: [0,1] images go in as they are
-    return Network(MainLogits(net, [0.0] * 3, [1.0] * 3).eval(), num_classes, None, robustbench_preprocessing(cfg),
+    return Network(Normalized(net, [0.0] * 3, [1.0] * 3).eval(), num_classes, None, robustbench_preprocessing(cfg),
                    description)

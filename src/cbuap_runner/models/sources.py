@@ -54,6 +54,7 @@ from ..errors import UserError
 from ..io import safe_torch_load
 from ..provenance import digest, file_sha256, state_dict_fingerprint
 from ..schema import ModelConfig, SourceConfig, fail
+from . import Normalized
 from .robustbench_source import RobustBenchConfig, load_robustbench, robustbench_preprocessing
 
 HUB_HASH = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: the SHA-256 prefix in a weights file's name
@@ -69,21 +70,6 @@ class Network:
     class_names: Optional[list[str]]
     preprocessing: Optional[Preprocessing]
     description: dict[str, Any]  # recorded as provenance.model
-
-
-class MainLogits(nn.Module):
-    """[0,1] images, normalised, into a network; an output with auxiliary heads (GoogLeNet, Inception-v3 in train
-    mode) gives its main logits."""
-
-    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net((x - self.mean) / self.std)
-        return getattr(out, "logits", out) if not isinstance(out, torch.Tensor) else out
 
 
 # ---------------------------------------------------------------- schemas
@@ -245,7 +231,7 @@ def load_torchvision(cfg: TorchvisionConfig, ctx: SourceContext) -> Network:
         t = enum.transforms()
         categories = list(enum.meta["categories"])
         description.update(weights=f"{type(enum).__name__}.{enum.name}", file=str(path), sha256=file_sha256(path))
-        return Network(MainLogits(net, list(t.mean), list(t.std)).eval(), len(categories), categories,
+        return Network(Normalized(net, list(t.mean), list(t.std)).eval(), len(categories), categories,
                        torchvision_preprocessing(cfg), description)
     with torch.random.fork_rng():
         torch.manual_seed(ctx.seed)
@@ -256,7 +242,7 @@ def load_torchvision(cfg: TorchvisionConfig, ctx: SourceContext) -> Network:
         path = _file(cfg.weights, "model.weights")
         _load_weights(net, _state_dict(path, "model.weights"), path, "model.weights")
         description.update(file=str(path), sha256=file_sha256(path))
-    return Network(MainLogits(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
+    return Network(Normalized(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
 
 
 def timm_preprocessing(cfg: TimmConfig) -> Optional[Preprocessing]:
@@ -280,7 +266,7 @@ def load_timm(cfg: TimmConfig, ctx: SourceContext) -> Network:
         if cfg.weights is None:
             net = timm.create_model(cfg.arch, pretrained=False, num_classes=ctx.num_classes)
             description.update(init_seed=ctx.seed, num_classes=ctx.num_classes)
-            return Network(MainLogits(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
+            return Network(Normalized(net, ctx.mean, ctx.std).eval(), ctx.num_classes, None, None, description)
         overlay = {}
         if cfg.weights != "pretrained":
             path = _file(cfg.weights, "model.weights")
@@ -296,7 +282,7 @@ def load_timm(cfg: TimmConfig, ctx: SourceContext) -> Network:
     if "sha256" not in description:  # timm's own cache: the weights as loaded identify the network
         description["weights_fingerprint"] = state_dict_fingerprint(net.state_dict())
     pre = net.pretrained_cfg
-    return Network(MainLogits(net, list(pre["mean"]), list(pre["std"])).eval(), int(net.num_classes), None,
+    return Network(Normalized(net, list(pre["mean"]), list(pre["std"])).eval(), int(net.num_classes), None,
                    timm_preprocessing(cfg), description)
 
 
@@ -322,7 +308,7 @@ def load_module(cfg: ModuleConfig, ctx: SourceContext) -> Network:
         path = _file(cfg.weights, "model.weights")
         _load_weights(net, _state_dict(path, "model.weights"), path, "model.weights")
         description.update(file=str(path), sha256=file_sha256(path))
-    return Network(MainLogits(net, ctx.mean, ctx.std).eval(), None, None, None, description)
+    return Network(Normalized(net, ctx.mean, ctx.std).eval(), None, None, None, description)
 
 
 def load_scripted(cfg: ScriptedConfig, ctx: SourceContext) -> Network:
@@ -338,7 +324,7 @@ def load_scripted(cfg: ScriptedConfig, ctx: SourceContext) -> Network:
                         "save it with torch.jit.save or torch.export.save") from ex
     description = {"source": "scripted", "format": "export" if path.suffix == ".pt2" else "torchscript",
                    "file": str(path), "sha256": file_sha256(path)}
-    return Network(MainLogits(net, ctx.mean, ctx.std), None, None, None, description)
+    return Network(Normalized(net, ctx.mean, ctx.std), None, None, None, description)
 
 
 class _Exported(nn.Module):
