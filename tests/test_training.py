@@ -62,7 +62,7 @@ def _batch(data, start=0, n=32):
 
 
 def _start_epoch(adversary, model, data):
-    adversary.on_epoch_start(model, 0, data.train.x, data.train.y, torch.Generator().manual_seed(0))
+    adversary.on_epoch_start(model, 0, data.train, torch.Generator().manual_seed(0))
 
 
 def _bn_state(model):

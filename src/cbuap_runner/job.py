@@ -114,7 +114,7 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         raise
     finally:
         if ctx is not None:  # what decided the results: data fingerprint, the network and perturbation used
-            summary["provenance"] = ctx.provenance
+            summary["provenance"] = ctx.provenance_record()
         summary["wall_seconds"] = round(time.time() - t0, 3)
         record.write_summary(summary)
         if tracker is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,14 @@ class _Counts:
         self.success_y.view(-1).scatter_add_(0, (g * K + y).view(-1), (clean_ok & (adv != y)).long().view(-1))
         flat = (g * K * K + clean_pred * K + adv).view(-1)
         self.transition.view(-1).scatter_add_(0, flat, torch.ones_like(flat))
+
+    def sum_over_ranks(self) -> None:
+        """Add up every rank's counts (under torchrun, where each rank counted its share of the images)."""
+        import torch.distributed as tdist
+
+        if tdist.is_available() and tdist.is_initialized():
+            for t in (self.n_y, self.clean_ok_y, self.adv_ok_y, self.success_y, self.transition):
+                tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
 
     def finalize(self, group: int) -> dict[str, Any]:
         """The metric dict of perturbation `group` as plain Python values."""
@@ -155,17 +163,22 @@ def _as_float(xb: Tensor, device: torch.device) -> Tensor:
     return xb.float().div_(255) if xb.dtype == torch.uint8 else xb.float()
 
 
-def _batches(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device):
-    """Yield (x_batch float on device, y_batch, clean_pred)."""
-    for i in range(0, x.shape[0], batch_size):
-        xb = _as_float(x[i:i + batch_size], device)
-        yb = y[i:i + batch_size].to(device, non_blocking=True).long()
+Images = Tensor | Iterable[tuple[Tensor, Tensor]]  # a tensor (labels beside it), or (images, labels) batches
+
+
+def _batches(model: nn.Module, x: Images, y: Tensor | None, batch_size: int, device: torch.device):
+    """Yield (x_batch float on device, y_batch, clean_pred) of a tensor in batches, or of a loader's batches."""
+    source = zip(x.split(batch_size), y.split(batch_size)) if isinstance(x, Tensor) else x
+    for xb, yb in source:
+        xb = _as_float(xb, device)
+        yb = yb.to(device, non_blocking=True).long()
         yield xb, yb, model(xb).argmax(-1)
 
 
-def evaluate_perturbation(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor, num_classes: int,
-                          batch_size: int = 500, class_wise: bool = False) -> dict[str, Any]:
-    """The metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y)."""
+def evaluate_perturbation(model: nn.Module, x: Images, y: Tensor | None, delta: Tensor, num_classes: int,
+                          batch_size: int = 500, class_wise: bool = False, over_ranks: bool = False) -> dict[str, Any]:
+    """The metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y); `over_ranks`: each
+    rank passed its share of the images, and the counts are summed over the ranks (every image counted once)."""
     if delta.dim() == 4 and not class_wise:
         raise ValueError(f"one perturbation expected, got a stack {tuple(delta.shape)}: select a start first")
     device = _model_device(model, delta.device)
@@ -180,6 +193,8 @@ def evaluate_perturbation(model: nn.Module, x: Tensor, y: Tensor, delta: Tensor,
                 counts.add(clean, model((xb + d).clamp(0, 1)).argmax(-1).view(1, -1), yb)
     finally:
         model.train(was_training)
+    if over_ranks:
+        counts.sum_over_ranks()
     return counts.finalize(0)
 
 
@@ -212,8 +227,10 @@ def best_start(model: nn.Module, x: Tensor, starts: Tensor, batch_size: int = 50
     return max(range(len(rates)), key=rates.__getitem__), rates
 
 
-def evaluate_clean(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, batch_size: int = 500) -> dict[str, Any]:
-    """Clean accuracy overall and per class, the worst class and the clean label histogram."""
+def evaluate_clean(model: nn.Module, x: Images, y: Tensor | None, num_classes: int, batch_size: int = 500,
+                   over_ranks: bool = False) -> dict[str, Any]:
+    """Clean accuracy overall and per class, the worst class and the clean label histogram (`over_ranks`: as in
+    evaluate_perturbation)."""
     device = _model_device(model, torch.device("cpu"))
     counts = _Counts(num_classes, 1, device)
     was_training = model.training
@@ -224,6 +241,8 @@ def evaluate_clean(model: nn.Module, x: Tensor, y: Tensor, num_classes: int, bat
                 counts.add(clean, clean.view(1, -1), yb)
     finally:
         model.train(was_training)
+    if over_ranks:
+        counts.sum_over_ranks()
     m = counts.finalize(0)
     per_class = m["per_class_clean_acc"]
     defined = [(a, k) for k, a in enumerate(per_class) if a is not None]

@@ -100,6 +100,13 @@ class DatasetConfig:
     resize: Optional[int] = None
     crop: Optional[int] = None
     interpolation: str = "bilinear"  # nearest | bilinear | bicubic
+    # image folders too large to hold are streamed: decoded batch by batch in `workers` processes (null: one per core,
+    # at most 8); auto streams a split whose decoded size exceeds resident_max_gib
+    stream: str = "auto"  # auto | always | never
+    resident_max_gib: float = 4.0
+    workers: Optional[int] = None
+    decoded_cache: bool = False  # a streamed split decoded once into a uint8 file in cache_dir, then read back
+    bad_files: str = "refuse"  # refuse | skip: a file that is no image stops the run, or is left out and counted
 
     def check(self) -> None:
         for key in ("num_classes", "channels", "image_size", "eps", "val_size"):
@@ -118,6 +125,11 @@ class DatasetConfig:
         if self.resize is not None and self.crop is None:
             fail("dataset.resize", self.resize, "needs dataset.crop (the size the images are cropped to)")
         one_of("dataset.interpolation", self.interpolation, ("nearest", "bilinear", "bicubic"))
+        one_of("dataset.stream", self.stream, ("auto", "always", "never"))
+        one_of("dataset.bad_files", self.bad_files, ("refuse", "skip"))
+        positive("dataset.resident_max_gib", self.resident_max_gib)
+        if self.workers is not None and self.workers < 0:
+            fail("dataset.workers", self.workers, "must be 0 (decode in the main process) or more")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import dist, figures
 from .attacks import ATTACKS, apply_delta, attack_for, craft
-from .data import DataBundle, Split, balanced_subset, load_data
+from .data import AnySplit, DataBundle, Split, balanced_subset, load_data
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
@@ -52,6 +52,7 @@ class Context:
     device: torch.device
     tracker: Any
     provenance: dict[str, Any] = field(default_factory=dict)  # what decided the results (run_summary.json)
+    bad_files: Any = None  # data.BadFiles of streamed splits: what they could not read, for the record
 
     @property
     def run_dir(self) -> Path:
@@ -65,8 +66,16 @@ class Context:
     def data(self) -> DataBundle:
         declared = None if self.source is None else self.source.preprocessing(self.cfg.model)
         data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device, declared)
-        self.provenance.update(code=git_commit(), data={"fingerprint": data.fingerprint})
+        streamed = [name for name, split in (("train", data.train), ("test", data.test)) if split.streamed]
+        self.provenance.update(code=git_commit(), data={"fingerprint": data.fingerprint, "streamed": streamed})
+        self.bad_files = data.bad_files if streamed else None
         return data
+
+    def provenance_record(self) -> dict[str, Any]:
+        """What decided the results, with the files streamed splits refused to read or skipped."""
+        if self.bad_files is not None:
+            self.provenance["data"]["bad_files"] = self.bad_files.record()
+        return self.provenance
 
 
 # ---------------------------------------------------------------- models
@@ -201,7 +210,8 @@ def _output_width(model: nn.Module, data: DataBundle) -> int:
     model.eval()
     try:
         with torch.no_grad():
-            return int(model(data.test.x[:1].cpu().float().div(255)).shape[-1])
+            first = data.test.subset(torch.zeros(1, dtype=torch.long)).resident()
+            return int(model(first.x.cpu().float().div(255)).shape[-1])
     except RuntimeError as ex:
         raise UserError(f"dataset.crop: the network cannot take images of {tuple(data.input_shape)} "
                         f"({str(ex).splitlines()[0]}); set dataset.resize/dataset.crop to the size it expects") from ex
@@ -244,16 +254,32 @@ def _note_model(ctx: Context, path: str, blob: dict[str, Any], source: str, data
 # ---------------------------------------------------------------- perturbations
 
 
-def eval_split(ctx: Context, data: DataBundle) -> Split:
+def eval_split(ctx: Context, data: DataBundle) -> AnySplit:
     """The test split, or a seeded class-balanced part of it (eval.num_images)."""
     n = ctx.cfg.eval.num_images
     return data.test if n is None else data.test.subset(balanced_subset(data.test.y, n, ctx.cfg.seed))
 
 
 def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
-    """A seeded class-balanced sample of the training split (attack.crafting_images; null = all)."""
+    """A seeded class-balanced sample of the training split (attack.crafting_images; null = all), held in memory."""
     n = attack.crafting_images
-    return data.train if n is None else data.train.subset(balanced_subset(data.train.y, n, seed))
+    if n is None and data.train.streamed:
+        raise UserError(f"attack.crafting_images=null: the training split is streamed ({len(data.train)} images) and "
+                        f"the crafting set is held in memory; set attack.crafting_images (k per class: k x "
+                        f"{data.num_classes})")
+    return (data.train if n is None else data.train.subset(balanced_subset(data.train.y, n, seed))).resident()
+
+
+def evaluate_on(ctx: Context, model: nn.Module, split: AnySplit, num_classes: int, delta: torch.Tensor | None = None,
+                class_wise: bool = False) -> dict[str, Any]:
+    """The clean metrics (no δ) or δ's metrics on `split`, in one pass; under torchrun each rank reads its share
+    and the counts are summed, so every image counts once."""
+    batch_size, world = ctx.cfg.eval.batch_size, dist.world_size()
+    images = split.shard(batch_size, dist.rank(), world)
+    if delta is None:
+        return evaluate_clean(model, images, None, num_classes, batch_size, over_ranks=world > 1)
+    return evaluate_perturbation(model, images, None, delta, num_classes, batch_size, class_wise=class_wise,
+                                 over_ranks=world > 1)
 
 
 # what an attack run also reports on the validation split: what tuning and selection read
@@ -301,9 +327,7 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     if delta.dim() == 4 and not class_wise:
         best, rates = select_start(model, data, delta, ctx.cfg.eval.batch_size)
         delta, chosen = delta[best], {"best_start": best, "val_fooling_rates": rates, "num_starts": len(rates)}
-    test = eval_split(ctx, data)
-    metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
-                                    class_wise=class_wise)
+    metrics = evaluate_on(ctx, model, eval_split(ctx, data), data.num_classes, delta, class_wise)
     val = evaluate_perturbation(model, data.val.x, data.val.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
                                 class_wise=class_wise)
     metrics.update({f"val_{k}": val[k] for k in VAL_METRICS}, **chosen)
@@ -337,7 +361,7 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
                 "provenance": {"identity": identity(crafted), "crafted": crafted, "code": git_commit()}},
                run_dir / f"{stem}.pt")
     test = eval_split(ctx, data)
-    examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed))
+    examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed)).resident()
     x = examples.float_x()
     adv = apply_delta(x, delta, examples.y if class_wise else None)
     names = [[data.class_names[int(k)] for k in predict(model, images, ctx.cfg.eval.batch_size)] for images in (x, adv)]
@@ -417,7 +441,7 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     model, model_path = obtain_model(ctx, data)
     test = eval_split(ctx, data)
     if ctx.cfg.perturbation is None:
-        clean = evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+        clean = evaluate_on(ctx, model, test, data.num_classes)
         return per_class_to_file(clean, data.num_classes, ctx.run_dir, PER_CLASS)
     blob = load_perturbation(ctx.cfg.perturbation, data)
     ctx.provenance["perturbation"] = perturbation_provenance(ctx.cfg.perturbation, blob)
@@ -426,8 +450,7 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     if crafted_after is not None and crafted_after != data.preprocessing:
         log.warning("perturbation=%s was crafted on images prepared as %s; these are prepared as %s",
                     ctx.cfg.perturbation, crafted_after, data.preprocessing)
-    metrics = evaluate_perturbation(model, test.x, test.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
-                                    class_wise=stored_class_wise(blob))
+    metrics = evaluate_on(ctx, model, test, data.num_classes, delta, stored_class_wise(blob))
     metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
                    source_model=blob.get("model_checkpoint"), target_model=model_path,
                    same_preparation=None if crafted_after is None else crafted_after == data.preprocessing)
@@ -458,7 +481,7 @@ def task_pipeline(ctx: Context) -> dict[str, Any]:
     model, train_metrics = train_model(ctx, data)
     model_path = str(ctx.run_dir / "model.pt")
     test = eval_split(ctx, data)
-    clean = evaluate_clean(model, test.x, test.y, data.num_classes, ctx.cfg.eval.batch_size)
+    clean = evaluate_on(ctx, model, test, data.num_classes)
     out: dict[str, Any] = {"clean_acc": clean["clean_acc"], "train_seconds": train_metrics["train_seconds"],
                            "per_class_clean_acc": clean["per_class_acc"], "num_images": clean["num_images"],
                            **{k: v for k, v in train_metrics.items() if k.startswith("ddp_")}}

@@ -1,11 +1,16 @@
-"""Datasets as in-memory uint8 tensors, batched and augmented with tensor ops on the device."""
+"""Datasets as splits of uint8 images: held in memory (`Split`) or streamed from image folders (`stream.StreamedSplit`),
+batched and augmented with tensor ops on the device.
+
+Both kinds answer the same questions (labels `y`, length, `subset`, `take` for batches of given positions, `shard`
+for a rank's share of an evaluation, `resident` for a bounded set held whole), so nothing above this package asks
+which one it has."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +19,8 @@ from ..errors import UserError
 from ..provenance import SYNTHETIC_GENERATOR, digest, tensors_fingerprint
 from ..schema import DatasetConfig
 from .folder import Preprocessing, has_folder_layout
-from .sources import DATASETS, DatasetSource, load_split  # noqa: F401  (the dataset registry)
+from .sources import DATASETS, DatasetSource, check_streamable, load_split, read_splits  # noqa: F401  (the dataset registry)
+from .stream import BadFiles, Index, StreamedSplit
 from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,12 @@ class Split:
     def to(self, device: torch.device) -> "Split":
         return Split(self.x.to(device), self.y.to(device))
 
+    streamed = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.x.shape[1:])
+
     def subset(self, index: torch.Tensor) -> "Split":
         index = index.to(self.y.device)
         return Split(self.x[index], self.y[index])
@@ -40,6 +52,25 @@ class Split:
     def float_x(self) -> torch.Tensor:
         """Images as float32 in [0, 1]."""
         return self.x.float().div_(255)
+
+    def resident(self) -> "Split":
+        return self
+
+    def take(self, batches: Sequence[Index]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 images and labels of each batch of positions (a slice or an index tensor), in order."""
+        for index in batches:
+            index = index if isinstance(index, slice) else index.to(self.y.device)
+            yield self.x[index], self.y[index]
+
+    def shard(self, batch_size: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share (every world-th image), in batches: every image counted once over the ranks."""
+        if world == 1:
+            return self.take([slice(i, i + batch_size) for i in range(0, len(self), batch_size)])
+        mine = torch.arange(len(self), device=self.y.device)[rank::world]
+        return self.take([mine[i:i + batch_size] for i in range(0, mine.shape[0], batch_size)])
+
+
+AnySplit = Union[Split, StreamedSplit]
 
 
 @dataclass
@@ -55,6 +86,7 @@ class DataBundle:
     class_names: list[str]
     fingerprint: str = ""  # of the splits as read, before the validation carve (provenance.py)
     preprocessing: Optional[dict] = None  # what turned the files into these tensors (_preprocessing)
+    bad_files: Optional[BadFiles] = None  # what a streamed split could not read (dataset.bad_files), for the record
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -80,11 +112,11 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return picked.sort().values.to(y.device)
 
 
-def _check_shape(split: Split, cfg: DatasetConfig, size: int, what: str) -> None:
+def _check_shape(split: AnySplit, cfg: DatasetConfig, size: int, what: str) -> None:
     expected = (cfg.channels, size, size)
-    if tuple(split.x.shape[1:]) != expected:
+    if tuple(split.shape) != expected:
         raise UserError(
-            f"dataset.root={cfg.root!r}: {what} images are {tuple(split.x.shape[1:])} but dataset={cfg.name} "
+            f"dataset.root={cfg.root!r}: {what} images are {tuple(split.shape)} but dataset={cfg.name} "
             f"expects {expected}; set dataset.channels / dataset.image_size"
         )
     if split.y.numel() and int(split.y.max()) >= cfg.num_classes:
@@ -100,9 +132,10 @@ def folder_preprocessing(cfg: DatasetConfig, declared: Optional[Preprocessing]) 
 
 def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.device,
               declared: Optional[Preprocessing] = None) -> DataBundle:
-    """Load both splits into memory (uint8) and move them to `device` whole; image folders decoded with the
-    dataset's resize/crop, else with `declared` (the model's preprocessing)."""
-    size, pre = cfg.image_size, None
+    """Both splits, held in memory on `device` or streamed from their folders (dataset.stream); image folders decoded
+    with the dataset's resize/crop, else with `declared` (the model's preprocessing)."""
+    size, pre, bad = cfg.image_size, None, None
+    check_streamable(cfg, not DATASETS[cfg.name].synthetic and has_folder_layout(Path(cfg.root).expanduser()))
     if DATASETS[cfg.name].synthetic:
         shape = (cfg.num_classes, cfg.channels, cfg.image_size)
         train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
@@ -116,21 +149,33 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
             log.warning("the model declares %s; dataset=%s is read as tensors of %dx%d as they are (only image folders "
                         "are resized and cropped)", declared, cfg.name, cfg.image_size, cfg.image_size)
         size = size if pre is None else pre.crop
-        read = [load_split(cfg, split, cache, pre) for split in ("train", "test")]
-        train, test = Split(read[0][0], read[0][1]), Split(read[1][0], read[1][1])
-        names = read[0][2]
-        fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg, pre))
+        read = read_splits(cfg, cache, pre, device)
+        (train, train_fp), (test, test_fp), names, bad = read.train, read.test, read.names, read.bad
+        if train.streamed or test.streamed:
+            fingerprint = digest({"train": train_fp, "test": test_fp, "preprocessing": _preprocessing(cfg, pre)})
+        else:  # hashed over the tensors: the same images from another source or root give the same fingerprint
+            fingerprint = tensors_fingerprint([train.x, train.y, test.x, test.y], _preprocessing(cfg, pre))
     preprocessing = {"decode": "generated"} if DATASETS[cfg.name].synthetic else _preprocessing(cfg, pre)
     for split, what in ((train, "train"), (test, "test")):
         _check_shape(split, cfg, size, what)
     train, val = split_validation(train, cfg.val_size, seed)
+    val = val.resident()  # bounded by dataset.val_size, and read by every choice
     if cfg.train_subset is not None:
         train = train.subset(balanced_subset(train.y, cfg.train_subset, seed))
-    log.info("dataset %s: %d train / %d validation / %d test images of shape %s", cfg.name, len(train), len(val),
-             len(test), tuple(train.x.shape[1:]))
+    log.info("dataset %s: %d train / %d validation / %d test images of shape %s%s", cfg.name, len(train), len(val),
+             len(test), tuple(train.shape), _streamed_note(train, test))
     names = names or (list(cfg.classes) if cfg.classes else [str(k) for k in range(cfg.num_classes)])
-    return DataBundle(train.to(device), val.to(device), test.to(device), cfg.num_classes,
-                      (cfg.channels, size, size), names, fingerprint, preprocessing)
+    return DataBundle(_on(train, device), val.to(device), _on(test, device), cfg.num_classes,
+                      (cfg.channels, size, size), names, fingerprint, preprocessing, bad)
+
+
+def _on(split: AnySplit, device: torch.device) -> AnySplit:
+    return split.to(device) if not split.streamed else split
+
+
+def _streamed_note(train: AnySplit, test: AnySplit) -> str:
+    streamed = [what for what, split in (("train", train), ("test", test)) if split.streamed]
+    return f" ({' and '.join(streamed)} streamed from their folders)" if streamed else ""
 
 
 def _preprocessing(cfg: DatasetConfig, pre: Optional[Preprocessing]) -> dict:
@@ -172,24 +217,27 @@ def augment(x: torch.Tensor, crop_padding: int, hflip: bool, generator: torch.Ge
     return x
 
 
-def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None,
+def batches(split: AnySplit, batch_size: int, *, shuffle: bool = False, generator: Optional[torch.Generator] = None,
             crop_padding: int = 0, hflip: bool = False, drop_last: bool = False, rank: int = 0, world: int = 1
             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float [0,1] batches of a device-resident split; shuffling and augmentation use `generator`.
+    """Float [0,1] batches of a split (resident or streamed: the same images in the same order); shuffling and
+    augmentation use `generator`.
 
     With world > 1 every global batch is split over the ranks, each taking every world-th sample.
     """
     n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.y.device) if shuffle else None
+    device = split.y.device if not split.streamed else torch.device("cpu")
+    order = torch.randperm(n, generator=generator).to(device) if shuffle else None
     stop = n - n % batch_size if drop_last and n >= batch_size else n
+    positions: list[Index] = []
     for start in range(0, stop, batch_size):
         if order is None and world == 1:
-            xb, yb = split.x[start:start + batch_size], split.y[start:start + batch_size]
-        else:
-            idx = order[start:start + batch_size] if order is not None else torch.arange(
-                start, min(start + batch_size, n), device=split.y.device)
-            idx = idx[rank::world]
-            xb, yb = split.x[idx], split.y[idx]
+            positions.append(slice(start, start + batch_size))
+            continue
+        idx = order[start:start + batch_size] if order is not None else torch.arange(
+            start, min(start + batch_size, n), device=device)
+        positions.append(idx[rank::world])
+    for xb, yb in split.take(positions):
         xb = xb.float().div_(255)
         if crop_padding or hflip:
             xb = augment(xb, crop_padding, hflip, generator)

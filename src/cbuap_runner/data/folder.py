@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -60,7 +61,7 @@ def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int,
+def files_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, size: int,
                pre: Optional[Preprocessing]) -> str:
     """The decoded tensors' key: every file's absolute path, label, size, modification and change times (a file
     rewritten in place with its mtime restored still changes its ctime), then the decode settings."""
@@ -71,24 +72,43 @@ def _cache_key(split_dir: Path, files: list[tuple[Path, int]], channels: int, si
     return h.hexdigest()[:24]
 
 
+def unreadable(path: Path) -> Optional[str]:
+    """Why `path` is not an image (its header read, the pixels not decoded), or None: a quick look at every file of
+    a large split before hours are spent on it."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 (the header names the size)
+    except (OSError, ValueError, Image.DecompressionBombError) as ex:
+        return f"not an image ({type(ex).__name__}: {str(ex).splitlines()[0] if str(ex) else 'unreadable'})"
+    return None
+
+
+def decode_file(path: Path, channels: int, size: int, pre: Optional[Preprocessing]) -> torch.Tensor:
+    """One image file as uint8 [channels, size, size] (with `pre`: resized and cropped to pre.crop); a file that cannot
+    be decoded, or that has another size, is one UserError naming its path."""
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    size = size if pre is None else pre.crop
+    try:
+        image = decode_image(read_file(str(path)), mode=mode)
+    except RuntimeError as ex:
+        raise UserError(f"{path}: cannot decode image ({str(ex).splitlines()[0]}); remove or replace the file, or set "
+                        "dataset.bad_files=skip") from ex
+    if pre is not None:
+        if pre.resize is None and min(image.shape[1:]) < pre.crop:
+            raise UserError(f"{path}: image is {tuple(image.shape[1:])}, smaller than dataset.crop={pre.crop}; "
+                            "set dataset.resize as well")
+        image = pre.apply(image)
+    if image.shape[1:] != (size, size):
+        raise UserError(f"{path}: image is {tuple(image.shape[1:])}, dataset.image_size expects {size}x{size}")
+    return image
+
+
 def _decode(files: list[tuple[Path, int]], channels: int, size: int, pre: Optional[Preprocessing],
             progress: bool) -> torch.Tensor:
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     size = size if pre is None else pre.crop
     out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
     for i, (path, _) in enumerate(progress_bar(files, desc=f"decoding {path_parent(files)}", enabled=progress)):
-        try:
-            image = decode_image(read_file(str(path)), mode=mode)
-        except RuntimeError as ex:
-            raise UserError(f"{path}: cannot decode image ({ex}); remove or replace the file") from ex
-        if pre is not None:
-            if pre.resize is None and min(image.shape[1:]) < pre.crop:
-                raise UserError(f"{path}: image is {tuple(image.shape[1:])}, smaller than dataset.crop={pre.crop}; "
-                                "set dataset.resize as well")
-            image = pre.apply(image)
-        if image.shape[1:] != (size, size):
-            raise UserError(f"{path}: image is {tuple(image.shape[1:])}, dataset.image_size expects {size}x{size}")
-        out[i] = image
+        out[i] = decode_file(path, channels, size, pre)
     return out
 
 
@@ -106,7 +126,7 @@ def load_folder_split(
     if not files:
         raise UserError(f"{split_dir}: no images in its class folders; put the images in {split_dir}/<class>/ "
                         f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-    cache = cache_dir / "folders" / f"{_cache_key(split_dir, files, channels, size, pre)}.pt"
+    cache = cache_dir / "folders" / f"{files_key(split_dir, files, channels, size, pre)}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)

@@ -26,9 +26,9 @@ class Adversary:
         self.device = device
         self.seed = seed
 
-    def on_epoch_start(self, model: nn.Module, epoch: int, train_x: torch.Tensor, train_y: torch.Tensor,
-                       generator: torch.Generator) -> None:
-        """Called before every epoch with the model in train mode."""
+    def on_epoch_start(self, model: nn.Module, epoch: int, train: Any, generator: torch.Generator) -> None:
+        """Called before every epoch with the model in train mode and the training split (a data.Split or a streamed
+        split: `subset(index).resident()` holds a part of it)."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss of one batch and the logits used for train accuracy."""

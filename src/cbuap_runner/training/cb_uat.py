@@ -97,11 +97,11 @@ class CBUAT(Adversary):
         self.attack_cfg = dataclasses.replace(cfg.adversary, name="cb_uap", num_starts=cfg.pool.size, init="uniform")
         self.pool = torch.zeros((cfg.pool.size, *input_shape), device=device)
         self.refreshes = 0
-        self._train: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._train: Any = None  # the training split (data.Split or streamed)
         self._generator: Optional[torch.Generator] = None
 
-    def on_epoch_start(self, model, epoch, train_x, train_y, generator):
-        self._train, self._generator = (train_x, train_y), generator
+    def on_epoch_start(self, model, epoch, train, generator):
+        self._train, self._generator = train, generator
         if self.cfg.pool.refresh_unit == "epoch" and epoch % self.cfg.pool.refresh_every == 0:
             self.refresh(model)
 
@@ -112,13 +112,12 @@ class CBUAT(Adversary):
 
     def refresh(self, model: nn.Module) -> None:
         """Stage 1: `pool.refresh_steps` minibatch steps of CB-UAP on every pool member, the network frozen."""
-        x, y = self._train
-        n = min(len(y), self.cfg.pool.refresh_steps * self.attack_cfg.batch_size)
+        n = min(len(self._train), self.cfg.pool.refresh_steps * self.attack_cfg.batch_size)
         subset_seed, attack_seed = self.refresh_seeds()
-        idx = balanced_subset(y, n, seed=subset_seed)
+        part = self._train.subset(balanced_subset(self._train.y, n, seed=subset_seed)).resident()
         g = torch.Generator().manual_seed(attack_seed)
         init = self.pool if self.refreshes > 0 else None  # None: independent uniform starts (see __init__)
-        result = craft(unwrap(model), x[idx].float().div_(255), y[idx], self.attack_cfg, self.num_classes,
+        result = craft(unwrap(model), part.float_x(), part.y, self.attack_cfg, self.num_classes,
                        generator=g, init=init, max_steps=self.cfg.pool.refresh_steps)
         self.pool.copy_(result.delta.detach().view_as(self.pool))
         self.refreshes += 1

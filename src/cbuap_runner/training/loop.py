@@ -59,7 +59,7 @@ def train_one_epoch(model: nn.Module, adversary: Adversary, data: DataBundle, da
     opt, sched = optim
     model.train()
     g = epoch_generator(run.seed, epoch)
-    adversary.on_epoch_start(unwrap(model), epoch, data.train.x, data.train.y, g)
+    adversary.on_epoch_start(unwrap(model), epoch, data.train, g)
     model.train()
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     loss_sum = torch.zeros((), device=run.device)
@@ -141,7 +141,8 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dataset: Datas
             run.log_metrics(row)
         log.info("epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1fs)", epoch + 1, cfg.epochs,
                  row["train_loss"], row["train_acc"], row["val_acc"], row["epoch_seconds"])
-    final = evaluate_clean(model, data.test.x, data.test.y, data.num_classes, run.eval_batch_size)
+    test = data.test.shard(run.eval_batch_size, dist.rank(), dist.world_size())  # each rank its share, counts summed
+    final = evaluate_clean(model, test, None, data.num_classes, run.eval_batch_size, over_ranks=dist.world_size() > 1)
     return {**final, "train_seconds": round(elapsed, 3), "epochs": cfg.epochs, "history": history}
 
 

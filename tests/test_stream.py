@@ -1,0 +1,212 @@
+"""Streamed image folders: the same images, batches and metrics as the resident split; the decoded cache; files that
+are no images; sharding that counts every image once."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_cli
+from torchvision.io import encode_jpeg, encode_png
+
+from cbuap_runner.data import batches, load_data
+from cbuap_runner.errors import UserError
+from cbuap_runner.metrics import evaluate_clean, evaluate_perturbation
+from cbuap_runner.models import build_model
+
+CLASSES, PER_CLASS = 4, 12
+
+
+def mixed_folder(root: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
+    """<root>/{train,test}/c<k>/ of random JPEG and PNG images of mixed sizes (36-70 px, any aspect)."""
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for k in range(CLASSES):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = (int(v) for v in torch.randint(36, 71, (2,), generator=g))
+                image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+                data = encode_jpeg(image, quality=85) if i % 2 else encode_png(image)
+                (folder / f"{i}.{'jpg' if i % 2 else 'png'}").write_bytes(data.numpy().tobytes())
+    return root
+
+
+def args(root: Path, *extra: str) -> list[str]:
+    return ["dataset=image_folder", f"dataset.root={root}", f"dataset.num_classes={CLASSES}", "dataset.resize=36",
+            "dataset.crop=32", "dataset.val_size=8", "dataset.download=false", *extra]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return mixed_folder(tmp_path_factory.mktemp("mixed"))
+
+
+def both(validated, folder: Path, cache: Path, *extra: str):
+    """(resident, streamed) bundles of the same folder."""
+    out = []
+    for mode in ("never", "always"):
+        cfg = validated(args(folder, f"dataset.stream={mode}", "dataset.workers=2", *extra))
+        out.append(load_data(cfg.dataset, str(cache), cfg.seed, torch.device("cpu")))
+    return out
+
+
+def test_streamed_splits_give_the_same_images_batches_and_metrics(validated, folder, tmp_path):
+    resident, streamed = both(validated, folder, tmp_path)
+    assert not resident.test.streamed and streamed.test.streamed and streamed.train.streamed
+    assert torch.equal(resident.val.x, streamed.val.x) and torch.equal(resident.val.y, streamed.val.y)
+    assert torch.equal(resident.test.y, streamed.test.y) and len(resident.train) == len(streamed.train)
+    for split in ("train", "test"):  # seeded shuffle and augmentation: the same float batches in the same order
+        kw = dict(shuffle=True, crop_padding=2, hflip=True, drop_last=True)
+        ours = list(batches(getattr(streamed, split), 10, generator=torch.Generator().manual_seed(5), **kw))
+        theirs = list(batches(getattr(resident, split), 10, generator=torch.Generator().manual_seed(5), **kw))
+        assert len(ours) == len(theirs) > 1
+        for (xa, ya), (xb, yb) in zip(ours, theirs):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    model = build_model("small_cnn", CLASSES, (3, 32, 32), [0.5] * 3, [0.25] * 3).eval()
+    delta = torch.rand(3, 32, 32) * 0.3
+    got = evaluate_perturbation(model, streamed.test.shard(7, 0, 1), None, delta, CLASSES, 7)
+    want = evaluate_perturbation(model, resident.test.x, resident.test.y, delta, CLASSES, 7)
+    assert got == want and sum(map(sum, got["transition_matrix"])) == CLASSES * PER_CLASS
+    assert evaluate_clean(model, streamed.test.shard(5, 0, 1), None, CLASSES, 5) == evaluate_clean(
+        model, resident.test.x, resident.test.y, CLASSES, 5)
+    assert streamed.fingerprint != resident.fingerprint  # a streamed split is fingerprinted over its files
+
+
+@pytest.mark.parametrize("world", [2, 3, 5])
+def test_the_shards_of_the_ranks_cover_every_image_once(validated, folder, tmp_path, world):
+    _, streamed = both(validated, folder, tmp_path)
+    seen = [y for rank in range(world) for _, ys in streamed.test.shard(4, rank, world) for y in ys.tolist()]
+    assert sorted(seen) == sorted(streamed.test.y.tolist())  # no image repeated to even out the ranks
+
+
+def test_the_decoded_cache_is_built_once_and_read_back(validated, folder, tmp_path, monkeypatch):
+    _, streamed = both(validated, folder, tmp_path / "plain")
+    want = torch.cat([x for x, _ in streamed.test.shard(9, 0, 1)])
+    cached = load_data(validated(args(folder, "dataset.stream=always", "dataset.decoded_cache=true")).dataset,
+                       str(tmp_path / "cache"), 0, torch.device("cpu"))
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.u8"))) == 2
+    import cbuap_runner.data.stream as stream
+
+    def no_decoding(*_):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(stream.FileDecoder, "__call__", no_decoding)
+    again = load_data(validated(args(folder, "dataset.stream=always", "dataset.decoded_cache=true",
+                                     "dataset.workers=0")).dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    for bundle in (cached, again):
+        got = torch.cat([x for x, _ in bundle.test.shard(9, 0, 1)])
+        assert torch.equal(got, want)
+        assert bundle.fingerprint == streamed.fingerprint
+
+
+def test_the_decoded_cache_follows_the_files_and_the_preprocessing(validated, tmp_path):
+    root = mixed_folder(tmp_path / "data", per_class=3)
+    load = lambda *extra: load_data(validated(args(root, "dataset.stream=always", "dataset.decoded_cache=true",  # noqa: E731
+                                                   "dataset.val_size=4", "dataset.workers=0", *extra)).dataset,
+                                    str(tmp_path / "cache"), 0, torch.device("cpu"))
+    load()
+    load("dataset.interpolation=bicubic")
+    image = root / "test" / "c0" / "0.png"
+    image.write_bytes(encode_png(torch.zeros(3, 40, 40, dtype=torch.uint8)).numpy().tobytes())
+    data = load()
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.u8"))) == 2 + 2 + 1  # a new test cache only
+    first = next(iter(data.test.take([torch.tensor([0])])))[0]
+    assert int(first.max()) == 0
+
+
+def broken_folder(root: Path, how: str) -> Path:
+    mixed_folder(root, per_class=3)
+    bad = root / "test" / "c1" / "9.jpg"
+    if how == "not_an_image":
+        bad.write_text("<html>rate limited</html>")
+    else:  # a JPEG cut short: the header reads, the pixels do not
+        data = encode_jpeg(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)).numpy().tobytes()
+        bad.write_bytes(data[: len(data) * 2 // 3])
+    return root
+
+
+def test_a_file_that_is_no_image_is_refused_before_anything_runs(validated, tmp_path):
+    root = broken_folder(tmp_path / "data", "not_an_image")
+    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4"))
+    with pytest.raises(UserError, match=r"^\S+/test/c1/9\.jpg: not an image .*set dataset\.bad_files=skip$"):
+        load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("how", ["not_an_image", "truncated"])
+def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, how):
+    root = broken_folder(tmp_path / "data", how)
+    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
+                         "dataset.workers=0"))
+    data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    seen = sum(len(y) for _, y in data.test.shard(4, 0, 1))
+    assert seen == CLASSES * 3 and data.bad_files.record()["skipped"] == 1
+    assert data.bad_files.record()["skipped_files"][0].endswith("test/c1/9.jpg")
+
+
+def test_a_truncated_file_is_refused_when_it_is_reached(validated, tmp_path):
+    root = broken_folder(tmp_path / "data", "truncated")
+    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.workers=0"))
+    data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"^\S+/test/c1/9\.jpg: cannot decode image"):
+        list(data.test.shard(4, 0, 1))
+
+
+@pytest.mark.parametrize("mode", ["never", "always"])
+def test_an_empty_class_folder_and_classes_one_split_lacks_are_refused(validated, tmp_path, mode):
+    root = mixed_folder(tmp_path / "data", per_class=3)
+    (root / "train" / "c9").mkdir()
+    cfg = validated(args(root, f"dataset.stream={mode}", "dataset.val_size=4"))
+    with pytest.raises(UserError, match=r"train/c9: class folder holds no images"):
+        load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    (root / "train" / "c9" / "0.png").write_bytes(encode_png(torch.zeros(3, 40, 40, dtype=torch.uint8)).numpy().tobytes())
+    with pytest.raises(UserError, match=r"train/ and test/ have other classes \(1 in one only, e\.g\. c9\)"):
+        load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+
+
+def test_auto_streams_a_split_larger_than_the_resident_limit(validated, folder, tmp_path):
+    limit = 40 * 3 * 32 * 32 / 2**30  # between the test split (48 images) and nothing
+    cfg = validated(args(folder, f"dataset.resident_max_gib={limit}"))
+    data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))
+    assert data.test.streamed and data.train.streamed
+    cfg = validated(args(folder))
+    assert not load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu")).test.streamed
+
+
+def test_streaming_a_tensor_dataset_is_refused_in_one_line(validated, tmp_path):
+    cfg = validated(["dataset=synthetic", "dataset.stream=always"])
+    cfg.dataset.root = str(tmp_path)
+    with pytest.raises(UserError, match=r"^dataset\.stream=always: only image folders are streamed"):
+        load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))
+
+
+@pytest.mark.e2e
+def test_an_attack_streamed_and_resident_records_the_same_metrics(folder, tmp_path):
+    common = args(folder, "model=small_cnn", "attack=sgd_uap", "training.epochs=1", "training.batch_size=8",
+                  "attack.crafting_images=16", "attack.batch_size=8", "attack.passes=2", "eval.batch_size=7",
+                  "dataset.workers=2", "checkpoint_images=8")
+    runs = {}
+    for mode in ("never", "always"):
+        proc = run_cli([*common, f"dataset.stream={mode}"], tmp_path / mode, cache_dir=tmp_path / f"cache_{mode}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[mode] = json.loads((tmp_path / mode / "run_summary.json").read_text())
+    ours, theirs = runs["always"]["metrics"], runs["never"]["metrics"]
+    for key in ("clean_acc", "fooling_rate", "adv_acc", "label_entropy", "val_fooling_rate", "num_images"):
+        assert ours[key] == theirs[key], key
+    per_class = [json.loads((tmp_path / m / "per_class.json").read_text()) for m in ("always", "never")]
+    assert per_class[0] == per_class[1]
+    assert runs["always"]["provenance"]["data"]["streamed"] == ["train", "test"]
+    assert runs["always"]["provenance"]["data"]["bad_files"] == {"policy": "refuse", "skipped": 0, "skipped_files": []}
+    assert torch.equal(*(torch.load(tmp_path / m / "perturbation.pt", weights_only=True)["delta"]
+                         for m in ("always", "never")))
+
+
+@pytest.mark.e2e
+def test_streamed_data_refuses_an_unbounded_crafting_set(folder, tmp_path):
+    proc = run_cli(args(folder, "model=small_cnn", "dataset.stream=always", "training.epochs=1",
+                        "attack.crafting_images=null"), tmp_path / "run")
+    assert proc.returncode != 0
+    assert re.search(r"attack\.crafting_images=null: the training split is streamed \(\d+ images\)", proc.stderr)
