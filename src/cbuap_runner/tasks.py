@@ -415,12 +415,13 @@ def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
 
 def perturbation_provenance(path: str, blob: dict[str, Any]) -> dict[str, Any]:
     """What a record says of the perturbation it evaluated: its file's hash, what it is, what crafted it (a file
-    without that gets its hash as its identity)."""
+    without that gets its hash as its identity), and for an imported one the published file it came from."""
     sha = file_sha256(Path(path).expanduser())
     stored = blob.get("provenance") or {}
     return {"identity": stored.get("identity") or f"sha256:{sha}", "sha256": sha, "path": str(path),
             "attack": blob.get("attack"), "eps": blob.get("eps"), "norm": blob.get("norm"),
-            "class_wise": stored_class_wise(blob), "crafted_by": stored.get("code")}
+            "class_wise": stored_class_wise(blob), "crafted_by": stored.get("code"),
+            "imported_from": stored.get("imported_from")}
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -451,8 +452,9 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
         log.warning("perturbation=%s was crafted on images prepared as %s; these are prepared as %s",
                     ctx.cfg.perturbation, crafted_after, data.preprocessing)
     metrics = evaluate_on(ctx, model, test, data.num_classes, delta, stored_class_wise(blob))
+    crafted_on = blob.get("model_checkpoint") or ((blob.get("space") or {}).get("network") or {}).get("label")
     metrics.update(perturbation=ctx.cfg.perturbation, perturbation_attack=blob.get("attack"),
-                   source_model=blob.get("model_checkpoint"), target_model=model_path,
+                   source_model=crafted_on, target_model=model_path,
                    same_preparation=None if crafted_after is None else crafted_after == data.preprocessing)
     return per_class_to_file(metrics, data.num_classes, ctx.run_dir, PER_CLASS)
 

@@ -183,7 +183,13 @@ def _preprocessing(cfg: DatasetConfig, pre: Optional[Preprocessing]) -> dict:
     resized and cropped."""
     if pre is None:
         return {"decode": "as_is", "channels": cfg.channels, "image_size": cfg.image_size}
-    return {"decode": "resize_crop", "channels": cfg.channels, "resize": pre.resize, "crop": pre.crop,
+    return resize_crop_record(cfg.channels, pre)
+
+
+def resize_crop_record(channels: int, pre: Preprocessing) -> dict:
+    """DataBundle.preprocessing of images of `channels` channels resized and cropped by `pre` (also what a
+    perturbation file's space.added_after holds)."""
+    return {"decode": "resize_crop", "channels": channels, "resize": pre.resize, "crop": pre.crop,
             "interpolation": pre.interpolation}
 
 
