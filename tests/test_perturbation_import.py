@@ -160,7 +160,7 @@ def test_mat_variables_are_checked(tmp_path):
 def test_mat_without_scipy_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # import scipy.io now fails
     (tmp_path / "VGG-16.mat").write_bytes(b"MATLAB 5.0 MAT-file")
-    with pytest.raises(UserError, match=r"needs scipy; install the extra: pip install -e '\.\[matlab\]'"):
+    with pytest.raises(UserError, match=r"needs scipy; install the extra: pip install -e '\.\[imagenet\]'"):
         small(tmp_path / "VGG-16.mat")
 
 

@@ -99,7 +99,7 @@ def _mat_variables(path: Path) -> dict[str, Any]:
         from scipy.io import loadmat
         from scipy.io.matlab import MatReadError
     except ImportError as ex:
-        raise UserError(f"{path}: reading .mat files needs scipy; install the extra: pip install -e '.[matlab]'") from ex
+        raise UserError(f"{path}: reading .mat files needs scipy; install the extra: pip install -e '.[imagenet]'") from ex
     try:
         stored = loadmat(str(path))
     except NotImplementedError as ex:  # MATLAB v7.3 files are HDF5
@@ -166,7 +166,7 @@ def imported_perturbation(path: str | Path, *, layout: str | None = None, channe
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("file", help="the published perturbation: .npy (one array) or .mat (needs the matlab extra)")
+    p.add_argument("file", help="the published perturbation: .npy (one array) or .mat (needs the imagenet extra)")
     p.add_argument("--out", required=True, help="the perturbation.pt to write")
     p.add_argument("--layout", choices=LAYOUTS, help="axis order in the file (default: whc for .mat, hwc for .npy)")
     p.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb", help="channel order in the file")
