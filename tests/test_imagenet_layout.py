@@ -290,10 +290,6 @@ def test_missing_scipy_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_imagenet_config_composes(validated, monkeypatch):
-    from cbuap_runner.data import DATASETS, DatasetSource
-
-    if "imagenet" not in DATASETS:  # until the loader registers it
-        monkeypatch.setitem(DATASETS, "imagenet", DatasetSource())
     monkeypatch.setenv("IMAGENET_ROOT", "/data/ilsvrc2012")
     cfg = validated(["dataset=imagenet"]).dataset
     assert (cfg.name, cfg.root, cfg.download, cfg.num_classes, cfg.channels, cfg.image_size) == (

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
 from torchvision.io import encode_jpeg, encode_png
 
 from cbuap_runner.data import batches, load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.metrics import evaluate_clean, evaluate_perturbation
 from cbuap_runner.models import build_model
+from helpers import run_cli
 
 CLASSES, PER_CLASS = 4, 12
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from ..errors import UserError
 from ..provenance import SYNTHETIC_GENERATOR, digest, tensors_fingerprint
 from ..schema import DatasetConfig
-from .folder import Preprocessing, has_folder_layout
-from .sources import DATASETS, DatasetSource, check_streamable, load_split, read_splits  # noqa: F401  (the dataset registry)
+from .folder import Preprocessing
+from .sources import DATASETS, DatasetSource, check_streamable, read_splits, reads_folders  # noqa: F401  (the registry)
 from .stream import BadFiles, Index, StreamedSplit
 from .synthetic import make_synthetic
 
@@ -135,7 +135,7 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
     """Both splits, held in memory on `device` or streamed from their folders (dataset.stream); image folders decoded
     with the dataset's resize/crop, else with `declared` (the model's preprocessing)."""
     size, pre, bad = cfg.image_size, None, None
-    check_streamable(cfg, not DATASETS[cfg.name].synthetic and has_folder_layout(Path(cfg.root).expanduser()))
+    check_streamable(cfg, reads_folders(cfg))
     if DATASETS[cfg.name].synthetic:
         shape = (cfg.num_classes, cfg.channels, cfg.image_size)
         train = Split(*make_synthetic(cfg.synthetic_size, *shape, seed=seed))
@@ -143,8 +143,8 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         names = None
         fingerprint = digest({"generator": SYNTHETIC_GENERATOR, "size": cfg.synthetic_size, "shape": shape})
     else:
-        root, cache = Path(cfg.root).expanduser(), Path(cache_dir).expanduser()
-        pre = folder_preprocessing(cfg, declared) if has_folder_layout(root) else None
+        cache = Path(cache_dir).expanduser()
+        pre = folder_preprocessing(cfg, declared) if reads_folders(cfg) else None
         if declared is not None and pre is None:
             log.warning("the model declares %s; dataset=%s is read as tensors of %dx%d as they are (only image folders "
                         "are resized and cropped)", declared, cfg.name, cfg.image_size, cfg.image_size)

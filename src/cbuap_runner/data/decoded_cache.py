@@ -87,7 +87,7 @@ def _build(source, meta: Path, data: Path) -> None:
     """Decode every row of `source` (a stream.FolderFiles without a cache) in order into `data`, then write `meta`."""
     from torch.utils.data import DataLoader
 
-    from .stream import _own_seed, _collate, _Rows
+    from .stream import _collate, _own_seed, _Rows
 
     log.info("decoding %d images once into %s", len(source), data)
     c, h, w = source.decoder.shape

@@ -49,6 +49,23 @@ def has_folder_layout(root: Path) -> bool:
     return all((root / s).is_dir() and any(p.is_dir() for p in (root / s).iterdir()) for s in ("train", "test"))
 
 
+@dataclass(frozen=True)
+class FolderListing:
+    """One split of a folder dataset: the classes (their index is the label), one name per class, every image file
+    with its label in a deterministic order, and the folder the files are keyed and fingerprinted under."""
+
+    classes: list[str]
+    names: list[str]
+    files: list[tuple[Path, int]]
+    split_dir: Path
+
+
+def folder_listing(root: Path, split: str) -> FolderListing:
+    """`<root>/<split>/<class>/<image>`: classes are the sorted folder names, and name themselves."""
+    classes, files = list_images(root / split)
+    return FolderListing(classes, classes, files, root / split)
+
+
 def list_images(split_dir: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names (sorted folder names) and (file, label) pairs."""
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
@@ -116,25 +133,19 @@ def path_parent(files: list[tuple[Path, int]]) -> str:
     return str(files[0][0].parent.parent) if files else ""
 
 
-def load_folder_split(
-    root: Path, split: str, channels: int, size: int, cache_dir: Path, progress: bool,
-    pre: Optional[Preprocessing] = None,
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode (or load from cache) one split: uint8 [N,C,H,W], int64 [N], class names."""
-    split_dir = root / split
-    classes, files = list_images(split_dir)
-    if not files:
-        raise UserError(f"{split_dir}: no images in its class folders; put the images in {split_dir}/<class>/ "
-                        f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+def load_folder_split(listing: FolderListing, channels: int, size: int, cache_dir: Path, progress: bool,
+                      pre: Optional[Preprocessing] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode (or load from cache) one listed split: uint8 [N,C,H,W], int64 [N]."""
+    split_dir, files = listing.split_dir, listing.files
     cache = cache_dir / "folders" / f"{files_key(split_dir, files, channels, size, pre)}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
-            return blob["x"], blob["y"], list(blob["classes"])
+            return blob["x"], blob["y"]
         except Exception as ex:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s (%s)", cache, ex)
     log.info("decoding %d images under %s (cached afterwards in %s)", len(files), split_dir, cache)
     x = _decode(files, channels, size, pre, progress)
     y = torch.tensor([label for _, label in files], dtype=torch.long)
-    torch_save({"x": x, "y": y, "classes": classes}, cache)
-    return x, y, classes
+    torch_save({"x": x, "y": y, "classes": listing.classes}, cache)
+    return x, y

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from .folder import IMAGE_SUFFIXES
+from .folder import IMAGE_SUFFIXES, FolderListing
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ KAGGLE_NAMES = "LOC_synset_mapping.txt"
 VAL_FOLDERS = ("val", "test")
 WNID = re.compile(r"n\d{8}")
 VAL_FILE = "ILSVRC2012_val_{:08d}"  # image k's file name without its suffix (k from 1)
-
-
-@dataclass(frozen=True)
-class FolderListing:
-    """One split: the classes (wnids, sorted: the class indices), one name per class, and every image file with its
-    label (an index into `classes`), in a deterministic order (by label then name; flat validation files by name)."""
-
-    classes: list[str]
-    names: list[str]
-    files: list[tuple[Path, int]]
 
 
 def imagenet_split(root: Path, split: str) -> FolderListing:
@@ -76,10 +66,10 @@ def imagenet_split(root: Path, split: str) -> FolderListing:
     if not classes:
         raise UserError(f"{train_dir}: no class folders; put the training images in {train_dir}/<wnid>/")
     if split == "train":
-        files = _class_files(train_dir, classes, classes)
+        split_dir, files = train_dir, _class_files(train_dir, classes, classes)
     else:
-        files = _validation_files(root, train_dir, classes)
-    return FolderListing(classes, _names(root, classes), files)
+        split_dir, files = _validation_files(root, train_dir, classes)
+    return FolderListing(classes, _names(root, classes), files, split_dir)
 
 
 # ---------------------------------------------------------------- listing
@@ -117,7 +107,7 @@ def _check_in_train(where: str, wnids: set[str], train_dir: Path, classes: list[
                         "the training folders, so give train/ those classes or remove them from the validation split")
 
 
-def _validation_files(root: Path, train_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+def _validation_files(root: Path, train_dir: Path, classes: list[str]) -> tuple[Path, list[tuple[Path, int]]]:
     val_dir = next((root / d for d in VAL_FOLDERS if (root / d).is_dir()), None)
     if val_dir is None:
         raise UserError(f"{root}: no val/ folder; put ILSVRC2012's validation images (ILSVRC2012_img_val.tar "
@@ -128,14 +118,14 @@ def _validation_files(root: Path, train_dir: Path, classes: list[str]) -> list[t
                         "or all in <wnid>/ folders)")
     if folders:
         _check_in_train(str(val_dir), set(folders), train_dir, classes)
-        return _class_files(val_dir, folders, classes)
+        return val_dir, _class_files(val_dir, folders, classes)
     if not flat:
         raise UserError(f"{val_dir}: no images; put ILSVRC2012's validation images there (flat, or in <wnid>/ "
                         "folders)")
     wnids, label_file = _flat_labels(root, val_dir, flat)
     _check_in_train(f"{val_dir} (labelled by {label_file})", set(wnids), train_dir, classes)
     index = {c: i for i, c in enumerate(classes)}
-    return [(path, index[w]) for path, w in zip(flat, wnids)]
+    return val_dir, [(path, index[w]) for path, w in zip(flat, wnids)]
 
 
 def _flat_labels(root: Path, val_dir: Path, files: list[Path]) -> tuple[list[str], Path]:

@@ -15,8 +15,17 @@ from ..progress import progress_bar, progress_enabled
 from ..provenance import digest, files_fingerprint, tensors_fingerprint
 from ..schema import DatasetConfig
 from .decoded_cache import decoded_cache
-from .folder import Preprocessing, files_key, has_folder_layout, list_images, load_folder_split, unreadable
+from .folder import (
+    FolderListing,
+    Preprocessing,
+    files_key,
+    folder_listing,
+    has_folder_layout,
+    load_folder_split,
+    unreadable,
+)
 from .idx import load_idx_split
+from .imagenet import imagenet_split
 from .synthetic import SyntheticConfig
 
 log = logging.getLogger(__name__)
@@ -24,6 +33,7 @@ log = logging.getLogger(__name__)
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 Arrays = tuple[torch.Tensor, torch.Tensor]
 Loader = Callable[[Path, bool, bool], Arrays]  # (root, train, download) -> split
+Lister = Callable[[Path, str], FolderListing]  # (root, split) -> the split's files, labels and class names
 
 
 def _tv_mnist_like(cls_name: str) -> Callable[[Path, bool, bool], Arrays]:
@@ -63,6 +73,7 @@ class DatasetSource:
     idx_dirs: tuple[str, ...] = ()  # folders searched for IDX files first (relative to root, or absolute)
     synthetic: bool = False  # generated in memory from the seed: no root at all
     schema: type[DatasetConfig] = DatasetConfig  # the option's keys
+    listing: Lister | None = None  # a folder layout of its own (root, split) -> FolderListing, in place of <split>/<class>/
 
 
 # the only list of dataset names (`dataset=` options); a new dataset adds an entry and conf/dataset/<name>.yaml
@@ -74,6 +85,7 @@ DATASETS: dict[str, DatasetSource] = {
     "cifar100": DatasetSource(_tv_cifar("CIFAR100")),
     "svhn": DatasetSource(_tv_svhn),
     "image_folder": DatasetSource(),
+    "imagenet": DatasetSource(listing=imagenet_split),
     "synthetic": DatasetSource(synthetic=True, schema=SyntheticConfig),
 }
 
@@ -107,24 +119,25 @@ def _torchvision(name: str, loader: Loader, root: Path, split: str, download: bo
         ) from ex
 
 
-def load_split(cfg: DatasetConfig, split: str, cache_dir: Path, pre: Preprocessing | None
-               ) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
-    """One split as uint8 [N,C,H,W] and int64 [N], plus class names where the source has them; image folders are
-    decoded with `pre` (other sources are read as they are)."""
+def reads_folders(cfg: DatasetConfig) -> bool:
+    """Whether the dataset is read from image folders (its own layout, or <root>/<split>/<class>/)."""
+    source = DATASETS[cfg.name]
+    return not source.synthetic and (source.listing is not None or has_folder_layout(Path(cfg.root).expanduser()))
+
+
+def load_split(cfg: DatasetConfig, split: str) -> Arrays:
+    """One split of a dataset that is not read from folders, as uint8 [N,C,H,W] and int64 [N]."""
     name, root, download = cfg.name, Path(cfg.root).expanduser(), cfg.download
-    if has_folder_layout(root):
-        return load_folder_split(root, split, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre)
     if cfg.crop is not None:
         raise UserError(f"dataset.crop={cfg.crop}: resizing and cropping apply to image folders; dataset={name} is "
                         f"read from {root} as tensors of {cfg.image_size}x{cfg.image_size}: drop dataset.resize/crop")
     source = DATASETS[name]
     local = _local_idx(name, root, split, source.idx_dirs)
     if local is not None:
-        return local[0], local[1], None
+        return local
     if source.download is None:
         raise UserError(f"dataset.root={str(root)!r}: expected train/<class>/ and test/<class>/ image folders there")
-    x, y = _torchvision(name, source.download, root, split, download)
-    return x, y, None
+    return _torchvision(name, source.download, root, split, download)
 
 
 class Splits(NamedTuple):
@@ -145,19 +158,20 @@ def read_splits(cfg: DatasetConfig, cache_dir: Path, pre: Preprocessing | None, 
 
     root = Path(cfg.root).expanduser()
     bad = BadFiles(cfg.bad_files)
-    if not has_folder_layout(root):
-        read = [load_split(cfg, split, cache_dir, pre) for split in ("train", "test")]
-        return Splits((Split(*read[0][:2]), None), (Split(*read[1][:2]), None), read[0][2], bad)
-    listings = {split: list_images(root / split) for split in ("train", "test")}
+    if not reads_folders(cfg):
+        train, test = (Split(*load_split(cfg, split)) for split in ("train", "test"))
+        return Splits((train, None), (test, None), None, bad)
+    lister = DATASETS[cfg.name].listing or folder_listing
+    listings = {split: lister(root, split) for split in ("train", "test")}
     _check_classes(root, listings)
     out = {}
-    for split, (classes, files) in listings.items():
-        if _streams(cfg, len(files), pre):
-            out[split] = _streamed(cfg, root / split, files, pre, cache_dir, bad, device)
+    for split, listing in listings.items():
+        if _streams(cfg, len(listing.files), pre):
+            out[split] = _streamed(cfg, listing, pre, cache_dir, bad, device)
         else:
-            x, y, _ = load_split(cfg, split, cache_dir, pre)
+            x, y = load_folder_split(listing, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre)
             out[split] = (Split(x, y), None)
-    return Splits(out["train"], out["test"], listings["train"][0], bad)
+    return Splits(out["train"], out["test"], listings["train"].names, bad)
 
 
 def check_streamable(cfg: DatasetConfig, folders: bool) -> None:
@@ -167,17 +181,18 @@ def check_streamable(cfg: DatasetConfig, folders: bool) -> None:
                         "tensors from its source: set dataset.stream=auto")
 
 
-def _check_classes(root: Path, listings: dict[str, tuple[list[str], list]]) -> None:
+def _check_classes(root: Path, listings: dict[str, FolderListing]) -> None:
     """Every class folder holds images, and both splits have the same classes (labels are folder ranks)."""
-    for split, (classes, files) in listings.items():
-        if not files:
-            raise UserError(f"{root / split}: no images in its class folders; put the images in {root / split}/<class>/")
-        held = {label for _, label in files}
-        empty = [name for label, name in enumerate(classes) if label not in held]
-        if empty:
-            raise UserError(f"{root / split / empty[0]}: class folder holds no images ({len(empty)} empty); add images "
+    for listing in listings.values():
+        where = listing.split_dir
+        if not listing.files:
+            raise UserError(f"{where}: no images in its class folders; put the images in {where}/<class>/")
+        held = {label for _, label in listing.files}
+        empty = [name for label, name in enumerate(listing.classes) if label not in held]
+        if empty and (where / empty[0]).is_dir():
+            raise UserError(f"{where / empty[0]}: class folder holds no images ({len(empty)} empty); add images "
                             "or remove the folder")
-    train, test = listings["train"][0], listings["test"][0]
+    train, test = listings["train"].classes, listings["test"].classes
     if train != test:
         lacking = sorted(set(train) ^ set(test))
         raise UserError(f"{root}: train/ and test/ have other classes ({len(lacking)} in one only, e.g. "
@@ -192,14 +207,14 @@ def _streams(cfg: DatasetConfig, count: int, pre: Preprocessing | None) -> bool:
     return count * cfg.channels * side * side > cfg.resident_max_gib * 2**30
 
 
-def _streamed(cfg: DatasetConfig, split_dir: Path, files: list, pre: Preprocessing | None, cache_dir: Path, bad,
+def _streamed(cfg: DatasetConfig, listing: FolderListing, pre: Preprocessing | None, cache_dir: Path, bad,
               device) -> tuple[Any, str]:
     """A split streamed from its files (those that cannot be read are refused or skipped first: dataset.bad_files),
     with its fingerprint: the files' paths, sizes and times, their labels and the preprocessing."""
     from .stream import FileDecoder, FolderFiles, StreamedSplit, default_workers
 
-    kept = []
-    for path, label in progress_bar(files, desc=f"checking {split_dir}", enabled=progress_enabled()):
+    split_dir, kept = listing.split_dir, []
+    for path, label in progress_bar(listing.files, desc=f"checking {split_dir}", enabled=progress_enabled()):
         why = unreadable(path)
         if why is None:
             kept.append((path, label))
