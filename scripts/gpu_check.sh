@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# GPU check, at most 8 minutes on one H100: CIFAR-10 ResNet-20 (the setting cifar10_resnet20_eps8 with fewer
-# epochs) trained naturally, with UAT and with CB-UAT (bf16 autocast, channels-last, device-resident data), each
-# attacked white-box by every attack at 8/255 (task=pipeline), plus the throughput of training and
-# crafting (scripts/bench.py) and the fraction of the card's bf16 peak it implies. Prints the wall time of every
-# stage. Writes docs/results/gpu/: bench.json, gpu_check.json, throughput.md, defences.{md,csv,tex} + figures,
-# records/<defence>/ and gpu_check.log (runs themselves under outputs/gpu_check/<time>/). Never downloads.
+# GPU check, at most 8 minutes on one H100 (75 s more with the ImageNet stage): CIFAR-10 ResNet-20 (the setting
+# cifar10_resnet20_eps8 with fewer epochs) trained naturally, with UAT and with CB-UAT (bf16 autocast, channels-last,
+# device-resident data), each attacked white-box by every attack at 8/255 (task=pipeline), plus the throughput of
+# training and crafting (scripts/bench.py) and the fraction of the card's bf16 peak it implies. Prints the wall time of every
+# stage. With IMAGENET_ROOT set and ResNet-50's IMAGENET1K_V1 weights in torch's hub cache, also one short run of
+# the Table 1 protocol (table=uap_imagenet: SGD-UAP against ResNet-50, L-inf xi = 10) on 1,000 validation images, its
+# crafting set one training image per class (75 s more); otherwise one line says why that stage is skipped.
+# Writes docs/results/gpu/: bench.json, gpu_check.json, throughput.md, defences.{md,csv,tex} + figures,
+# records/<defence>/, imagenet/ (the ImageNet stage's record and attacks table) and gpu_check.log (runs themselves
+# under outputs/gpu_check/<time>/). Never downloads.
 #
 #   scripts/gpu_check.sh <cifar10 dir>           # or CIFAR10_ROOT=<dir> scripts/gpu_check.sh
 #   GPU_CHECK_SMOKE=1 scripts/gpu_check.sh       # CPU, tiny sizes, into a temporary directory
 #
 # <cifar10 dir>: train/<class>/*.jpg|png and test/<class>/... image folders, or torchvision's cifar-10-batches-py/.
-# Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (480: the whole script; smoke 1200),
+# IMAGENET_ROOT (optional): train/<wnid>/ and test/<wnid>/ ImageNet folders, as table=uap_imagenet reads them.
+# Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (the whole script: 480, plus 75
+# with the ImageNet stage; smoke 1200),
 # GPU_CHECK_EPOCHS (default: as many as the measured training rate fits in ~150 s, 2-30, the same for all three),
 # GPU_CHECK_PEAK_TFLOPS (default: bench.py's table; H100 SXM bf16 dense 989.4), GPU_CHECK_OUT (smoke output dir).
 set -euo pipefail
@@ -24,7 +30,26 @@ if [[ -z $PY ]]; then
   if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 SMOKE=${GPU_CHECK_SMOKE:-0}
-if [[ $SMOKE == 1 ]]; then BUDGET_S=${GPU_CHECK_BUDGET_S:-1200}; else BUDGET_S=${GPU_CHECK_BUDGET_S:-480}; fi
+IMAGENET=${IMAGENET_ROOT:-}
+IMAGENET_S=0  # the ImageNet stage's time limit, when it runs
+IMAGENET_SKIP=""
+if [[ $SMOKE == 1 ]]; then
+  IMAGENET_SKIP="the CPU smoke test has no ImageNet stage"
+elif [[ -z $IMAGENET ]]; then
+  IMAGENET_SKIP="IMAGENET_ROOT is not set"
+elif [[ ! -d $IMAGENET/train || ! -d $IMAGENET/test ]]; then
+  IMAGENET_SKIP="no train/ and test/ class folders under IMAGENET_ROOT=$IMAGENET"
+elif ! WEIGHTS=$("$PY" -c 'import sys
+from torchvision.models import ResNet50_Weights
+from cbuap_runner.models.sources import hub_file
+path = hub_file(ResNet50_Weights.IMAGENET1K_V1.url)
+print(path)
+sys.exit(0 if path.is_file() else 1)' 2>/dev/null); then
+  IMAGENET_SKIP="ResNet-50's IMAGENET1K_V1 weights are not in torch's hub cache${WEIGHTS:+ ($WEIGHTS)}"
+else
+  IMAGENET_S=75
+fi
+if [[ $SMOKE == 1 ]]; then BUDGET_S=${GPU_CHECK_BUDGET_S:-1200}; else BUDGET_S=${GPU_CHECK_BUDGET_S:-$((480 + IMAGENET_S))}; fi
 ROOT=${1:-${CIFAR10_ROOT:-}}
 STAMP=$(date -u +%Y-%m-%d_%H-%M-%S)
 
@@ -128,7 +153,7 @@ DEFENCES=(natural uat cb_uat)
 for i in "${!DEFENCES[@]}"; do
   d=${DEFENCES[$i]}
   later=$((${#DEFENCES[@]} - i - 1))
-  limit=$((BUDGET_S - SECONDS - 20 - 90 * later))  # leave each later stage 90 s and the tables 20 s
+  limit=$((BUDGET_S - SECONDS - 20 - IMAGENET_S - 90 * later))  # leave each later stage 90 s, ImageNet its own, the tables 20 s
   ((limit >= 30)) || limit=30
   extra=()
   if [[ $d == cb_uat ]]; then extra=("${POOL_SIZE[@]}"); fi
@@ -140,6 +165,40 @@ for i in "${!DEFENCES[@]}"; do
     || echo "gpu_check: stage $d failed or ran out of time (exit $?); its record says which"
   stage_done "$d" "$t"
 done
+
+# ---------------------------------------------------------------- stage 5: Table 1's protocol on an ImageNet subset
+if [[ -n $IMAGENET_SKIP ]]; then
+  echo "gpu_check: stage imagenet skipped: $IMAGENET_SKIP"
+else
+  t=$SECONDS
+  echo "gpu_check: stage imagenet (limit ${IMAGENET_S} s)"
+  SUBSET=$RUNS/imagenet_subset  # links to 2 training images per class (validation, crafting) and 1 test image
+  "$PY" - "$IMAGENET" "$SUBSET" <<'EOF'
+import sys
+from pathlib import Path
+
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+for split, per_class in (("train", 2), ("test", 1)):
+    for folder in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+        (dst / split / folder.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(f for f in folder.iterdir() if f.is_file())[:per_class]:
+            (dst / split / folder.name / f.name).symlink_to(f.resolve())
+EOF
+  JOB=resnet50_sgd_uap_linf
+  IMAGENET_ROOT=$SUBSET timeout -s INT -k 15 "$IMAGENET_S" "$PY" -m cbuap_runner table=uap_imagenet \
+    +table/setting=imagenet_linf10 model.arch=resnet50 attack=sgd_uap attack.crafting_images=1000 attack.passes=3 \
+    eval.num_images=1000 device="$DEVICE" progress=off resume=false seed=0 cache_dir="$RUNS/cache" \
+    hydra.sweep.dir="$RUNS/imagenet" hydra.sweep.subdir=$JOB \
+    || echo "gpu_check: stage imagenet failed or ran out of time (exit $?); its record says which"
+  rm -rf "$OUT/imagenet"
+  mkdir -p "$OUT/imagenet/records/$JOB"
+  for f in run_summary.json metrics.jsonl error.txt; do
+    if [[ -f $RUNS/imagenet/$JOB/$f ]]; then cp "$RUNS/imagenet/$JOB/$f" "$OUT/imagenet/records/$JOB/"; fi
+  done
+  "$PY" scripts/make_tables.py "$OUT/imagenet/records" --kind attacks --out "$OUT/imagenet" --no-figures \
+    || echo "gpu_check: no ImageNet table (exit $?)"
+  stage_done imagenet "$t"
+fi
 
 # ---------------------------------------------------------------- tables and the summary
 t=$SECONDS

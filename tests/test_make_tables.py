@@ -467,8 +467,28 @@ def test_published_anchors_stand_beside_the_matching_rows():
     assert "| VGG-16, DeepFool UAP | 0.783 | 0.701 ± 0.020 (3) | -0.082 |" in lines
     assert "| VGG-19, DeepFool UAP | 0.778 | – (not run) | – |" in lines
     assert lines[-2] == "Expect a few points of difference."
-    with pytest.raises(ValueError, match="matches 2 rows"):
+    with pytest.raises(ValueError, match="matches 2 rows whose fooling_rate differs"):
         anchor_lines({**anchors, "values": [{"label": "x", "where": {"model.arch": "vgg16"}, "value": 0.5}]}, rows)
+
+
+def test_a_network_keyed_anchor_pools_the_runs_of_every_row_that_attacks_it():
+    """A clean accuracy is the network's: an anchor naming only the network stands beside all its rows' runs."""
+    from cbuap_runner.report.document import anchor_lines
+
+    def row(arch: str, attack: str, accs: list[float]) -> dict:
+        runs = [{"status": "completed", "seed": s, "metrics": {"clean_acc": a}} for s, a in enumerate(accs)]
+        return {"status": "completed", "model.arch": arch, "attack": attack, "clean_acc": (sum(accs) / len(accs),
+                                                                                           None, len(accs)),
+                "_records": runs}
+
+    rows = [row("Standard", "sgd_uap", [0.94, 0.96]), row("Standard", "uap", [0.94, 0.96]),
+            row("Wong2020Fast", "sgd_uap", [0.8, 0.8]), row("Wong2020Fast", "uap", [0.8, 0.9])]
+    anchors = {"metric": "clean_acc", "source": "a leaderboard",
+               "values": [{"label": "Standard", "where": {"model.arch": "Standard"}, "value": 0.9478}]}
+    assert "| Standard | 0.948 | 0.950 ± 0.012 (4) | +0.002 |" in anchor_lines(anchors, rows)
+    wong = {**anchors, "values": [{"label": "Wong", "where": {"model.arch": "Wong2020Fast"}, "value": 0.8334}]}
+    with pytest.raises(ValueError, match=r"'Wong' matches 2 rows whose clean_acc differs \(0\.800 to 0\.850\)"):
+        anchor_lines(wong, rows)
 
 
 def test_the_transfer_matrix_puts_crafted_on_rows_and_evaluated_on_columns(tmp_path):

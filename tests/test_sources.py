@@ -425,13 +425,14 @@ def _zoo_entry(arch: str, dataset: str = "cifar10", threat: str = "Linf") -> dic
 
 def robustbench_weights(model_dir: Path, arch: str, seed: int = 0) -> tuple[nn.Module, Path]:
     """The zoo's own network for `arch` (CIFAR-10, Linf), built as load_model builds it, its random weights saved
-    where load_model looks, without the normalisation buffers (as the published files are): Wong2020Fast as a plain
-    state dict, Engstrom2019Robustness under `state_dict` with DataParallel's `module.` prefix."""
+    where load_model looks, without the normalisation buffers (as the published files are): Wong2020Fast and
+    Standard as a plain state dict, Engstrom2019Robustness and Carmon2019Unlabeled under `state_dict` with
+    DataParallel's `module.` prefix."""
     entry = _zoo_entry(arch)
     torch.manual_seed(seed)
     net = entry["model"]().eval()
     state = {k: v for k, v in net.state_dict().items() if k not in ("mu", "sigma")}
-    if arch == "Engstrom2019Robustness":
+    if arch in ("Engstrom2019Robustness", "Carmon2019Unlabeled"):
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
     path = model_dir / "cifar10" / "Linf" / f"{arch}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -571,3 +572,39 @@ def test_robustbench_absent_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"^model=robustbench: robustbench is not installed; pip install "
                                         r"'cbuap-runner\[robustbench\]'"):
         sources.load_robustbench(_robustbench_cfg(Path("models"), "Wong2020Fast"), CONTEXT)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_the_robustbench_cifar10_table_runs_end_to_end(tmp_path):
+    """table=robustbench_cifar10 on a generated 10-class 32-px JPEG folder, with random weights for its four networks
+    in RobustBench's layout (one seed, one pass over 4 crafting images, 10 validation and 20 test images): every job
+    completes, and the generated section sets each network's published clean accuracy beside its rows."""
+    from cbuap_runner.report.document import write_document
+
+    models = tmp_path / "models"
+    manifest = json.loads((REPO / "docs/results/robustbench_cifar10/document.json").read_text())
+    anchors = manifest["sections"][0]["anchors"]["values"]
+    for anchor in anchors:
+        robustbench_weights(models, anchor["where"]["model.arch"])
+    root = jpeg_folders(tmp_path / "cifar10", per_class=4, sizes=(32, 32), classes=CIFAR10)
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "CIFAR10_ROOT": str(root), "ROBUSTBENCH_MODELS": str(models), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cbuap_runner", "table=robustbench_cifar10", f"hydra.sweep.dir={sweep}", "progress=off",
+         "device=cpu", f"cache_dir={tmp_path / 'cache'}", "seed=0", "dataset.val_size=10", "eval.batch_size=20",
+         "attack.crafting_images=4", "attack.passes=1", "attack.batch_size=4"],
+        cwd=REPO, capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/run_summary.json"))]
+    assert len(records) == 4 * 4 * 2 and all(r["status"] == "completed" for r in records)
+    assert {r["provenance"]["model"]["file"] for r in records} == {
+        str(models / "cifar10" / "Linf" / f"{a['where']['model.arch']}.pt") for a in anchors}
+    manifest["sections"][0]["records"] = [str(sweep)]
+    (tmp_path / "document.json").write_text(json.dumps(manifest))
+    text = write_document(tmp_path / "document.json", figures=False).read_text()
+    assert "Published figures beside these (clean_acc; RobustBench's CIFAR-10 L∞ leaderboard" in text
+    for anchor in anchors:  # each network's 8 rows (4 attacks x 2 eps) share its clean accuracy
+        label = re.escape(anchor["label"])
+        assert re.search(rf"\| {label} \| {anchor['value']:.3f} \| \d\.\d{{3}} ± 0\.000 \(8\) \| [+-]\d\.\d{{3}} \|",
+                         text), anchor["label"]

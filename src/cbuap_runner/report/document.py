@@ -27,6 +27,7 @@ from .rows import build_rows, choose_tuned, mean_std
 from .tables import write_table_files
 
 FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
+ANCHOR_AGREEMENT = 1e-3  # rows one anchor stands beside must agree on its metric within this
 PLATEAU_TOLERANCE = 0.01  # a defence has reached its plateau: final val_acc within this of the best and of the last 3
 
 
@@ -123,21 +124,34 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
 
 
 def anchor_lines(anchors: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Published figures beside this table's: per anchor (`where`: the row's settings, `value`, `label`) the
-    published value, the matching row's mean ± std (n) and the difference; `metric` and `source` say what and whose,
-    `note` what to expect of the comparison."""
+    """Published figures beside this table's: per anchor (`where`: the row's settings, or fewer where the rows they
+    match agree on the metric; `value`, `label`) the published value, the matching runs' mean ± std (n) and the
+    difference; `metric` and `source` say what and whose, `note` what to expect of the comparison."""
     name = anchors["metric"]
     lines = [f"Published figures beside these ({name}; {anchors['source']}):", "",
              "| row | published | this table (n) | this − published |", "|---|---|---|---|"]
     for anchor in anchors["values"]:
         found = [r for r in rows if r["status"] == "completed" and matches(r, anchor["where"])]
-        if len(found) > 1:
-            raise ValueError(f"anchors: {anchor['label']!r} matches {len(found)} rows; make its `where` name one")
-        cell = found[0][name] if found else (None, None, 0)
+        cell = _anchor_cell(name, anchor, found)
         ours = format_cell(cell) + (f" ({cell[2]})" if found else " (not run)")
         diff = "–" if cell[0] is None else f"{cell[0] - anchor['value']:+.3f}"
         lines.append(f"| {anchor['label']} | {anchor['value']:.3f} | {ours} | {diff} |")
     return [*lines, "", anchors["note"], ""] if anchors.get("note") else [*lines, ""]
+
+
+def _anchor_cell(name: str, anchor: Mapping[str, Any], found: Sequence[Mapping[str, Any]]
+                 ) -> tuple[float | None, float | None, int]:
+    """The cell an anchor stands beside: its one matching row's; where `where` leaves row keys open (a network's
+    clean accuracy, the same in every row that attacks it), every run of the matching rows, pooled, provided the
+    rows agree on the metric within ANCHOR_AGREEMENT."""
+    if len(found) <= 1:
+        return found[0][name] if found else (None, None, 0)
+    means = [r[name][0] for r in found if r[name][0] is not None]
+    if means and max(means) - min(means) > ANCHOR_AGREEMENT:
+        raise ValueError(f"anchors: {anchor['label']!r} matches {len(found)} rows whose {name} differs "
+                         f"({min(means):.3f} to {max(means):.3f}); make its `where` name one")
+    values = [v for r in found for v in (metric(rec, name) for rec in r["_records"]) if v is not None]
+    return (*mean_std(values), len(values))
 
 
 def _defence_text(build: _Build, section: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], folder: Path
