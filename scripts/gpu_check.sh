@@ -14,7 +14,8 @@
 #   GPU_CHECK_SMOKE=1 scripts/gpu_check.sh       # CPU, tiny sizes, into a temporary directory
 #
 # <cifar10 dir>: train/<class>/*.jpg|png and test/<class>/... image folders, or torchvision's cifar-10-batches-py/.
-# IMAGENET_ROOT (optional): train/<wnid>/ and test/<wnid>/ ImageNet folders, as table=uap_imagenet reads them.
+# IMAGENET_ROOT (optional): ILSVRC2012 with train/<wnid>/ and val/<wnid>/ (or test/<wnid>/) class folders; the stage
+# links 2 training images and 1 validation image of each class and runs table=uap_imagenet (dataset=imagenet) on them.
 # Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_BUDGET_S (the whole script: 480, plus 75
 # with the ImageNet stage; smoke 1200),
 # GPU_CHECK_EPOCHS (default: as many as the measured training rate fits in ~150 s, 2-30, the same for all three),
@@ -37,8 +38,8 @@ if [[ $SMOKE == 1 ]]; then
   IMAGENET_SKIP="the CPU smoke test has no ImageNet stage"
 elif [[ -z $IMAGENET ]]; then
   IMAGENET_SKIP="IMAGENET_ROOT is not set"
-elif [[ ! -d $IMAGENET/train || ! -d $IMAGENET/test ]]; then
-  IMAGENET_SKIP="no train/ and test/ class folders under IMAGENET_ROOT=$IMAGENET"
+elif [[ ! -d $IMAGENET/train || ! ( -d $IMAGENET/val || -d $IMAGENET/test ) ]]; then
+  IMAGENET_SKIP="no train/ and val/ (or test/) class folders under IMAGENET_ROOT=$IMAGENET"
 elif ! WEIGHTS=$("$PY" -c 'import sys
 from torchvision.models import ResNet50_Weights
 from cbuap_runner.models.sources import hub_file
@@ -178,15 +179,16 @@ import sys
 from pathlib import Path
 
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-for split, per_class in (("train", 2), ("test", 1)):
-    for folder in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+val = src / "val" if (src / "val").is_dir() else src / "test"
+for split, folders, per_class in (("train", src / "train", 2), ("test", val, 1)):
+    for folder in sorted(p for p in folders.iterdir() if p.is_dir()):
         (dst / split / folder.name).mkdir(parents=True, exist_ok=True)
         for f in sorted(f for f in folder.iterdir() if f.is_file())[:per_class]:
             (dst / split / folder.name / f.name).symlink_to(f.resolve())
 EOF
   JOB=resnet50_sgd_uap_linf
   IMAGENET_ROOT=$SUBSET timeout -s INT -k 15 "$IMAGENET_S" "$PY" -m cbuap_runner table=uap_imagenet \
-    +table/setting=imagenet_linf10 model.arch=resnet50 attack=sgd_uap attack.crafting_images=1000 attack.passes=3 \
+    +table/setting=imagenet_linf10 model.arch=resnet50 attack=sgd_uap attack.crafting_per_class=1 attack.passes=3 \
     eval.num_images=1000 device="$DEVICE" progress=off resume=false seed=0 cache_dir="$RUNS/cache" \
     hydra.sweep.dir="$RUNS/imagenet" hydra.sweep.subdir=$JOB \
     || echo "gpu_check: stage imagenet failed or ran out of time (exit $?); its record says which"

@@ -368,11 +368,12 @@ def test_the_imagenet_tables_run_end_to_end(tmp_path):
             write_jpeg((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), str(folder / "0.jpg"))
     sweep = tmp_path / "sweep"
     small = ["progress=off", "device=cpu", f"cache_dir={tmp_path / 'cache'}", "model.weights=null", "dataset.resize=36",
-             "dataset.crop=32", "dataset.val_size=100", "eval.num_images=100", "eval.batch_size=100"]
+             "dataset.crop=32", "dataset.val_per_class=null", "dataset.val_size=100", "eval.num_images=100",
+             "eval.batch_size=100"]
     env = {**os.environ, "IMAGENET_ROOT": str(root), "UAP_SWEEP": str(sweep), "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "cbuap_runner", "table=uap_imagenet", f"hydra.sweep.dir={sweep}", *small,
-         "attack.crafting_images=20", "attack.passes=1", "attack.batch_size=10"],
+         "attack.crafting_per_class=null", "attack.crafting_images=20", "attack.passes=1", "attack.batch_size=10"],
         cwd=REPO, capture_output=True, text=True, timeout=3000, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = sorted(sweep.glob("*/run_summary.json"))

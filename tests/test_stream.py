@@ -210,3 +210,55 @@ def test_streamed_data_refuses_an_unbounded_crafting_set(folder, tmp_path):
                         "attack.crafting_images=null"), tmp_path / "run")
     assert proc.returncode != 0
     assert re.search(r"attack\.crafting_images=null: the training split is streamed \(\d+ images\)", proc.stderr)
+
+
+def test_a_split_is_looked_over_once(validated, tmp_path, monkeypatch):
+    root = broken_folder(tmp_path / "data", "not_an_image")
+    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
+                         "dataset.workers=0"))
+    load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    import cbuap_runner.data.folder as folder
+
+    monkeypatch.setattr(folder, "unreadable", lambda path: pytest.fail(f"{path} looked at again"))
+    again = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    assert again.bad_files.record()["skipped"] == 1  # the record of the first look still counts it
+
+
+def test_per_class_keys_give_k_images_of_each_class(validated, folder, tmp_path):
+    from cbuap_runner.tasks import crafting_split
+
+    cfg = validated(args(folder, "dataset.stream=always", "dataset.val_per_class=2", "attack.crafting_per_class=3"))
+    data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))
+    assert torch.bincount(data.val.y).tolist() == [2] * CLASSES
+    crafting = crafting_split(cfg.attack, data, 0)
+    assert torch.bincount(crafting.y).tolist() == [3] * CLASSES and not crafting.streamed
+    assert not set(crafting.x.flatten(1).sum(1).tolist()) & set(data.val.x.flatten(1).sum(1).tolist())
+
+
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
+
+
+@pytest.mark.e2e
+def test_imagenet_layout_with_a_flat_validation_split_streams_end_to_end(tmp_path):
+    """dataset=imagenet: train/<wnid>/ and a flat val/ labelled by Kaggle's LOC_val_solution.csv, streamed."""
+    root = tmp_path / "ilsvrc"
+    mixed_folder(tmp_path / "mixed", per_class=4)
+    rows = ["ImageId,PredictionString"]
+    for k, wnid in enumerate(WNIDS):
+        (root / "train" / wnid).mkdir(parents=True)
+        for i, f in enumerate(sorted((tmp_path / "mixed" / "train" / f"c{k}").iterdir())):
+            (root / "train" / wnid / f"{wnid}_{i}{f.suffix.upper()}").write_bytes(f.read_bytes())
+        for i, f in enumerate(sorted((tmp_path / "mixed" / "test" / f"c{k}").iterdir())):
+            name = f"ILSVRC2012_val_{k * 10 + i + 1:08d}"
+            (root / "val").mkdir(exist_ok=True)
+            (root / "val" / f"{name}{f.suffix}").write_bytes(f.read_bytes())
+            rows.append(f"{name},{wnid} 1 2 3 4")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    proc = run_cli(["dataset=imagenet", f"dataset.root={root}", "dataset.num_classes=4", "dataset.val_per_class=1",
+                    "dataset.resize=36", "dataset.crop=32", "dataset.stream=always", "dataset.workers=2",
+                    "model=small_cnn", "training.epochs=1", "training.batch_size=4", "attack=sgd_uap",
+                    "attack.crafting_per_class=2", "attack.passes=1", "attack.batch_size=4"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert summary["metrics"]["num_images"] == 16 and summary["provenance"]["data"]["streamed"] == ["train", "test"]
+    assert summary["metrics"]["craft_images_processed"] == 8

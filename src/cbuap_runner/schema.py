@@ -93,6 +93,7 @@ class DatasetConfig:
     crop_padding: int = 0  # random-crop augmentation padding; 0 = no crop
     hflip: bool = False
     val_size: int = 5000  # seeded, class-balanced validation images carved from the training split (never trained on)
+    val_per_class: Optional[int] = None  # k' validation images of each class (k' x classes), in place of val_size
     train_subset: Optional[int] = None  # seeded, class-balanced subset of what remains of the training split
     classes: Optional[List[str]] = None  # class names for figures and tables
     # image folders of any size: shorter side resized to `resize`, centre-cropped to `crop` (null: the model's
@@ -113,8 +114,9 @@ class DatasetConfig:
             positive(f"dataset.{key}", getattr(self, key))
         if self.num_classes < 2:
             fail("dataset.num_classes", self.num_classes, "must be at least 2")
-        if self.train_subset is not None:
-            positive("dataset.train_subset", self.train_subset)
+        for key in ("train_subset", "val_per_class"):
+            if getattr(self, key) is not None:
+                positive(f"dataset.{key}", getattr(self, key))
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             fail("dataset.mean", list(self.mean), f"mean and std need one value per channel ({self.channels})")
         for s in self.std:
@@ -172,6 +174,7 @@ class AttackConfig:
     init: Init = Init.zero  # the start of δ: zero or uniform in the ε-ball
     passes: int = 10  # passes over the crafting set
     crafting_images: Optional[int] = 5000  # null = the whole training split
+    crafting_per_class: Optional[int] = None  # k images of each class (k x classes), in place of crafting_images
     batch_size: int = 128
     patience: Optional[int] = None  # stop when the validation fooling rate stalls this many passes (null = never)
     tol: float = 1e-3  # ... an improvement of at most this counts as a stall
@@ -183,7 +186,7 @@ class AttackConfig:
             fail(f"{prefix}.eps", self.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
         for key in ("passes", "batch_size"):
             positive(f"{prefix}.{key}", getattr(self, key))
-        for key in ("patience", "crafting_images"):
+        for key in ("patience", "crafting_images", "crafting_per_class"):
             if getattr(self, key) is not None:
                 positive(f"{prefix}.{key}", getattr(self, key))
         if self.fooling_target is not None:

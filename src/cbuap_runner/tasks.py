@@ -261,8 +261,9 @@ def eval_split(ctx: Context, data: DataBundle) -> AnySplit:
 
 
 def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
-    """A seeded class-balanced sample of the training split (attack.crafting_images; null = all), held in memory."""
-    n = attack.crafting_images
+    """A seeded class-balanced sample of the training split (attack.crafting_per_class of each class, else
+    attack.crafting_images; null = all), held in memory."""
+    n = attack.crafting_images if attack.crafting_per_class is None else attack.crafting_per_class * data.num_classes
     if n is None and data.train.streamed:
         raise UserError(f"attack.crafting_images=null: the training split is streamed ({len(data.train)} images) and "
                         f"the crafting set is held in memory; set attack.crafting_images (k per class: k x "

@@ -158,7 +158,9 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
     preprocessing = {"decode": "generated"} if DATASETS[cfg.name].synthetic else _preprocessing(cfg, pre)
     for split, what in ((train, "train"), (test, "test")):
         _check_shape(split, cfg, size, what)
-    train, val = split_validation(train, cfg.val_size, seed)
+    val_size = cfg.val_size if cfg.val_per_class is None else cfg.val_per_class * cfg.num_classes
+    train, val = split_validation(train, val_size, seed, "dataset.val_size" if cfg.val_per_class is None else
+                                  "dataset.val_per_class")
     val = val.resident()  # bounded by dataset.val_size, and read by every choice
     if cfg.train_subset is not None:
         train = train.subset(balanced_subset(train.y, cfg.train_subset, seed))
@@ -193,10 +195,11 @@ def resize_crop_record(channels: int, pre: Preprocessing) -> dict:
             "interpolation": pre.interpolation}
 
 
-def split_validation(train: Split, val_size: int, seed: int) -> tuple[Split, Split]:
+def split_validation(train: AnySplit, val_size: int, seed: int, key: str = "dataset.val_size"
+                     ) -> tuple[AnySplit, AnySplit]:
     """(the rest, a seeded class-balanced validation sample of `val_size` images) of the training split."""
     if val_size >= len(train):
-        raise UserError(f"dataset.val_size={val_size}: the training split has only {len(train)} images; "
+        raise UserError(f"{key}: {val_size} validation images, but the training split has only {len(train)}; "
                         "choose a smaller validation split")
     val_idx = balanced_subset(train.y, val_size, seed)
     keep = torch.ones(len(train), dtype=torch.bool, device=train.y.device)

@@ -8,6 +8,7 @@ Images are taken as they are (each must have the dataset's size), or, with a `Pr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,12 @@ from typing import Optional
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UserError
-from ..io import torch_save
+from ..io import atomic_path, torch_save
 from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Preprocessing:
         return TF.center_crop(image, [self.crop, self.crop])
 
 
+JPEG_MAGIC = b"\xff\xd8"  # decode_jpeg decodes these as decode_image does, at less cost per file
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -100,13 +102,31 @@ def unreadable(path: Path) -> Optional[str]:
     return None
 
 
+def unreadable_files(files: list[tuple[Path, int]], record: Path) -> dict[str, str]:
+    """{path: why} of the files that are no images (their headers read), kept in `record` (a file keyed by the
+    files' sizes and times) so that a split is looked over once, not on every run."""
+    try:
+        return dict(json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    found = {}
+    for path, _ in progress_bar(files, desc=f"checking {path_parent(files)}"):
+        why = unreadable(path)
+        if why is not None:
+            found[str(path)] = why
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps(found))
+    return found
+
+
 def decode_file(path: Path, channels: int, size: int, pre: Optional[Preprocessing]) -> torch.Tensor:
     """One image file as uint8 [channels, size, size] (with `pre`: resized and cropped to pre.crop); a file that cannot
     be decoded, or that has another size, is one UserError naming its path."""
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     size = size if pre is None else pre.crop
     try:
-        image = decode_image(read_file(str(path)), mode=mode)
+        data = read_file(str(path))
+        image = decode_jpeg(data, mode=mode) if bytes(data[:2].tolist()) == JPEG_MAGIC else decode_image(data, mode=mode)
     except RuntimeError as ex:
         raise UserError(f"{path}: cannot decode image ({str(ex).splitlines()[0]}); remove or replace the file, or set "
                         "dataset.bad_files=skip") from ex

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..progress import progress_bar, progress_enabled
+from ..progress import progress_enabled
 from ..provenance import digest, files_fingerprint, tensors_fingerprint
 from ..schema import DatasetConfig
 from .decoded_cache import decoded_cache
@@ -22,7 +22,7 @@ from .folder import (
     folder_listing,
     has_folder_layout,
     load_folder_split,
-    unreadable,
+    unreadable_files,
 )
 from .idx import load_idx_split
 from .imagenet import imagenet_split
@@ -213,18 +213,16 @@ def _streamed(cfg: DatasetConfig, listing: FolderListing, pre: Preprocessing | N
     with its fingerprint: the files' paths, sizes and times, their labels and the preprocessing."""
     from .stream import FileDecoder, FolderFiles, StreamedSplit, default_workers
 
-    split_dir, kept = listing.split_dir, []
-    for path, label in progress_bar(listing.files, desc=f"checking {split_dir}", enabled=progress_enabled()):
-        why = unreadable(path)
-        if why is None:
-            kept.append((path, label))
-        else:
-            bad.meet(str(path), f"{path}: {why}; remove or replace the file, or set dataset.bad_files=skip")
+    split_dir = listing.split_dir
+    key = files_key(split_dir, listing.files, cfg.channels, cfg.image_size, pre)
+    found = unreadable_files(listing.files, cache_dir / "folders" / f"{key}.unreadable.json")
+    for path, why in found.items():
+        bad.meet(path, f"{path}: {why}; remove or replace the file, or set dataset.bad_files=skip")
+    kept = [(path, label) for path, label in listing.files if str(path) not in found]
     decoder = FileDecoder(cfg.channels, cfg.image_size, pre)
     workers = default_workers() if cfg.workers is None else cfg.workers
     source = FolderFiles(FolderFiles.paths([p for p, _ in kept]), decoder, workers, bad)
     if cfg.decoded_cache:
-        key = files_key(split_dir, kept, cfg.channels, cfg.image_size, pre)
         source = FolderFiles(source.files, decoder, workers, bad, decoded_cache(source, cache_dir, key))
     y = torch.tensor([label for _, label in kept], dtype=torch.long)
     fingerprint = digest({"files": files_fingerprint(split_dir, [p for p, _ in kept]), "labels": tensors_fingerprint([y]),

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..errors import UserError
 from .folder import Preprocessing, decode_file
@@ -108,7 +108,14 @@ def _collate(items):
     rows = [row for row, image, _ in items if image is not None]
     images = [image for _, image, _ in items if image is not None]
     errors = [(row, why) for row, image, why in items if image is None]
-    return torch.tensor(rows, dtype=torch.long), (torch.stack(images) if images else None), errors
+    return torch.tensor(rows, dtype=torch.long), (_stack(images) if images else None), errors
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """One batch tensor; in a worker, stacked straight into shared memory (the main process then maps it, no copy)."""
+    if get_worker_info() is None:
+        return torch.stack(images)
+    return torch.stack(images, out=torch.empty((len(images), *images[0].shape), dtype=images[0].dtype).share_memory_())
 
 
 def _own_seed() -> torch.Generator:
