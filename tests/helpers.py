@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from torchvision.io import encode_jpeg, encode_png
 
 from cbuap_runner.__main__ import CONF_DIR
 from cbuap_runner.schema import register_configs
@@ -39,3 +41,27 @@ def run_cli(args: list[str], run_dir: Path, cache_dir: Path | None = None, timeo
     full_env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+# a small folder dataset of mixed-size JPEG and PNG files (streamed and resident reading are compared on it)
+CLASSES, PER_CLASS = 4, 12
+
+
+def mixed_folder(root: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
+    """<root>/{train,test}/c<k>/ of random JPEG and PNG images of mixed sizes (36-70 px, any aspect)."""
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for k in range(CLASSES):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = (int(v) for v in torch.randint(36, 71, (2,), generator=g))
+                image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+                data = encode_jpeg(image, quality=85) if i % 2 else encode_png(image)
+                (folder / f"{i}.{'jpg' if i % 2 else 'png'}").write_bytes(data.numpy().tobytes())
+    return root
+
+
+def stream_args(root: Path, *extra: str) -> list[str]:
+    return ["dataset=image_folder", f"dataset.root={root}", f"dataset.num_classes={CLASSES}", "dataset.resize=36",
+            "dataset.crop=32", "dataset.val_size=8", "dataset.download=false", *extra]

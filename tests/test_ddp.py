@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import mixed_folder, run_cli, stream_args
+
 
 def torchrun_two_ranks(args: list[str], tmp_path: Path, port: int) -> tuple[dict, Path]:
     """Run `python -m cbuap_runner ARGS` on 2 gloo ranks in tmp_path; (run summary, its one run directory)."""
@@ -53,3 +55,23 @@ def test_two_ranks_refresh_the_cb_uat_pool_every_iteration_identically(tmp_path)
     adversary = torch.load(run_dir / "checkpoint.pt", weights_only=True)["adversary"]
     steps = 192 // 32  # (synthetic_size 256 - val_size 64) / batch 32, one epoch
     assert adversary["refreshes"] == steps // 2 and adversary["pool"].abs().max() > 0
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_two_ranks_count_every_streamed_test_image_once(tmp_path):
+    """A streamed folder whose test split (an odd count) does not divide over two ranks: each rank reads its share,
+    no image is repeated to even them out, and the summed counts equal a single process's."""
+    root = mixed_folder(tmp_path / "data", per_class=5)
+    (root / "test" / "c0" / "4.jpg").unlink()  # 19 test images
+    common = stream_args(root, "task=evaluate", "model=small_cnn", "training.epochs=1", "training.batch_size=8",
+                  "dataset.stream=always", "dataset.workers=1", "eval.batch_size=4", "dataset.val_size=4")
+    summary, _ = torchrun_two_ranks(common, tmp_path, 29535)
+    metrics = summary["metrics"]
+    assert metrics["num_images"] == 19 and summary["provenance"]["data"]["streamed"] == ["train", "test"]
+    single = run_cli([*common, f"model.checkpoint={next((tmp_path / 'cache' / 'models').glob('*/model.pt'))}"],
+                     tmp_path / "single", cache_dir=tmp_path / "cache")
+    assert single.returncode == 0, single.stderr[-2000:]
+    alone = json.loads((tmp_path / "single" / "run_summary.json").read_text())["metrics"]
+    assert (alone["num_images"], alone["clean_acc"], alone["per_class_acc"]) == (
+        19, metrics["clean_acc"], metrics["per_class_acc"])

@@ -15,29 +15,7 @@ from cbuap_runner.data import batches, load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.metrics import evaluate_clean, evaluate_perturbation
 from cbuap_runner.models import build_model
-from helpers import run_cli
-
-CLASSES, PER_CLASS = 4, 12
-
-
-def mixed_folder(root: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
-    """<root>/{train,test}/c<k>/ of random JPEG and PNG images of mixed sizes (36-70 px, any aspect)."""
-    g = torch.Generator().manual_seed(seed)
-    for split in ("train", "test"):
-        for k in range(CLASSES):
-            folder = root / split / f"c{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                h, w = (int(v) for v in torch.randint(36, 71, (2,), generator=g))
-                image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-                data = encode_jpeg(image, quality=85) if i % 2 else encode_png(image)
-                (folder / f"{i}.{'jpg' if i % 2 else 'png'}").write_bytes(data.numpy().tobytes())
-    return root
-
-
-def args(root: Path, *extra: str) -> list[str]:
-    return ["dataset=image_folder", f"dataset.root={root}", f"dataset.num_classes={CLASSES}", "dataset.resize=36",
-            "dataset.crop=32", "dataset.val_size=8", "dataset.download=false", *extra]
+from helpers import CLASSES, PER_CLASS, mixed_folder, run_cli, stream_args
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +27,7 @@ def both(validated, folder: Path, cache: Path, *extra: str):
     """(resident, streamed) bundles of the same folder."""
     out = []
     for mode in ("never", "always"):
-        cfg = validated(args(folder, f"dataset.stream={mode}", "dataset.workers=2", *extra))
+        cfg = validated(stream_args(folder, f"dataset.stream={mode}", "dataset.workers=2", *extra))
         out.append(load_data(cfg.dataset, str(cache), cfg.seed, torch.device("cpu")))
     return out
 
@@ -86,7 +64,7 @@ def test_the_shards_of_the_ranks_cover_every_image_once(validated, folder, tmp_p
 def test_the_decoded_cache_is_built_once_and_read_back(validated, folder, tmp_path, monkeypatch):
     _, streamed = both(validated, folder, tmp_path / "plain")
     want = torch.cat([x for x, _ in streamed.test.shard(9, 0, 1)])
-    cached = load_data(validated(args(folder, "dataset.stream=always", "dataset.decoded_cache=true")).dataset,
+    cached = load_data(validated(stream_args(folder, "dataset.stream=always", "dataset.decoded_cache=true")).dataset,
                        str(tmp_path / "cache"), 0, torch.device("cpu"))
     assert len(list((tmp_path / "cache" / "decoded").glob("*.u8"))) == 2
     import cbuap_runner.data.stream as stream
@@ -95,7 +73,7 @@ def test_the_decoded_cache_is_built_once_and_read_back(validated, folder, tmp_pa
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(stream.FileDecoder, "__call__", no_decoding)
-    again = load_data(validated(args(folder, "dataset.stream=always", "dataset.decoded_cache=true",
+    again = load_data(validated(stream_args(folder, "dataset.stream=always", "dataset.decoded_cache=true",
                                      "dataset.workers=0")).dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     for bundle in (cached, again):
         got = torch.cat([x for x, _ in bundle.test.shard(9, 0, 1)])
@@ -105,7 +83,7 @@ def test_the_decoded_cache_is_built_once_and_read_back(validated, folder, tmp_pa
 
 def test_the_decoded_cache_follows_the_files_and_the_preprocessing(validated, tmp_path):
     root = mixed_folder(tmp_path / "data", per_class=3)
-    load = lambda *extra: load_data(validated(args(root, "dataset.stream=always", "dataset.decoded_cache=true",  # noqa: E731
+    load = lambda *extra: load_data(validated(stream_args(root, "dataset.stream=always", "dataset.decoded_cache=true",  # noqa: E731
                                                    "dataset.val_size=4", "dataset.workers=0", *extra)).dataset,
                                     str(tmp_path / "cache"), 0, torch.device("cpu"))
     load()
@@ -131,7 +109,7 @@ def broken_folder(root: Path, how: str) -> Path:
 
 def test_a_file_that_is_no_image_is_refused_before_anything_runs(validated, tmp_path):
     root = broken_folder(tmp_path / "data", "not_an_image")
-    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4"))
+    cfg = validated(stream_args(root, "dataset.stream=always", "dataset.val_size=4"))
     with pytest.raises(UserError, match=r"^\S+/test/c1/9\.jpg: not an image .*set dataset\.bad_files=skip$"):
         load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
 
@@ -139,7 +117,7 @@ def test_a_file_that_is_no_image_is_refused_before_anything_runs(validated, tmp_
 @pytest.mark.parametrize("how", ["not_an_image", "truncated"])
 def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, how):
     root = broken_folder(tmp_path / "data", how)
-    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
+    cfg = validated(stream_args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
                          "dataset.workers=0"))
     data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     seen = sum(len(y) for _, y in data.test.shard(4, 0, 1))
@@ -149,7 +127,7 @@ def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, 
 
 def test_a_truncated_file_is_refused_when_it_is_reached(validated, tmp_path):
     root = broken_folder(tmp_path / "data", "truncated")
-    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.workers=0"))
+    cfg = validated(stream_args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.workers=0"))
     data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     with pytest.raises(UserError, match=r"^\S+/test/c1/9\.jpg: cannot decode image"):
         list(data.test.shard(4, 0, 1))
@@ -159,7 +137,7 @@ def test_a_truncated_file_is_refused_when_it_is_reached(validated, tmp_path):
 def test_an_empty_class_folder_and_classes_one_split_lacks_are_refused(validated, tmp_path, mode):
     root = mixed_folder(tmp_path / "data", per_class=3)
     (root / "train" / "c9").mkdir()
-    cfg = validated(args(root, f"dataset.stream={mode}", "dataset.val_size=4"))
+    cfg = validated(stream_args(root, f"dataset.stream={mode}", "dataset.val_size=4"))
     with pytest.raises(UserError, match=r"train/c9: class folder holds no images"):
         load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     (root / "train" / "c9" / "0.png").write_bytes(encode_png(torch.zeros(3, 40, 40, dtype=torch.uint8)).numpy().tobytes())
@@ -169,10 +147,10 @@ def test_an_empty_class_folder_and_classes_one_split_lacks_are_refused(validated
 
 def test_auto_streams_a_split_larger_than_the_resident_limit(validated, folder, tmp_path):
     limit = 40 * 3 * 32 * 32 / 2**30  # between the test split (48 images) and nothing
-    cfg = validated(args(folder, f"dataset.resident_max_gib={limit}"))
+    cfg = validated(stream_args(folder, f"dataset.resident_max_gib={limit}"))
     data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))
     assert data.test.streamed and data.train.streamed
-    cfg = validated(args(folder))
+    cfg = validated(stream_args(folder))
     assert not load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu")).test.streamed
 
 
@@ -185,7 +163,7 @@ def test_streaming_a_tensor_dataset_is_refused_in_one_line(validated, tmp_path):
 
 @pytest.mark.e2e
 def test_an_attack_streamed_and_resident_records_the_same_metrics(folder, tmp_path):
-    common = args(folder, "model=small_cnn", "attack=sgd_uap", "training.epochs=1", "training.batch_size=8",
+    common = stream_args(folder, "model=small_cnn", "attack=sgd_uap", "training.epochs=1", "training.batch_size=8",
                   "attack.crafting_images=16", "attack.batch_size=8", "attack.passes=2", "eval.batch_size=7",
                   "dataset.workers=2", "checkpoint_images=8")
     runs = {}
@@ -206,7 +184,7 @@ def test_an_attack_streamed_and_resident_records_the_same_metrics(folder, tmp_pa
 
 @pytest.mark.e2e
 def test_streamed_data_refuses_an_unbounded_crafting_set(folder, tmp_path):
-    proc = run_cli(args(folder, "model=small_cnn", "dataset.stream=always", "training.epochs=1",
+    proc = run_cli(stream_args(folder, "model=small_cnn", "dataset.stream=always", "training.epochs=1",
                         "attack.crafting_images=null"), tmp_path / "run")
     assert proc.returncode != 0
     assert re.search(r"attack\.crafting_images=null: the training split is streamed \(\d+ images\)", proc.stderr)
@@ -214,7 +192,7 @@ def test_streamed_data_refuses_an_unbounded_crafting_set(folder, tmp_path):
 
 def test_a_split_is_looked_over_once(validated, tmp_path, monkeypatch):
     root = broken_folder(tmp_path / "data", "not_an_image")
-    cfg = validated(args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
+    cfg = validated(stream_args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
                          "dataset.workers=0"))
     load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
     import cbuap_runner.data.folder as folder
@@ -227,7 +205,7 @@ def test_a_split_is_looked_over_once(validated, tmp_path, monkeypatch):
 def test_per_class_keys_give_k_images_of_each_class(validated, folder, tmp_path):
     from cbuap_runner.tasks import crafting_split
 
-    cfg = validated(args(folder, "dataset.stream=always", "dataset.val_per_class=2", "attack.crafting_per_class=3"))
+    cfg = validated(stream_args(folder, "dataset.stream=always", "dataset.val_per_class=2", "attack.crafting_per_class=3"))
     data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))
     assert torch.bincount(data.val.y).tolist() == [2] * CLASSES
     crafting = crafting_split(cfg.attack, data, 0)
