@@ -55,6 +55,29 @@ def test_mnist_from_idx_files_under_root(validated, tmp_path):
     assert data.test.y.tolist() == [k % 10 for k in range(20)]
 
 
+def test_a_tensor_dataset_meets_the_models_preprocessing(validated, tmp_path):
+    """A model that declares resize/crop gets IDX images resized and cropped batch by batch (held at their own size),
+    the same pixels as Preprocessing.apply on each image; the record and the fingerprint say so."""
+    from cbuap_runner.data.folder import Preprocessing
+
+    _idx_dataset(tmp_path / "mnist")
+    cfg = validated(["dataset=mnist", f"dataset.root={tmp_path / 'mnist'}", "dataset.download=false",
+                     "dataset.val_size=10"])
+    pre = Preprocessing(40, 36, "bicubic")
+    data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"), declared=pre)
+    plain = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+    assert data.input_shape == (1, 36, 36) and data.train.x.shape[1:] == (1, 28, 28)  # held as read
+    assert data.preprocessing == {"decode": "resize_crop", "channels": 1, "resize": 40, "crop": 36,
+                                  "interpolation": "bicubic"}
+    assert data.val.x.shape == (10, 1, 36, 36) and data.fingerprint != plain.fingerprint
+    x, y = next(batches(data.test, 8))
+    assert x.shape == (8, 1, 36, 36) and torch.equal(y, plain.test.y[:8])
+    assert torch.equal(x, pre.apply(plain.test.x[:8]).float() / 255)
+    assert torch.equal(pre.apply(plain.test.x[3]), pre.apply(plain.test.x[:8])[3])  # batched = one by one
+    with pytest.raises(UserError, match=r"^dataset\.crop=36: dataset=mnist's images are 28x28, smaller than the crop"):
+        load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"), declared=Preprocessing(None, 36))
+
+
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data)")
 def test_debian_fashion_mnist_reader(validated, tmp_path):
     cfg = validated(["dataset=fashion_mnist", f"dataset.root={tmp_path / 'none'}", "dataset.download=false"])

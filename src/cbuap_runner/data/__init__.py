@@ -28,39 +28,46 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Split:
-    """One split: uint8 images [N,C,H,W] and int64 labels [N], on some device."""
+    """One split: uint8 images [N,C,H,W] and int64 labels [N], on some device; with `pre`, the images as read (a
+    tensor dataset a model wants at another size), resized and cropped batch by batch when they are taken."""
 
     x: torch.Tensor
     y: torch.Tensor
+    pre: Optional[Preprocessing] = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def to(self, device: torch.device) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), self.pre)
 
     streamed = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.x.shape[1:]) if self.pre is None else (self.x.shape[1], self.pre.crop, self.pre.crop)
 
     def subset(self, index: torch.Tensor) -> "Split":
         index = index.to(self.y.device)
-        return Split(self.x[index], self.y[index])
+        return Split(self.x[index], self.y[index], self.pre)
 
     def float_x(self) -> torch.Tensor:
-        """Images as float32 in [0, 1]."""
-        return self.x.float().div_(255)
+        """Images as float32 in [0, 1] (resized and cropped where `pre` says)."""
+        return self.resident().x.float().div_(255)
 
     def resident(self) -> "Split":
-        return self
+        """The split with its images as the network takes them (itself unless `pre` resizes them)."""
+        if self.pre is None:
+            return self
+        return Split(torch.cat([x for x, _ in self.take(_slices(len(self), 256))]) if len(self) else
+                     self.x.new_empty((0, *self.shape)), self.y)
 
     def take(self, batches: Sequence[Index]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """uint8 images and labels of each batch of positions (a slice or an index tensor), in order."""
         for index in batches:
             index = index if isinstance(index, slice) else index.to(self.y.device)
-            yield self.x[index], self.y[index]
+            x = self.x[index]
+            yield (x if self.pre is None else self.pre.apply(x)), self.y[index]
 
     def shard(self, batch_size: int, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's share (every world-th image), in batches: every image counted once over the ranks."""
@@ -68,6 +75,10 @@ class Split:
             return self.take([slice(i, i + batch_size) for i in range(0, len(self), batch_size)])
         mine = torch.arange(len(self), device=self.y.device)[rank::world]
         return self.take([mine[i:i + batch_size] for i in range(0, mine.shape[0], batch_size)])
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 AnySplit = Union[Split, StreamedSplit]
@@ -144,10 +155,7 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         fingerprint = digest({"generator": SYNTHETIC_GENERATOR, "size": cfg.synthetic_size, "shape": shape})
     else:
         cache = Path(cache_dir).expanduser()
-        pre = folder_preprocessing(cfg, declared) if reads_folders(cfg) else None
-        if declared is not None and pre is None:
-            log.warning("the model declares %s; dataset=%s is read as tensors of %dx%d as they are (only image folders "
-                        "are resized and cropped)", declared, cfg.name, cfg.image_size, cfg.image_size)
+        pre = folder_preprocessing(cfg, declared)
         size = size if pre is None else pre.crop
         read = read_splits(cfg, cache, pre, device)
         (train, train_fp), (test, test_fp), names, bad = read.train, read.test, read.names, read.bad

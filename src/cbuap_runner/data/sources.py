@@ -128,9 +128,6 @@ def reads_folders(cfg: DatasetConfig) -> bool:
 def load_split(cfg: DatasetConfig, split: str) -> Arrays:
     """One split of a dataset that is not read from folders, as uint8 [N,C,H,W] and int64 [N]."""
     name, root, download = cfg.name, Path(cfg.root).expanduser(), cfg.download
-    if cfg.crop is not None:
-        raise UserError(f"dataset.crop={cfg.crop}: resizing and cropping apply to image folders; dataset={name} is "
-                        f"read from {root} as tensors of {cfg.image_size}x{cfg.image_size}: drop dataset.resize/crop")
     source = DATASETS[name]
     local = _local_idx(name, root, split, source.idx_dirs)
     if local is not None:
@@ -158,8 +155,8 @@ def read_splits(cfg: DatasetConfig, cache_dir: Path, pre: Preprocessing | None, 
 
     root = Path(cfg.root).expanduser()
     bad = BadFiles(cfg.bad_files)
-    if not reads_folders(cfg):
-        train, test = (Split(*load_split(cfg, split)) for split in ("train", "test"))
+    if not reads_folders(cfg):  # held as read; a model's preprocessing resizes each batch as it is taken
+        train, test = (Split(*load_split(cfg, split), _fits(cfg, pre)) for split in ("train", "test"))
         return Splits((train, None), (test, None), None, bad)
     lister = DATASETS[cfg.name].listing or folder_listing
     listings = {split: lister(root, split) for split in ("train", "test")}
@@ -172,6 +169,14 @@ def read_splits(cfg: DatasetConfig, cache_dir: Path, pre: Preprocessing | None, 
             x, y = load_folder_split(listing, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre)
             out[split] = (Split(x, y), None)
     return Splits(out["train"], out["test"], listings["train"].names, bad)
+
+
+def _fits(cfg: DatasetConfig, pre: Preprocessing | None) -> Preprocessing | None:
+    """`pre` for a tensor dataset of dataset.image_size images: refused when it would crop more than there is."""
+    if pre is not None and pre.resize is None and cfg.image_size < pre.crop:
+        raise UserError(f"dataset.crop={pre.crop}: dataset={cfg.name}'s images are {cfg.image_size}x{cfg.image_size}, "
+                        "smaller than the crop; set dataset.resize as well")
+    return pre
 
 
 def check_streamable(cfg: DatasetConfig, folders: bool) -> None:
