@@ -65,7 +65,7 @@ def generate(root: Path, test_images: int, train_per_class: int = 20) -> Path:
 def dataset(root: Path, **keys) -> DatasetConfig:
     return DatasetConfig(name="image_folder", root=str(root), download=False, num_classes=CLASSES, channels=3,
                          image_size=SIDE, mean=[0.5] * 3, std=[0.25] * 3, eps=10 / 255, val_size=CLASSES,
-                         stream="always", **PREPROCESSING, **keys)
+                         stream="always", **{**PREPROCESSING, **keys})
 
 
 def pil_rate(files: list[Path]) -> float:
@@ -74,6 +74,21 @@ def pil_rate(files: list[Path]) -> float:
     for f in files:
         with Image.open(f) as image:
             np.asarray(image.convert("RGB"))
+    return len(files) / (time.perf_counter() - t0)
+
+
+def pil_resize_rate(files: list[Path]) -> float:
+    """Images per second of PIL's decode with the same preparation in PIL (shorter side to 256, bilinear, centre
+    crop 224), one process: what a PIL-based loader would do per image."""
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as image:
+            image = image.convert("RGB")
+            w, h = image.size
+            scale = PREPROCESSING["resize"] / min(w, h)
+            image = image.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+            left, top = (image.size[0] - SIDE) // 2, (image.size[1] - SIDE) // 2
+            np.asarray(image.crop((left, top, left + SIDE, top + SIDE)))
     return len(files) / (time.perf_counter() - t0)
 
 
@@ -89,18 +104,25 @@ def measure_loader(root: Path, images: int, rounds: int, cache: Path) -> dict:
     decoded cache with 1 worker, on the same files, interleaved."""
     data = {w: load_data(dataset(root, workers=w), str(cache), 0, torch.device("cpu")) for w in (0, 1, 2)}
     data["cache"] = load_data(dataset(root, workers=1, decoded_cache=True), str(cache), 0, torch.device("cpu"))
+    no_resize = {k: None for k in PREPROCESSING}  # the files are 224 px already: decoded as they are
+    data["decode_only"] = load_data(dataset(root, workers=1, **{**no_resize, "interpolation": "bilinear"}),
+                                    str(cache), 0, torch.device("cpu"))
     part = {w: d.test.subset(torch.arange(images)) for w, d in data.items()}
     files = [Path(part[0].source.path(int(r))) for r in part[0].rows]
-    pil, ours = [], {w: [] for w in part}
-    for _ in range(rounds):  # interleaved: PIL, then each loader, every round
+    pil, pil_resize, ours = [], [], {w: [] for w in part}
+    for _ in range(rounds):  # interleaved: PIL, PIL with the preparation, then each loader, every round
         pil.append(pil_rate(files))
+        pil_resize.append(pil_resize_rate(files))
         for w in part:
             ours[w].append(loader_rate(part[w], 64))
-    out = {"images": images, "pil_decode_per_s": statistics.median(pil)}
+    out = {"images": images, "pil_decode_per_s": statistics.median(pil),
+           "pil_decode_resize_crop_per_s": statistics.median(pil_resize)}
+    names = {"cache": "loader_decoded_cache_1_worker_per_s", "decode_only": "loader_no_resize_1_worker_per_s"}
     for w, rates in ours.items():
-        out[f"loader_{w}_workers_per_s" if w != "cache" else "loader_decoded_cache_1_worker_per_s"] = \
-            statistics.median(rates)
+        out[names.get(w, f"loader_{w}_workers_per_s")] = statistics.median(rates)
     out["per_worker_ratio_to_pil"] = out["loader_1_workers_per_s"] / out["pil_decode_per_s"]
+    out["no_resize_per_worker_ratio_to_pil"] = out["loader_no_resize_1_worker_per_s"] / out["pil_decode_per_s"]
+    out["per_worker_ratio_to_pil_with_resize"] = out["loader_1_workers_per_s"] / out["pil_decode_resize_crop_per_s"]
     out["workers_for_3000_per_s"] = int(np.ceil(3000 / out["loader_1_workers_per_s"]))
     return out
 
@@ -199,6 +221,8 @@ def main() -> None:
     parser.add_argument("--craft-images", type=int, default=1000)
     parser.add_argument("--craft-passes", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("outputs/stream_bench.json"))
+    parser.add_argument("--only", default="loader,crafting,evaluation",
+                        help="the parts to measure; the others are kept from an existing --out record")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -207,21 +231,27 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     roots = {n: generate(args.root / f"test{n}", n) for n in sizes}
     small = roots[sizes[0]]
-    record = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-              "preprocessing": PREPROCESSING}
-    record["loader"] = measure_loader(small, args.loader_images, args.rounds, args.root / "cache_loader")
-    print(json.dumps(record["loader"]), flush=True)
-    record["crafting"] = measure_crafting(small, args.craft_images, args.craft_passes, args.rounds,
-                                          args.root / "cache_loader")
-    print(json.dumps(record["crafting"]), flush=True)
-    record["evaluation"] = []
-    for n, root in roots.items():
-        cache = args.root / f"cache_eval{n}"
-        for label, on in (("cache off", False), ("cache on, first", True), ("cache on, second", True)):
-            row = {"test_images": n, "decoded_size_gib": round(n * 3 * SIDE * SIDE / 2**30, 2), "run": label,
-                   **measure_evaluation(root, cache, on)}
-            record["evaluation"].append(row)
-            print(json.dumps(row), flush=True)
+    only = set(args.only.split(","))
+    record = json.loads(args.out.read_text()) if args.out.is_file() and only != {"loader", "crafting", "evaluation"} \
+        else {}
+    record.update(machine={"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+                  preprocessing=PREPROCESSING)
+    if "loader" in only:
+        record["loader"] = measure_loader(small, args.loader_images, args.rounds, args.root / "cache_loader")
+        print(json.dumps(record["loader"]), flush=True)
+    if "crafting" in only:
+        record["crafting"] = measure_crafting(small, args.craft_images, args.craft_passes, args.rounds,
+                                              args.root / "cache_loader")
+        print(json.dumps(record["crafting"]), flush=True)
+    if "evaluation" in only:
+        record["evaluation"] = []
+        for n, root in roots.items():
+            cache = args.root / f"cache_eval{n}"
+            for label, on in (("cache off", False), ("cache on, first", True), ("cache on, second", True)):
+                row = {"test_images": n, "decoded_size_gib": round(n * 3 * SIDE * SIDE / 2**30, 2), "run": label,
+                       **measure_evaluation(root, cache, on)}
+                record["evaluation"].append(row)
+                print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {args.out}")

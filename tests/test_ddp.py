@@ -63,7 +63,7 @@ def test_two_ranks_count_every_streamed_test_image_once(tmp_path):
     """A streamed folder whose test split (an odd count) does not divide over two ranks: each rank reads its share,
     no image is repeated to even them out, and the summed counts equal a single process's."""
     root = mixed_folder(tmp_path / "data", per_class=5)
-    (root / "test" / "c0" / "4.jpg").unlink()  # 19 test images
+    (root / "test" / "c0" / "4.png").unlink()  # 19 test images
     common = stream_args(root, "task=evaluate", "model=small_cnn", "training.epochs=1", "training.batch_size=8",
                   "dataset.stream=always", "dataset.workers=1", "eval.batch_size=4", "dataset.val_size=4")
     summary, _ = torchrun_two_ranks(common, tmp_path, 29535)

@@ -153,21 +153,20 @@ class StreamedSplit:
     def take(self, batches: Sequence[Index]) -> Iterator[Batch]:
         """uint8 images and labels of each batch of positions, in order, on self.device; files that cannot be read
         are refused, or dropped from their batch (dataset.bad_files)."""
-        position_of = {}
-        lists = []
-        for index in batches:
-            positions = torch.arange(len(self))[index] if isinstance(index, slice) else index.cpu()
-            lists.append(self.rows[positions].tolist())
-            position_of.update(zip(lists[-1], positions.tolist()))
-        loader = DataLoader(_Rows(self.source), batch_sampler=lists, num_workers=min(self.source.workers, len(lists)),
+        positions = [torch.arange(*index.indices(len(self))) if isinstance(index, slice) else index.cpu()
+                     for index in batches]
+        rows = [self.rows[p].tolist() for p in positions]
+        loader = DataLoader(_Rows(self.source), batch_sampler=rows, num_workers=min(self.source.workers, len(rows)),
                             collate_fn=_collate, pin_memory=self.device.type == "cuda", generator=_own_seed())
-        for rows, images, errors in loader:
-            for row, why in errors:
-                self.source.bad.meet(self.source.path(row), why)
-            if images is None:
-                continue
-            labels = self.y[torch.tensor([position_of[r] for r in rows.tolist()], dtype=torch.long)]
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        for (_, images, errors), where in zip(loader, positions):  # the loader keeps the batches' order
+            labels = self.y[where]
+            if errors:
+                for row, why in errors:
+                    self.source.bad.meet(self.source.path(row), why)
+                unread = {row for row, _ in errors}
+                labels = labels[torch.tensor([r not in unread for r in self.rows[where].tolist()])]
+            if images is not None:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def resident(self):
         """The images of these rows decoded into one uint8 tensor (a data.Split): for bounded sets only (crafting
@@ -175,8 +174,12 @@ class StreamedSplit:
         from . import Split
 
         parts = list(self.take(_chunks(len(self), 256)))
+        if len(self) and not parts:
+            raise UserError(f"{Path(self.source.path(int(self.rows[0]))).parent}: none of the requested images could be "
+                            "read")
         if not parts:
-            raise UserError(f"{Path(self.source.path(0)).parent.parent}: none of the requested images could be read")
+            return Split(torch.empty((0, *self.shape), dtype=torch.uint8, device=self.device),
+                         self.y.to(self.device))
         return Split(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
 
     def shard(self, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
