@@ -20,7 +20,7 @@ from ..provenance import SYNTHETIC_GENERATOR, digest, tensors_fingerprint
 from ..schema import DatasetConfig
 from .folder import Preprocessing
 from .sources import DATASETS, DatasetSource, check_streamable, read_splits, reads_folders  # noqa: F401  (the registry)
-from .stream import BadFiles, Index, StreamedSplit
+from .stream import BadFiles, Index, StreamedSplit, chunks
 from .synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Split:
         """The split with its images as the network takes them (itself unless `pre` resizes them)."""
         if self.pre is None:
             return self
-        return Split(torch.cat([x for x, _ in self.take(_slices(len(self), 256))]) if len(self) else
+        return Split(torch.cat([x for x, _ in self.take(chunks(len(self), 256))]) if len(self) else
                      self.x.new_empty((0, *self.shape)), self.y)
 
     def take(self, batches: Sequence[Index]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -75,10 +75,6 @@ class Split:
             return self.take([slice(i, i + batch_size) for i in range(0, len(self), batch_size)])
         mine = torch.arange(len(self), device=self.y.device)[rank::world]
         return self.take([mine[i:i + batch_size] for i in range(0, mine.shape[0], batch_size)])
-
-
-def _slices(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 AnySplit = Union[Split, StreamedSplit]
@@ -136,8 +132,9 @@ def _check_shape(split: AnySplit, cfg: DatasetConfig, size: int, what: str) -> N
                         f"{top}); set dataset.num_classes={top + 1}")
 
 
-def folder_preprocessing(cfg: DatasetConfig, declared: Optional[Preprocessing]) -> Optional[Preprocessing]:
-    """How image folders are decoded: the dataset's resize/crop where set, else what the model declares."""
+def input_preprocessing(cfg: DatasetConfig, declared: Optional[Preprocessing]) -> Optional[Preprocessing]:
+    """How images meet the network: the dataset's resize/crop where set, else what the model declares (image folders
+    are decoded so, tensor datasets resized batch by batch)."""
     return Preprocessing(cfg.resize, cfg.crop, cfg.interpolation) if cfg.crop is not None else declared
 
 
@@ -155,7 +152,7 @@ def load_data(cfg: DatasetConfig, cache_dir: str, seed: int, device: torch.devic
         fingerprint = digest({"generator": SYNTHETIC_GENERATOR, "size": cfg.synthetic_size, "shape": shape})
     else:
         cache = Path(cache_dir).expanduser()
-        pre = folder_preprocessing(cfg, declared)
+        pre = input_preprocessing(cfg, declared)
         size = size if pre is None else pre.crop
         read = read_splits(cfg, cache, pre, device)
         (train, train_fp), (test, test_fp), names, bad = read.train, read.test, read.names, read.bad

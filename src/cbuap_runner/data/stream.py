@@ -173,7 +173,7 @@ class StreamedSplit:
         set, validation split)."""
         from . import Split
 
-        parts = list(self.take(_chunks(len(self), 256)))
+        parts = list(self.take(chunks(len(self), 256)))
         if len(self) and not parts:
             raise UserError(f"{Path(self.source.path(int(self.rows[0]))).parent}: none of the requested images could be "
                             "read")
@@ -188,5 +188,6 @@ class StreamedSplit:
         return self.take([mine[i:i + batch_size] for i in range(0, mine.shape[0], batch_size)])
 
 
-def _chunks(n: int, size: int) -> list[slice]:
+def chunks(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` covering range(n)."""
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
