@@ -114,15 +114,24 @@ def test_a_file_that_is_no_image_is_refused_before_anything_runs(validated, tmp_
         load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("mode", ["always", "never"])
 @pytest.mark.parametrize("how", ["not_an_image", "truncated"])
-def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, how):
+def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, how, mode):
     root = broken_folder(tmp_path / "data", how)
-    cfg = validated(stream_args(root, "dataset.stream=always", "dataset.val_size=4", "dataset.bad_files=skip",
-                         "dataset.workers=0"))
-    data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
-    seen = sum(len(y) for _, y in data.test.shard(4, 0, 1))
-    assert seen == CLASSES * 3 and data.bad_files.record()["skipped"] == 1
-    assert data.bad_files.record()["skipped_files"][0].endswith("test/c1/9.jpg")
+    cfg = validated(stream_args(root, f"dataset.stream={mode}", "dataset.val_size=4", "dataset.bad_files=skip",
+                                "dataset.workers=0"))
+    for _ in range(2):  # the second time from the caches: the skipped file is still counted
+        data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
+        seen = [y for _, ys in data.test.shard(4, 0, 1) for y in ys.tolist()]
+        assert len(seen) == CLASSES * 3 and seen.count(1) == 3 and data.bad_files.record()["skipped"] == 1
+        assert data.bad_files.record()["skipped_files"][0].endswith("test/c1/9.jpg")
+
+
+def test_a_held_folder_refuses_a_file_it_cannot_decode(validated, tmp_path):
+    root = broken_folder(tmp_path / "data", "truncated")
+    cfg = validated(stream_args(root, "dataset.stream=never", "dataset.val_size=4"))
+    with pytest.raises(UserError, match=r"^\S+/test/c1/9\.jpg: cannot decode image .*dataset\.bad_files=skip$"):
+        load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
 
 
 def test_a_truncated_file_is_refused_when_it_is_reached(validated, tmp_path):

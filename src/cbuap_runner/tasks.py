@@ -52,7 +52,7 @@ class Context:
     device: torch.device
     tracker: Any
     provenance: dict[str, Any] = field(default_factory=dict)  # what decided the results (run_summary.json)
-    bad_files: Any = None  # data.BadFiles of streamed splits: what they could not read, for the record
+    bad_files: Any = None  # data.BadFiles of image folders: what could not be read, for the record
 
     @property
     def run_dir(self) -> Path:
@@ -68,11 +68,11 @@ class Context:
         data = load_data(self.cfg.dataset, self.cfg.cache_dir, self.cfg.seed, self.device, declared)
         streamed = [name for name, split in (("train", data.train), ("test", data.test)) if split.streamed]
         self.provenance.update(code=git_commit(), data={"fingerprint": data.fingerprint, "streamed": streamed})
-        self.bad_files = data.bad_files if streamed else None
+        self.bad_files = data.bad_files  # image folders only
         return data
 
     def provenance_record(self) -> dict[str, Any]:
-        """What decided the results, with the files streamed splits refused to read or skipped."""
+        """What decided the results, with the image files that could not be read (refused, or skipped and counted)."""
         if self.bad_files is not None:
             self.provenance["data"]["bad_files"] = self.bad_files.record()
         return self.provenance

@@ -93,7 +93,7 @@ class DataBundle:
     class_names: list[str]
     fingerprint: str = ""  # of the splits as read, before the validation carve (provenance.py)
     preprocessing: Optional[dict] = None  # what turned the files into these tensors (_preprocessing)
-    bad_files: Optional[BadFiles] = None  # what a streamed split could not read (dataset.bad_files), for the record
+    bad_files: Optional[BadFiles] = None  # image folders: the files that could not be read (dataset.bad_files)
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:

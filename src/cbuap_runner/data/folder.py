@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from PIL import Image
@@ -140,13 +140,22 @@ def decode_file(path: Path, channels: int, size: int, pre: Optional[Preprocessin
     return image
 
 
-def _decode(files: list[tuple[Path, int]], channels: int, size: int, pre: Optional[Preprocessing],
-            progress: bool) -> torch.Tensor:
+def _decode(files: list[tuple[Path, int]], channels: int, size: int, pre: Optional[Preprocessing], progress: bool,
+            meet: Callable[[str, str], None]) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
+    """The images that decode (uint8), their positions in `files`, and (path, why) of those that do not, each of which
+    `meet` refuses or lets pass (dataset.bad_files)."""
     size = size if pre is None else pre.crop
     out = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
+    kept, skipped = [], []
     for i, (path, _) in enumerate(progress_bar(files, desc=f"decoding {path_parent(files)}", enabled=progress)):
-        out[i] = decode_file(path, channels, size, pre)
-    return out
+        try:
+            out[len(kept)] = decode_file(path, channels, size, pre)
+        except UserError as ex:
+            meet(str(path), str(ex))
+            skipped.append((str(path), str(ex)))
+            continue
+        kept.append(i)
+    return out[:len(kept)], kept, skipped
 
 
 def path_parent(files: list[tuple[Path, int]]) -> str:
@@ -154,18 +163,23 @@ def path_parent(files: list[tuple[Path, int]]) -> str:
 
 
 def load_folder_split(listing: FolderListing, channels: int, size: int, cache_dir: Path, progress: bool,
-                      pre: Optional[Preprocessing] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode (or load from cache) one listed split: uint8 [N,C,H,W], int64 [N]."""
+                      pre: Optional[Preprocessing], meet: Callable[[str, str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode (or load from cache) one listed split: uint8 [N,C,H,W], int64 [N]; files that cannot be decoded are
+    refused or left out by `meet` (dataset.bad_files), also when the decoded split comes from the cache."""
     split_dir, files = listing.split_dir, listing.files
     cache = cache_dir / "folders" / f"{files_key(split_dir, files, channels, size, pre)}.pt"
     if cache.is_file():
         try:
             blob = torch.load(cache, weights_only=True)
-            return blob["x"], blob["y"]
+            x, y, skipped = blob["x"], blob["y"], blob.get("skipped", [])
         except Exception as ex:  # a damaged cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s (%s)", cache, ex)
+        else:
+            for path, why in skipped:
+                meet(path, why)
+            return x, y
     log.info("decoding %d images under %s (cached afterwards in %s)", len(files), split_dir, cache)
-    x = _decode(files, channels, size, pre, progress)
-    y = torch.tensor([label for _, label in files], dtype=torch.long)
-    torch_save({"x": x, "y": y, "classes": listing.classes}, cache)
+    x, kept, skipped = _decode(files, channels, size, pre, progress, meet)
+    y = torch.tensor([files[i][1] for i in kept], dtype=torch.long)
+    torch_save({"x": x, "y": y, "classes": listing.classes, "skipped": skipped}, cache)
     return x, y

@@ -139,7 +139,7 @@ def load_split(cfg: DatasetConfig, split: str) -> Arrays:
 
 class Splits(NamedTuple):
     """What read_splits found: each split with its fingerprint when streamed (None when held in memory), the class
-    names (folder names, or None) and what streamed splits could not read."""
+    names (folder names, or None) and, for image folders, the files that could not be read (data.BadFiles)."""
 
     train: tuple[Any, str | None]
     test: tuple[Any, str | None]
@@ -157,7 +157,7 @@ def read_splits(cfg: DatasetConfig, cache_dir: Path, pre: Preprocessing | None, 
     bad = BadFiles(cfg.bad_files)
     if not reads_folders(cfg):  # held as read; a model's preprocessing resizes each batch as it is taken
         train, test = (Split(*load_split(cfg, split), _fits(cfg, pre)) for split in ("train", "test"))
-        return Splits((train, None), (test, None), None, bad)
+        return Splits((train, None), (test, None), None, None)
     lister = DATASETS[cfg.name].listing or folder_listing
     listings = {split: lister(root, split) for split in ("train", "test")}
     _check_classes(root, listings)
@@ -166,7 +166,8 @@ def read_splits(cfg: DatasetConfig, cache_dir: Path, pre: Preprocessing | None, 
         if _streams(cfg, len(listing.files), pre):
             out[split] = _streamed(cfg, listing, pre, cache_dir, bad, device)
         else:
-            x, y = load_folder_split(listing, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre)
+            x, y = load_folder_split(listing, cfg.channels, cfg.image_size, cache_dir, progress_enabled(), pre,
+                                     bad.meet)
             out[split] = (Split(x, y), None)
     return Splits(out["train"], out["test"], listings["train"].names, bad)
 
