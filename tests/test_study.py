@@ -227,3 +227,12 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     assert len((out / "pareto_hypervolume.csv").read_text().splitlines()) == 6
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(tmp_path / "none.json")]) == 1
     assert "no such manifest" in capsys.readouterr().err
+
+
+def test_the_command_line_says_one_line(capsys):
+    from cbuap_runner.study.__main__ import main
+
+    assert main(["cb_uap_fmnist", "trials=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "trials=0" in err and len(err.strip().splitlines()) == 1
+    assert main([]) == 2
