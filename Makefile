@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev,joblib,slurm,timm,imagenet]'
+	$(BIN)/python -m pip install -q -e '.[dev,joblib,slurm,timm,imagenet,study]'
 	touch $@
 
 install: $(STAMP) ## create .venv (if missing) and install the package with its test tools

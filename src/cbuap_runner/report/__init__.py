@@ -8,6 +8,8 @@ Imports neither torch nor matplotlib (a figure imports matplotlib when drawn), s
     formats   Markdown, CSV and LaTeX
     figures   the figures of a table and of the document
     tables    a sweep directory's tables (write_tables)
+    frontier  the Pareto front of two maximised objectives and its 2-D hypervolume
+    pareto    a study's records as its front, with the hypervolume history (--kind pareto)
     claims    the paper's two claims, one sentence each, against the manifest's thresholds
     document  the manifest (docs/results/document.json) as docs/results.md
     cli       scripts/make_tables.py

@@ -8,9 +8,11 @@ block sets them (Thresholds).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .formats import format_cell
@@ -40,6 +42,19 @@ class Thresholds:
                 raise ValueError(f"{where}: claims.{name}={value!r}: must be a number ≥ 0")
             values[name] = value
         return cls(**values)
+
+
+# the committed manifest, whose `claims` block a table of a study's front reads unless told another
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[3] / "docs" / "results" / "document.json"
+
+
+def manifest_thresholds(manifest: str | Path | None = None) -> Thresholds:
+    """The margins of a manifest's `claims` block (default: the committed one); ValueError naming a missing file."""
+    path = Path(manifest) if manifest is not None else DEFAULT_MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path}: no such manifest; pass --claims MANIFEST (a document manifest with a claims block)")
+    spec = json.loads(path.read_text())
+    return Thresholds.read((spec.get("claims") if isinstance(spec, dict) else None) or {}, str(path))
 
 
 def matches(row: Mapping[str, Any], where: Mapping[str, Any]) -> bool:

@@ -1,6 +1,6 @@
 """Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
 
-    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|transfer|auto] [--rows a,b]
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|transfer|pareto|auto] [--rows a,b]
     python scripts/make_tables.py --document docs/results/document.json   (docs/results.md)
 
 Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
@@ -34,10 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("root", nargs="?", help="a sweep directory or outputs/ (searched recursively for run_summary.json)")
     parser.add_argument("--out", default=None, help="where to write the tables (default: ROOT/tables)")
     parser.add_argument("--kind", default="auto", choices=KINDS,
-                        help="which metric columns to show; transfer: the crafted-on x evaluated-on matrix")
+                        help="which metric columns to show; transfer: the crafted-on x evaluated-on matrix; "
+                        "pareto: a study's Pareto front (python -m cbuap_runner.study)")
     parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
     parser.add_argument("--rows", default=None, metavar="KEYS",
                         help="comma-separated keys that make a row, where the records declare none (e.g. attack.name,attack.eps)")
+    parser.add_argument("--claims", default=None, metavar="MANIFEST",
+                        help="--kind pareto: the manifest whose claims block sets claim 1's region "
+                        "(default: docs/results/document.json)")
     parser.add_argument("--no-figures", action="store_true", help="write the tables only")
     parser.add_argument("--document", default=None, metavar="MANIFEST",
                         help="write the results document a manifest describes (docs/results/document.json)")
@@ -86,7 +90,7 @@ def _document(args: argparse.Namespace) -> int:
 def _tables(args: argparse.Namespace) -> int:
     try:
         written = write_tables(args.root, args.out, args.kind, _names(args.metrics), not args.no_figures,
-                               _names(args.rows))
+                               _names(args.rows), args.claims)
     except (NoRecords, OSError, ValueError) as err:
         return _fail(str(err))
     print(Path(written[0]).read_text(), end="")

@@ -42,7 +42,8 @@ DEFENCE_METRICS = (
 KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences": DEFENCE_METRICS,
                 "tuning": TUNING_METRICS}
 TRANSFER = "transfer"  # the cross-model matrix of evaluated perturbations (transfer.py), not a table of rows
-KINDS = ("auto", *KIND_METRICS, TRANSFER)
+PARETO = "pareto"  # a study's Pareto front with its hypervolume history (pareto.py), not a table of rows
+KINDS = ("auto", *KIND_METRICS, TRANSFER, PARETO)
 
 
 def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> str:

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
+from .claims import manifest_thresholds
 from .figures import make_figures
 from .formats import WRITERS
-from .kinds import TRANSFER, resolve_kind
+from .kinds import PARETO, TRANSFER, resolve_kind
+from .pareto import write_pareto
 from .records import SUMMARY, NoRecords, load_records
 from .rows import build_rows, choose_tuned
 from .transfer import write_transfer
@@ -28,10 +30,11 @@ def write_table_files(out: Path, kind: str, keys: Sequence[str], columns: Sequen
 
 
 def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = None, kind: str = "auto",
-                 metrics: Sequence[str] | None = None, figures: bool = True, rows: Sequence[str] | None = None
-                 ) -> list[Path]:
+                 metrics: Sequence[str] | None = None, figures: bool = True, rows: Sequence[str] | None = None,
+                 claims: str | os.PathLike | None = None) -> list[Path]:
     """Read the records under `root` and write `<kind>.md/.csv/.tex` and the figures to `out_dir` (default:
-    `root/tables`). `rows`: the row keys where the records declare none."""
+    `root/tables`). `rows`: the row keys where the records declare none; `claims`: the manifest whose margins
+    `--kind pareto` shades (default: the committed one)."""
     records = load_records(root)
     if not records:
         raise NoRecords(f"no {SUMMARY} under {root} (run an experiment first, or point at a sweep directory)")
@@ -39,6 +42,8 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
     if kind == TRANSFER:
         return write_transfer(records, out, figures)
+    if kind == PARETO:
+        return write_pareto(records, out, manifest_thresholds(claims), figures)
     keys, columns, table = build_rows(records, kind, metrics, rows)
     if kind == "tuning":
         choose_tuned(table)

@@ -1,0 +1,136 @@
+"""The study: a journal file that holds it, a relaunch that continues it, failed trials, the reference run.
+
+Storage: Optuna's JournalStorage on one append-only file, `<dir>/<name>/journal.log`. A file needs no database
+server (nor sqlalchemy); every ask and tell is one appended line, so a process killed mid-trial leaves the journal
+as it was after its last complete operation, and a relaunch replays it and continues the same study.
+
+A relaunch with the same name: completed and failed trials are kept, never rerun; a trial the journal still shows
+running (its process was killed) is marked failed and not retried, since its parameters may be what stopped the
+process, and its run directory stays as the killed run left it; then trials are asked until the study holds
+`trials` finished ones. Each trial's run directory is `trials/<trial number>` (unique within the study), and a
+directory that already exists is refused, never written into. NSGA-II's seed is offset by the trials already
+finished, so a relaunch does not draw its predecessor's random first generation again. One process runs a study
+at a time (a lock file).
+
+A run that fails, or whose record lacks a finite objective, is told to the study as failed and the study goes on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..report.frontier import front_indices, hypervolume
+from . import trial as trial_run
+from .space import as_overrides, parse_space, suggest
+from .spec import StudySpec
+
+JOURNAL, LOCK, TRIALS, REFERENCE = "journal.log", "study.lock", "trials", "reference"
+
+
+def require_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("the study needs optuna: pip install 'cbuap-runner[study]'") from None
+    return optuna
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold the study's lock file; one line when another process holds it."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{path.parent}: the study is running in another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_study(spec: StudySpec, root: Path) -> Any:
+    """The study in `root/journal.log` (created, or loaded to continue), with abandoned trials marked failed."""
+    optuna = require_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(root / JOURNAL)))
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize", "maximize"],
+                                load_if_exists=True)
+    for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        print(f"trial {frozen.number}: left running by an earlier process; marked failed, not retried", flush=True)
+    study.sampler = optuna.samplers.NSGAIISampler(population_size=spec.population,
+                                                  seed=spec.seed + len(finished(study)))
+    return study
+
+
+def finished(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+
+
+def ensure_reference(spec: StudySpec, root: Path, runner: Callable = trial_run.run) -> None:
+    """SGD-UAP's run on the same model and budget (run once; it also trains the cached model the trials use)."""
+    run_dir = root / REFERENCE
+    outcome = trial_run.read_outcome(run_dir)
+    if outcome.values is None:
+        outcome = runner([*spec.base, *spec.reference], run_dir)
+    if outcome.values is None:
+        raise UserError(f"{run_dir}: the reference run failed: {outcome.error}")
+    print(f"reference: validation fooling rate {outcome.values[0]:.4f}, fooled-label entropy {outcome.values[1]:.4f}",
+          flush=True)
+
+
+def run_one(study: Any, spec: StudySpec, root: Path, params: list, runner: Callable = trial_run.run) -> None:
+    """Ask a trial, run it, tell its objectives (or that it failed)."""
+    from optuna.trial import TrialState
+
+    asked = study.ask()
+    run_dir = root / TRIALS / f"{asked.number:04d}"
+    if run_dir.exists():
+        study.tell(asked, state=TrialState.FAIL)
+        raise UserError(f"{run_dir}: exists, but the journal has no such trial; refusing to write over it (was "
+                        f"{JOURNAL} replaced?)")
+    overrides = as_overrides(suggest(asked, params))
+    outcome = runner([*spec.base, *spec.trial, *overrides], run_dir)
+    if outcome.values is None:
+        asked.set_user_attr("error", outcome.error)
+        study.tell(asked, state=TrialState.FAIL)
+        print(f"trial {asked.number}: failed ({outcome.error})", flush=True)
+        return
+    study.tell(asked, list(outcome.values))
+    print(f"trial {asked.number}: validation fooling rate {outcome.values[0]:.4f}, fooled-label entropy "
+          f"{outcome.values[1]:.4f} ({_front_text(study)})", flush=True)
+
+
+def _front_text(study: Any) -> str:
+    from optuna.trial import TrialState
+
+    points = [tuple(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return f"front of {len(front_indices(points))}, hypervolume {hypervolume(points):.4f}"
+
+
+def run_study(spec: StudySpec, runner: Callable = trial_run.run) -> Any:
+    """Run (or continue) the study until it holds `spec.trials` finished trials; returns it."""
+    params = parse_space(spec.space)
+    root = Path(spec.dir).resolve() / spec.name
+    (root / TRIALS).mkdir(parents=True, exist_ok=True)
+    with exclusive(root / LOCK):
+        study = open_study(spec, root)
+        ensure_reference(spec, root, runner)
+        while len(finished(study)) < spec.trials:
+            run_one(study, spec, root, params, runner)
+    done = finished(study)
+    failed = sum(t.state.name == "FAIL" for t in done)
+    print(f"study {spec.name}: {len(done)} trials ({len(done) - failed} completed, {failed} failed) in {root}\n"
+          f"  python scripts/make_tables.py {root} --kind pareto", flush=True)
+    return study

@@ -1,0 +1,68 @@
+"""A study's spec: a YAML file (conf/study/<name>.yaml, or any path) with command-line `key=value` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import UserError
+
+STUDY_CONF = "study"  # the folder of conf/ that holds the studies
+
+
+@dataclass
+class StudySpec:
+    name: str = "???"  # the study's name in its journal and its folder under `dir`
+    dir: str = "outputs/studies"  # the study lives in <dir>/<name>/
+    trials: int = 100  # the finished trials (completed or failed) the study should hold; a relaunch runs the rest
+    seed: int = 0  # NSGA-II's seed (a relaunch offsets it by the trials already finished)
+    population: int = 20  # NSGA-II's population size
+    base: list[str] = field(default_factory=list)  # overrides of every run: the setting, the budget, the model
+    trial: list[str] = field(default_factory=list)  # overrides every trial adds (attack=cb_uap)
+    reference: list[str] = field(default_factory=list)  # overrides of the reference run (attack=sgd_uap)
+    space: dict[str, Any] = field(default_factory=dict)  # override key -> its range (space.py)
+
+
+def spec_path(name_or_path: str) -> Path:
+    """A spec file: a path as given, else conf/study/<name>.yaml."""
+    from ..__main__ import CONF_DIR
+
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UserError(f"{path}: no such study spec")
+        return path
+    found = Path(CONF_DIR) / STUDY_CONF / f"{name_or_path}.yaml"
+    if not found.is_file():
+        known = sorted(p.stem for p in found.parent.glob("*.yaml"))
+        raise UserError(f"study {name_or_path!r}: no such spec; choose one of {', '.join(known)} or give a .yaml path")
+    return found
+
+
+def load_spec(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
+    """The spec with `key=value` overrides applied; one line naming a bad key or value."""
+    path = spec_path(name_or_path)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path),
+                                 OmegaConf.from_dotlist(list(overrides)))
+        spec = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as ex:
+        key = getattr(ex, "full_key", None) or ""
+        raise UserError(f"{path}: {key + ': ' if key else ''}{str(ex).splitlines()[0]}") from None
+    _check(spec, path)
+    return spec
+
+
+def _check(spec: StudySpec, path: Path) -> None:
+    if not spec.name or "/" in spec.name:
+        raise UserError(f"{path}: name={spec.name!r}: give the study a name (no '/')")
+    if spec.trials < 1:
+        raise UserError(f"{path}: trials={spec.trials}: must be at least 1")
+    if spec.population < 2:
+        raise UserError(f"{path}: population={spec.population}: NSGA-II needs at least 2")
+    if not spec.space:
+        raise UserError(f"{path}: space: empty; give at least one attack.* key and its range")

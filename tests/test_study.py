@@ -1,0 +1,238 @@
+"""The CB-UAP study (cbuap_runner.study): trials as ordinary runs, a relaunch that continues, failed trials; the
+Pareto front and its hypervolume (report.frontier) and `make_tables --kind pareto` (report.pareto)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cbuap_runner.errors import UserError
+from cbuap_runner.report.claims import Thresholds
+from cbuap_runner.report.cli import main as make_tables
+from cbuap_runner.report.frontier import front_indices, hypervolume, hypervolume_history, last_quarter_change
+from cbuap_runner.report.pareto import pareto_front
+from cbuap_runner.study import trial as trial_run
+from cbuap_runner.study.space import parse_space
+from cbuap_runner.study.spec import StudySpec, load_spec
+from helpers import FAST, REPO, TINY
+
+optuna = pytest.importorskip("optuna")
+
+SPACE = {
+    "attack.balance.lambda_div": {"type": "float", "low": 0.01, "high": 2.0, "log": True, "off_value": 0.0},
+    "attack.balance.class_reweight": {"type": "choice", "choices": [True, False]},
+    "attack.balance.start": {"type": "int", "low": 0, "high": 1},
+    "attack.balance.stop": {"type": "int", "low": 1, "high": 2, "after": "attack.balance.start", "off_value": None},
+}
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+
+
+def tiny_spec(tmp_path: Path, trials: int, name: str = "tiny", trial: tuple[str, ...] = ()) -> StudySpec:
+    base = ["task=attack", *FAST, *TINY, f"cache_dir={tmp_path / 'cache'}"]
+    return StudySpec(name=name, dir=str(tmp_path / "studies"), trials=trials, seed=0, population=2, base=base,
+                     trial=["attack=cb_uap", *trial], reference=["attack=sgd_uap"], space=SPACE)
+
+
+def _states(study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "trials").rglob("run_summary.json"))}
+
+
+# ---------------------------------------------------------------- real runs (each trial one process)
+
+
+def test_study_runs_and_a_relaunch_continues(tmp_path, capsys):
+    from cbuap_runner.study.loop import run_study
+
+    study = run_study(tiny_spec(tmp_path, trials=2))
+    root = tmp_path / "studies" / "tiny"
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    record = json.loads((root / "trials" / "0000" / "run_summary.json").read_text())
+    assert record["status"] == "completed" and record["attack"] == "cb_uap"
+    assert any(o.startswith("attack.balance.lambda_div=") for o in record["overrides"])
+    before = _snapshot(root)
+    assert sorted(before) == ["trials/0000/run_summary.json", "trials/0001/run_summary.json"]
+
+    study = run_study(tiny_spec(tmp_path, trials=3))  # the relaunch: runs trial 2 only
+    assert _states(study) == ["COMPLETE"] * 3
+    after = _snapshot(root)
+    assert {k: after[k] for k in before} == before and "trials/0002/run_summary.json" in after
+    assert "reference: validation fooling rate" in capsys.readouterr().out
+
+    assert make_tables([str(root), "--kind", "pareto", "--no-figures"]) == 0
+    text = (root / "tables" / "pareto.md").read_text()
+    assert "3 trials (3 completed, 0 failed)" in text and "Hypervolume" in text
+
+
+def test_a_failing_run_is_a_failed_trial_and_the_study_goes_on(tmp_path):
+    from cbuap_runner.study.loop import run_study
+
+    # temperature < 1 is refused by the run's start-up checks: every trial's run fails in its own process
+    study = run_study(tiny_spec(tmp_path, trials=2, trial=("attack.balance.temperature=0.5",)))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert "temperature" in trials[0].user_attrs["error"]
+    record = json.loads((tmp_path / "studies" / "tiny" / "trials" / "0001" / "run_summary.json").read_text())
+    assert record["status"] == "failed"
+
+
+# ---------------------------------------------------------------- the loop with a stand-in run (no process)
+
+
+def fake_runner(nan_at: set[int] = frozenset()):
+    """Writes a completed record with made-up objectives (NaN for the trial numbers in `nan_at`)."""
+
+    def run(overrides: list[str], run_dir: Path) -> trial_run.Outcome:
+        number = int(run_dir.name) if run_dir.name.isdigit() else -1
+        fr = float("nan") if number in nan_at else 0.5 + 0.01 * number
+        record = {"status": "completed", "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
+                  "overrides": overrides, "metrics": {"val_fooling_rate": fr, "val_fooled_label_entropy": 1.0,
+                                                      "fooling_rate": fr, "fooled_label_entropy": 1.0}}
+        run_dir.mkdir(parents=True)
+        (run_dir / "run_summary.json").write_text(json.dumps(record))
+        return trial_run.read_outcome(run_dir)
+
+    return run
+
+
+def test_a_nan_objective_is_a_failed_trial(tmp_path):
+    from cbuap_runner.study.loop import run_study
+
+    study = run_study(tiny_spec(tmp_path, trials=3), runner=fake_runner({1}))
+    assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "no finite" in study.trials[1].user_attrs["error"]
+
+
+def test_a_trial_left_running_is_marked_failed_not_rerun(tmp_path):
+    from cbuap_runner.study.loop import JOURNAL, open_study, run_study
+
+    spec = tiny_spec(tmp_path, trials=2)
+    root = tmp_path / "studies" / "tiny"
+    root.mkdir(parents=True)
+    open_study(spec, root).ask()  # a process killed mid-trial: asked, never told
+    study = run_study(spec, runner=fake_runner())
+    assert _states(study) == ["FAIL", "COMPLETE"] and (root / JOURNAL).is_file()
+    assert not (root / "trials" / "0000").exists() and (root / "trials" / "0001").is_dir()
+
+
+def test_an_existing_trial_directory_is_never_written_into(tmp_path):
+    from cbuap_runner.study.loop import run_study
+
+    (tmp_path / "studies" / "tiny" / "trials" / "0000").mkdir(parents=True)
+    with pytest.raises(UserError, match="refusing to write over it"):
+        run_study(tiny_spec(tmp_path, trials=1), runner=fake_runner())
+
+
+def test_missing_optuna_is_one_line(monkeypatch):
+    from cbuap_runner.study.loop import require_optuna
+
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)
+    with pytest.raises(UserError, match=r"cbuap-runner\[study\]"):
+        require_optuna()
+
+
+def test_spec_and_space_errors_are_one_line(tmp_path):
+    assert load_spec("cb_uap_fmnist", ["trials=7"]).trials == 7
+    with pytest.raises(UserError, match="no such spec"):
+        load_spec("nonesuch")
+    with pytest.raises(UserError, match="trials"):
+        load_spec("cb_uap_fmnist", ["trials=0"])
+    with pytest.raises(UserError, match="log scale"):
+        parse_space({"attack.balance.lambda_div": {"type": "float", "low": 0.0, "high": 1.0, "log": True}})
+    with pytest.raises(UserError, match="earlier numeric entry"):
+        parse_space({"attack.balance.stop": {"type": "int", "low": 1, "high": 2, "after": "attack.balance.start"}})
+    assert len(parse_space(load_spec("cb_uap_fmnist").space)) == 16
+
+
+def test_the_spec_covers_every_balance_key():
+    from dataclasses import fields
+
+    from cbuap_runner.attacks.cb_uap import BalanceConfig
+
+    spec = load_spec(str(REPO / "conf" / "study" / "cb_uap_fmnist.yaml"))
+    keys = {k.removeprefix("attack.balance.") for k in spec.space}
+    assert keys == {f.name for f in fields(BalanceConfig)}
+
+
+# ---------------------------------------------------------------- the front and its hypervolume
+
+
+def test_front_and_hypervolume_on_constructed_points():
+    points = [(0.9, 1.0), (0.8, 1.5), (0.85, 0.9), (0.5, 2.0), (0.5, 2.0), (0.4, 1.9), (0.95, 0.2)]
+    assert front_indices(points) == [6, 0, 1, 3, 4]  # (0.85, 0.9) and (0.4, 1.9) are dominated
+    # by x descending: 0.95·0.2 + 0.9·0.8 + 0.8·0.5 + 0.5·0.5
+    assert hypervolume(points) == pytest.approx(0.19 + 0.72 + 0.40 + 0.25)
+    assert hypervolume([(1.0, 1.0)], reference=(0.5, 0.5)) == pytest.approx(0.25)
+    assert hypervolume([(0.4, 1.0)], reference=(0.5, 0.0)) == 0.0
+    history = hypervolume_history([(0.5, 1.0), None, (0.5, math.nan), (1.0, 1.0), (0.2, 0.2)])
+    assert history == pytest.approx([0.5, 0.5, 0.5, 1.0, 1.0])
+    assert last_quarter_change(history) == (1, pytest.approx(0.0))
+    assert last_quarter_change(history[:3]) is None
+
+
+# ---------------------------------------------------------------- make_tables --kind pareto
+
+
+def _record(folder: str, attack: str, val: tuple[float, float] | None, test: tuple[float, float],
+            status: str = "completed", setting: str = "attack.balance.lambda_div=0.5") -> dict:
+    metrics = {} if val is None else {"val_fooling_rate": val[0], "val_fooled_label_entropy": val[1],
+                                      "fooling_rate": test[0], "fooled_label_entropy": test[1]}
+    return {"_dir": folder, "status": status, "task": "attack", "attack": attack, "metrics": metrics,
+            "overrides": ["task=attack", setting]}
+
+
+RECORDS = [
+    _record("reference", "sgd_uap", (0.80, 1.00), (0.78, 1.05), setting=""),
+    _record("trials/0000", "cb_uap", (0.79, 1.20), (0.77, 1.22)),  # in the region on validation and test
+    _record("trials/0001", "cb_uap", (0.70, 1.30), (0.69, 1.31)),  # on the front, too weak
+    _record("trials/0002", "cb_uap", (0.60, 1.10), (0.60, 1.10)),  # dominated
+    _record("trials/0003", "cb_uap", None, (0.0, 0.0), status="failed"),
+    _record("trials/0004", "cb_uap", (0.82, 1.00), (0.81, 0.99)),  # on the front, no spread
+]
+
+
+def test_pareto_front_of_constructed_records():
+    f = pareto_front(RECORDS, BAR)
+    assert [t.number for t in f.front] == [4, 0, 1]
+    assert [t.number for t in f.trials if t.val is None] == [3]
+    assert f.in_region(f.front[1].val, 0) and f.in_region(f.front[1].test, 1)
+    assert not f.in_region(f.front[2].val, 0) and not f.in_region(f.front[0].val, 0)
+    assert f.history == pytest.approx([0.79 * 1.2, 0.79 * 1.2 + 0.7 * 0.1, 0.79 * 1.2 + 0.7 * 0.1,
+                                       0.79 * 1.2 + 0.7 * 0.1, 0.82 * 1.0 + 0.79 * 0.2 + 0.7 * 0.1])
+
+
+def test_make_tables_kind_pareto(tmp_path, capsys):
+    for record in RECORDS:
+        folder = tmp_path / record["_dir"]
+        folder.mkdir(parents=True)
+        (folder / "run_summary.json").write_text(json.dumps({k: v for k, v in record.items() if k != "_dir"}))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"claims": {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02,
+                                               "tuning_fooling_margin": 0.02}}))
+    assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest)]) == 0
+    out = tmp_path / "tables"
+    text = (out / "pareto.md").read_text()
+    assert "5 trials (4 completed, 1 failed); the validation front holds 3." in text
+    assert "front trials in it on validation: 0; of those, on test too: 0." in text
+    assert "over the last quarter (1 trials)" in text
+    rows = (out / "pareto.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,val_fooling_rate") and [r.split(",")[0] for r in rows[1:]] == ["4", "0", "1"]
+    assert (out / "pareto.png").stat().st_size > 0
+    assert len((out / "pareto_hypervolume.csv").read_text().splitlines()) == 6
+    assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(tmp_path / "none.json")]) == 1
+    assert "no such manifest" in capsys.readouterr().err
+
+
+def test_the_command_line_says_one_line(capsys):
+    from cbuap_runner.study.__main__ import main
+
+    assert main(["cb_uap_fmnist", "trials=0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "trials=0" in err and len(err.strip().splitlines()) == 1
+    assert main([]) == 2
