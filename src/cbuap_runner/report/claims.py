@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .formats import format_cell
+from .significance import paired
 
 VERDICT_ENTROPY = "fooled_label_entropy"
 VERDICT_REASON = ("Claim 1's verdict reads the fooled-label entropy, the entropy of the labels the attack gives the "
@@ -86,8 +87,27 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
-            f"(n = {sgd['n']}, {cb['n']}): the claim (fooled-label entropy ≥ {bar.fooled_entropy_gain} higher with at "
-            f"most {bar.fooling_rate_loss * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
+            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}): the claim (fooled-label entropy ≥ "
+            f"{bar.fooled_entropy_gain} higher with at most {bar.fooling_rate_loss * 100:.0f} points lost) "
+            f"{'holds' if holds else 'does not hold'}.")
+
+
+def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thresholds) -> str:
+    """'; paired per seed …' for claim 1: the two differences with their 95 % intervals, and what the intervals
+    say of the margins ('' for rows that carry no runs)."""
+    entropy, fooling = paired(sgd, cb, VERDICT_ENTROPY), paired(sgd, cb, "fooling_rate")
+    if entropy is None or fooling is None:
+        return "" if "_records" not in sgd else "; no seed in both rows, so no paired difference"
+    text = (f"; paired over {entropy.n} seed{'s' if entropy.n > 1 else ''} (95 % t-intervals): fooled-label entropy "
+            f"{entropy.text()}, fooling rate {fooling.text(100, 1)} points")
+    if entropy.low is None:
+        return text
+    gain, loss = bar.fooled_entropy_gain, -bar.fooling_rate_loss
+    if entropy.low >= gain and fooling.low >= loss:
+        return f"{text}, both intervals clear their margins"
+    if entropy.high < gain or fooling.high < loss:
+        return f"{text}, an interval lies wholly short of its margin"
+    return f"{text}, an interval straddles its margin: these seeds cannot settle it"
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
@@ -126,7 +146,10 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
         worst = _mean(cb, "worst_adv_acc") - _mean(row, "worst_adv_acc")
         clean = _mean(cb, "clean_acc") - _mean(row, "clean_acc")
         wins &= worst > 0 and clean >= 0
-        parts.append(f"against {other} worst-case {worst * 100:+.1f} points and clean {clean * 100:+.1f} points")
+        pair = paired(row, cb, "worst_adv_acc")
+        within = "" if pair is None else f" (paired over {pair.n} seeds: {pair.text(100, 1)})"
+        parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
+                     "points")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
     return (f"{label}: CB-UAT (clean {format_cell(cb['clean_acc'])}, worst case "
             f"{format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "
