@@ -121,6 +121,27 @@ def test_a_trial_left_running_is_marked_failed_not_rerun(tmp_path):
     assert not (root / "trials" / "0000").exists() and (root / "trials" / "0001").is_dir()
 
 
+def test_a_setting_already_run_is_told_its_values_not_run_again(tmp_path):
+    from cbuap_runner.study.loop import run_study
+
+    calls = []
+    runner = fake_runner()
+
+    def counting(overrides, run_dir):
+        calls.append(run_dir.name)
+        return runner(overrides, run_dir)
+
+    space = {"attack.balance.class_reweight": {"type": "choice", "choices": [True, False]}}  # two settings only
+    spec = tiny_spec(tmp_path, trials=6)
+    study = run_study(StudySpec(**{**spec.__dict__, "space": space}), runner=counting)
+    repeats = [t for t in study.trials if "same_as" in t.user_attrs]
+    assert len(study.trials) == 6 and repeats and len(calls) == 1 + 6 - len(repeats)  # the reference run, then trials
+    for t in repeats:
+        earlier = study.trials[t.user_attrs["same_as"]]
+        assert t.params == earlier.params and t.values == earlier.values
+        assert not (tmp_path / "studies" / "tiny" / "trials" / f"{t.number:04d}").exists()
+
+
 def test_an_existing_trial_directory_is_never_written_into(tmp_path):
     from cbuap_runner.study.loop import run_study
 

@@ -13,6 +13,9 @@ finished, so a relaunch does not draw its predecessor's random first generation 
 at a time (a lock file).
 
 A run that fails, or whose record lacks a finite objective, is told to the study as failed and the study goes on.
+A trial whose parameters equal a completed trial's (NSGA-II's offspring can repeat a parent) is not run again: the
+same setting, seed and code give the same record, so the study is told the earlier values (user attribute
+`same_as`) and the trial has no run directory; the report, which reads run records, counts the runs.
 """
 
 from __future__ import annotations
@@ -101,6 +104,12 @@ def run_one(study: Any, spec: StudySpec, root: Path, params: list, runner: Calla
         raise UserError(f"{run_dir}: exists, but the journal has no such trial; refusing to write over it (was "
                         f"{JOURNAL} replaced?)")
     overrides = as_overrides(suggest(asked, params))
+    earlier = _same_setting(study, asked)
+    if earlier is not None:  # the same setting, seed and code give the same record: tell its values, run nothing
+        asked.set_user_attr("same_as", earlier.number)
+        study.tell(asked, list(earlier.values))
+        print(f"trial {asked.number}: the setting of trial {earlier.number}, not run again", flush=True)
+        return
     outcome = runner([*spec.base, *spec.trial, *overrides], run_dir)
     if outcome.values is None:
         asked.set_user_attr("error", outcome.error)
@@ -110,6 +119,17 @@ def run_one(study: Any, spec: StudySpec, root: Path, params: list, runner: Calla
     study.tell(asked, list(outcome.values))
     print(f"trial {asked.number}: validation fooling rate {outcome.values[0]:.4f}, fooled-label entropy "
           f"{outcome.values[1]:.4f} ({_front_text(study)})", flush=True)
+
+
+def _same_setting(study: Any, asked: Any) -> Any:
+    """The earliest completed trial of exactly `asked`'s parameters (NSGA-II's offspring can repeat a parent), or
+    None."""
+    from optuna.trial import TrialState
+
+    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.number != asked.number and done.params == asked.params:
+            return done
+    return None
 
 
 def _front_text(study: Any) -> str:
