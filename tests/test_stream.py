@@ -114,12 +114,12 @@ def test_a_file_that_is_no_image_is_refused_before_anything_runs(validated, tmp_
         load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
+@pytest.mark.parametrize("mode", [["dataset.stream=always"], ["dataset.stream=never"],
+                                  ["dataset.stream=always", "dataset.decoded_cache=true"]])
 @pytest.mark.parametrize("how", ["not_an_image", "truncated"])
 def test_files_that_cannot_be_read_are_skipped_and_counted(validated, tmp_path, how, mode):
     root = broken_folder(tmp_path / "data", how)
-    cfg = validated(stream_args(root, f"dataset.stream={mode}", "dataset.val_size=4", "dataset.bad_files=skip",
-                                "dataset.workers=0"))
+    cfg = validated(stream_args(root, *mode, "dataset.val_size=4", "dataset.bad_files=skip", "dataset.workers=0"))
     for _ in range(2):  # the second time from the caches: the skipped file is still counted
         data = load_data(cfg.dataset, str(tmp_path / "cache"), 0, torch.device("cpu"))
         seen = [y for _, ys in data.test.shard(4, 0, 1) for y in ys.tolist()]

@@ -96,13 +96,14 @@ def _build(source, meta: Path, data: Path) -> None:
                         collate_fn=_collate, generator=_own_seed())
     bad: dict[int, str] = {}
     with atomic_path(data) as tmp, open(tmp, "wb") as out:
-        for rows, images, errors in progress_bar(loader, desc=f"decoding into {data.name}", total=len(batches)):
+        for (rows, images, errors), batch in zip(progress_bar(loader, desc=f"decoding into {data.name}",
+                                                              total=len(batches)), batches):
             for row, why in errors:
                 source.bad.meet(source.path(row), why)  # refused here, or kept as a bad row
                 bad[row] = why
-            by_row = dict(zip(rows.tolist(), images if images is not None else []))
-            for row in sorted({*by_row, *(r for r, _ in errors)}):
-                out.write(by_row[row].numpy().tobytes() if row in by_row else bytes(c * h * w))
+            decoded = dict(zip(rows.tolist(), images if images is not None else []))
+            for row in batch:  # the loader keeps the batch's order; a bad row is written as zeros
+                out.write(decoded[row].numpy().tobytes() if row in decoded else bytes(c * h * w))
     with atomic_path(meta) as tmp:
         Path(tmp).write_text(json.dumps({"count": len(source), "shape": [c, h, w],
                                          "bad": {str(k): v for k, v in bad.items()}}))
