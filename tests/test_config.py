@@ -69,6 +69,8 @@ def test_hydra_settings():
     ("training=uat training.sigma=2", "training.sigma"),
     ("device=tpu", "device"),
     ("eval.num_images=0", "eval.num_images"),
+    ("attack.restarts=0", "attack.restarts"),
+    ("training=cb_uat training.adversary.restarts=2", "training.adversary.restarts"),
     ("resume=yes", "resume"),
     ("resume=0", "resume"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cbuap_runner.record import RunRecord
-from cbuap_runner.tasks import TASKS, Context, worst_case
+from cbuap_runner.tasks import TASKS, Context, restart_generator, worst_case
 from helpers import TINY
 
 
@@ -47,3 +47,28 @@ def test_an_attack_run_hands_its_figures_and_result_table_to_the_tracker(validat
     metrics = TASKS["attack"].run(Context(cfg, RunRecord(tmp_path), torch.device("cpu"), tracker))
     assert set(tracker.images) == {"perturbation", "label_hist"} and all(p.is_file() for p in tracker.images.values())
     assert tracker.tables["result"][0]["fooling_rate"] == metrics["fooling_rate"]
+
+
+def test_restarts_keep_the_crafting_with_the_best_validation_fooling_rate(validated, tmp_path):
+    base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap",
+            "attack.init=uniform"]
+
+    def attack(*extra: str, name: str) -> dict:
+        cfg = validated([*base, *extra])
+        return TASKS["attack"].run(Context(cfg, RunRecord(tmp_path / name), torch.device("cpu"), RecordingTracker()))
+
+    single = attack(name="single")
+    several = attack("attack.restarts=3", name="several")
+    rates = several["restart_val_fooling_rates"]
+    assert len(rates) == 3 and len(set(rates)) > 1  # each restart draws its own start and image order
+    assert several["best_restart"] == rates.index(max(rates)) and several["val_fooling_rate"] == max(rates)
+    assert rates[0] == single["val_fooling_rate"]  # the first restart crafts as a run without restarts
+    assert several["craft_images_processed"] == 3 * single["craft_images_processed"]
+    assert "best_restart" not in single and single["craft_continued_from"] is None
+
+
+def test_restart_streams_are_the_seed_then_independent_draws():
+    first = [torch.rand(4, generator=restart_generator(5, r)) for r in range(3)]
+    assert torch.equal(first[0], torch.rand(4, generator=torch.Generator().manual_seed(5)))
+    assert not torch.equal(first[1], first[2]) and not torch.equal(first[0], first[1])
+    assert torch.equal(first[2], torch.rand(4, generator=restart_generator(5, 2)))

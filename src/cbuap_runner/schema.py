@@ -179,12 +179,14 @@ class AttackConfig:
     patience: Optional[int] = None  # stop when the validation fooling rate stalls this many passes (null = never)
     tol: float = 1e-3  # ... an improvement of at most this counts as a stall
     fooling_target: Optional[float] = None  # stop once the validation fooling rate reaches this (null = never)
+    restarts: int = 1  # craft this many times, each from its own seeded start and image order; the one with the
+    # highest validation fooling rate is kept (the strength checks' restarts)
 
     def check(self, prefix: str, num_classes: int) -> None:
         positive(f"{prefix}.eps", self.eps)
         if self.norm == "linf" and self.eps > 1:
             fail(f"{prefix}.eps", self.eps, "an L-inf budget above 1 is meaningless on [0,1] images")
-        for key in ("passes", "batch_size"):
+        for key in ("passes", "batch_size", "restarts"):
             positive(f"{prefix}.{key}", getattr(self, key))
         for key in ("patience", "crafting_images", "crafting_per_class"):
             if getattr(self, key) is not None:

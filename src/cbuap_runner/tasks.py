@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -293,55 +294,102 @@ def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch
     return best_start(model, data.val.x, starts, batch_size)
 
 
-def crafting_checkpoint(ctx: Context, data: DataBundle, attack: AttackConfig, prefix: str) -> CraftingCheckpoint:
-    """Where `attack` keeps its crafting state in this run, under the key of what it crafts: the attack's settings,
-    the network, the data and the seed (and the number of ranks that share the crafting)."""
+def crafting_checkpoint(ctx: Context, data: DataBundle, attack: AttackConfig, prefix: str,
+                        restart: int = 0) -> CraftingCheckpoint:
+    """Where `attack` keeps its crafting state in this run (one per restart), under the key of what it crafts: the
+    attack's settings, the network, the data and the seed (and the number of ranks that share the crafting)."""
     key = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
-           "seed": ctx.cfg.seed, "world_size": dist.world_size()}
-    return ctx.record.crafting(prefix.rstrip("/") or attack.name, key, ctx.cfg.checkpoint_images)
+           "seed": ctx.cfg.seed, "world_size": dist.world_size(), "restart": restart}
+    name = prefix.rstrip("/") or attack.name
+    return ctx.record.crafting(name if attack.restarts == 1 else f"{name}.restart{restart}", key,
+                               ctx.cfg.checkpoint_images)
 
 
-def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,
-                       prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
-    """Craft `attack` on training images (validation images judge stopping and pick among several
-    starts), evaluate it on the test split; returns metrics and δ (the chosen start only)."""
-    crafting = crafting_split(attack, data, ctx.cfg.seed)
-    if ATTACKS[attack.name].splits_over_ranks:  # each rank crafts on its shard; ∇δ is averaged
-        crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
-    g = torch.Generator().manual_seed(ctx.cfg.seed)
-    checkpoint = crafting_checkpoint(ctx, data, attack, prefix) if ATTACKS[attack.name].resumable else None
+def restart_generator(seed: int, restart: int) -> torch.Generator:
+    """The random stream of one crafting: the run's seed for the first (so restarts=1 crafts as a single run does),
+    an independent stream drawn from (seed, restart) for each further restart."""
+    if restart == 0:
+        return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, restart]).generate_state(1)[0]))
+
+
+@dataclass
+class Attempt:
+    """One crafting of an attack: δ (its chosen start), the crafting's result, its validation metrics, how long it
+    took and the state it continued from (None: from the start)."""
+
+    delta: torch.Tensor
+    result: Any  # attacks.CraftResult
+    chosen: dict[str, Any]
+    val: dict[str, Any]
+    seconds: float
+    continued_from: Any
+
+
+def craft_once(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig, crafting: Split,
+               prefix: str, restart: int) -> Attempt:
+    """Craft `attack` once (restart `restart`), log its passes, pick its best start on the validation split and
+    score it there."""
+    rows = prefix if attack.restarts == 1 else f"{prefix}restart{restart}/"
+    checkpoint = crafting_checkpoint(ctx, data, attack, prefix, restart) if ATTACKS[attack.name].resumable else None
     resumable = {} if checkpoint is None else {"checkpoint": checkpoint}
     t0 = time.perf_counter()
-    result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes, generator=g,
-                   progress=progress_enabled(), val=(data.val.float_x(), data.val.y), **resumable)
+    result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes,
+                   generator=restart_generator(ctx.cfg.seed, restart), progress=progress_enabled(),
+                   val=(data.val.float_x(), data.val.y), **resumable)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
-    craft_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if not torch.isfinite(result.delta).all():
-        raise UserError(f"{prefix or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
+        raise UserError(f"{rows or 'attack'}: the perturbation became non-finite; lower attack.step_size or attack.adam_lr")
     if dist.is_main():  # an earlier attempt of this run in this directory logged its own crafting rows
-        ctx.record.forget_rows(f"{prefix}pass")
+        ctx.record.forget_rows(f"{rows}pass")
     for row in result.history:
-        ctx.tracker.log({f"{prefix}{k}": v for k, v in row.items()})
+        ctx.tracker.log({f"{rows}{k}": v for k, v in row.items()})
     class_wise = ATTACKS[attack.name].class_wise
     delta, chosen = result.delta, {}
     if delta.dim() == 4 and not class_wise:
         best, rates = select_start(model, data, delta, ctx.cfg.eval.batch_size)
         delta, chosen = delta[best], {"best_start": best, "val_fooling_rates": rates, "num_starts": len(rates)}
-    metrics = evaluate_on(ctx, model, eval_split(ctx, data), data.num_classes, delta, class_wise)
     val = evaluate_perturbation(model, data.val.x, data.val.y, delta, data.num_classes, ctx.cfg.eval.batch_size,
                                 class_wise=class_wise)
-    metrics.update({f"val_{k}": val[k] for k in VAL_METRICS}, **chosen)
+    return Attempt(delta, result, chosen, val, seconds, None if checkpoint is None else checkpoint.continued_from)
+
+
+def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig,
+                       prefix: str = "") -> tuple[dict[str, Any], torch.Tensor]:
+    """Craft `attack` on training images attack.restarts times (validation images judge stopping and pick among
+    starts and restarts), evaluate the chosen δ on the test split; returns metrics and δ."""
+    crafting = crafting_split(attack, data, ctx.cfg.seed)
+    if ATTACKS[attack.name].splits_over_ranks:  # each rank crafts on its shard; ∇δ is averaged
+        crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
+    attempts = [craft_once(ctx, model, data, attack, crafting, prefix, r) for r in range(attack.restarts)]
+    best = max(range(len(attempts)), key=lambda r: attempts[r].val["fooling_rate"])  # the first among ties
+    kept = attempts[best]
+    metrics = evaluate_on(ctx, model, eval_split(ctx, data), data.num_classes, kept.delta,
+                          ATTACKS[attack.name].class_wise)
+    metrics.update({f"val_{k}": kept.val[k] for k in VAL_METRICS}, **kept.chosen,
+                   class_wise=ATTACKS[attack.name].class_wise)  # one δ per class: not in a universal worst case
+    if attack.restarts > 1:
+        metrics.update(best_restart=best, restart_val_fooling_rates=[a.val["fooling_rate"] for a in attempts])
     if dist.world_size() > 1:
-        metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([result.delta]))
-    metrics.update(result.stats)
-    continued = None if checkpoint is None else checkpoint.continued_from
-    metrics.update(craft_seconds=round(craft_seconds, 4),  # this attempt's: from the state it continued, if any
-                   craft_images_processed=int(result.images_processed) * dist.world_size(),
-                   craft_passes=int(result.passes), converged=bool(result.converged), craft_continued_from=continued,
-                   craft_images_per_second=None if continued else round(result.images_processed / max(craft_seconds,
-                                                                                                     1e-9), 1))
-    return metrics, delta
+        metrics.update(ddp_world_size=dist.world_size(), ddp_delta_identical=dist.same_on_all_ranks([kept.result.delta]))
+    metrics.update(kept.result.stats)
+    metrics.update(_crafting_cost(attempts))
+    metrics.update(craft_passes=int(kept.result.passes), converged=bool(kept.result.converged))
+    return metrics, kept.delta
+
+
+def _crafting_cost(attempts: list[Attempt]) -> dict[str, Any]:
+    """What the craftings of one attack cost together: seconds of this attempt of the run (from the state each
+    continued, if any), images processed, and the rate where no crafting was continued."""
+    seconds = sum(a.seconds for a in attempts)
+    processed = sum(int(a.result.images_processed) for a in attempts)
+    continued = [a.continued_from for a in attempts]
+    resumed = any(c is not None for c in continued)
+    return {"craft_seconds": round(seconds, 4), "craft_images_processed": processed * dist.world_size(),
+            "craft_continued_from": continued[0] if len(continued) == 1 else continued if resumed else None,
+            "craft_images_per_second": None if resumed else round(processed / max(seconds, 1e-9), 1)}
 
 
 def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, model: tuple[nn.Module, str],

@@ -22,8 +22,11 @@ from ..io import write_text
 from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
 from .formats import format_cell, row_label, to_markdown, varying_keys
+from .kinds import PARETO, STRENGTH
+from .pareto import write_pareto
 from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
+from .strength import write_strength
 from .tables import write_table_files
 
 FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
@@ -102,8 +105,37 @@ def _labelled(keys: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
+def _section_records(build: _Build, section: Mapping[str, Any]) -> list[dict[str, Any]]:
+    records = [r for folder in section["records"] for r in load_records(build.base / folder)]
+    if not records:
+        raise NoRecords(f"section {section['name']}: no records under {', '.join(section['records'])}")
+    return records
+
+
+def _head(section: Mapping[str, Any]) -> list[str]:
+    return [f"## {section['title']}", "", section["about"], "", "Rerun:", "", "```bash", *section["rerun"], "```", ""]
+
+
+def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
+    """A section whose kind writes its own files (strength checks, a study's front): its table, links and figure."""
+    folder = build.base / section["name"]
+    records = _section_records(build, section)
+    if section["kind"] == STRENGTH:
+        written = write_strength(records, folder, build.figures)
+    else:
+        written = write_pareto(records, folder, build.bar, build.figures)
+    table, *others = [folder / p.name for p in written]
+    links = [f"[{p.relative_to(build.out_dir)}]({p.relative_to(build.out_dir)})" for p in others if p.suffix != ".png"]
+    figures = sorted(folder.glob(f"{section['kind']}*.png")) if build.figures else []
+    return [*_head(section), table.read_text(), f"Records from commits: {commits_text(commit_counts(records))}.", "",
+            *([f"Also: {', '.join(links)}.", ""] if links else []),
+            *(line for png in figures for line in (f"![{png.stem}]({png.relative_to(build.out_dir)})", ""))]
+
+
 def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     kind = section["kind"]
+    if kind in (STRENGTH, PARETO):
+        return _written_text(build, section), []
     keys, columns, rows = _table(build, section, kind, section.get("metrics"))  # metrics: the kind's by default
     if kind == "tuning":
         choose_tuned(rows, build.bar.tuning_fooling_margin)
@@ -111,8 +143,7 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
     folder = build.base / section["name"]
     write_table_files(folder, kind, keys, columns, rows)
     rel = folder.relative_to(build.out_dir)
-    lines = [f"## {section['title']}", "", section["about"], ""]
-    lines += ["Rerun:", "", "```bash", *section["rerun"], "```", ""]
+    lines = _head(section)
     records = [rec for row in rows for rec in row["_records"]]
     lines += [to_markdown(keys, columns, rows), f"Records from commits: {commits_text(commit_counts(records))}.", "",
               f"CSV and LaTeX: [{rel}/{kind}.csv]({rel}/{kind}.csv), [{rel}/{kind}.tex]({rel}/{kind}.tex).", ""]

@@ -43,7 +43,8 @@ KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences
                 "tuning": TUNING_METRICS}
 TRANSFER = "transfer"  # the cross-model matrix of evaluated perturbations (transfer.py), not a table of rows
 PARETO = "pareto"  # a study's Pareto front with its hypervolume history (pareto.py), not a table of rows
-KINDS = ("auto", *KIND_METRICS, TRANSFER, PARETO)
+STRENGTH = "strength"  # the defences' strength checks (strength.py), not a table of rows
+KINDS = ("auto", *KIND_METRICS, TRANSFER, PARETO, STRENGTH)
 
 
 def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> str:

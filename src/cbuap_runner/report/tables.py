@@ -11,10 +11,11 @@ from ..io import write_text
 from .claims import manifest_thresholds
 from .figures import make_figures
 from .formats import WRITERS
-from .kinds import PARETO, TRANSFER, resolve_kind
+from .kinds import PARETO, STRENGTH, TRANSFER, resolve_kind
 from .pareto import write_pareto
 from .records import SUMMARY, NoRecords, load_records
 from .rows import build_rows, choose_tuned
+from .strength import write_strength
 from .transfer import write_transfer
 
 
@@ -42,6 +43,8 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
     out = Path(out_dir) if out_dir is not None else Path(root) / "tables"
     if kind == TRANSFER:
         return write_transfer(records, out, figures)
+    if kind == STRENGTH:
+        return write_strength(records, out, figures)
     if kind == PARETO:
         return write_pareto(records, out, manifest_thresholds(claims), figures)
     keys, columns, table = build_rows(records, kind, metrics, rows)

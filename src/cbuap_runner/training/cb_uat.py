@@ -57,8 +57,8 @@ def _pool_attack() -> CBUAPConfig:
 
 # what a pool refresh cannot honour: it runs training.pool.refresh_steps minibatch steps of one pass on
 # refresh_steps · batch_size images of its own choosing, with no validation split and no pass schedule
-REFRESH_UNREAD = ("passes", "crafting_images", "crafting_per_class", "patience", "tol", "fooling_target", "step_decay", "balance.start",
-                  "balance.stop", "balance.lambda_ramp")
+REFRESH_UNREAD = ("passes", "restarts", "crafting_images", "crafting_per_class", "patience", "tol", "fooling_target",
+                  "step_decay", "balance.start", "balance.stop", "balance.lambda_ramp")
 
 
 @dataclass

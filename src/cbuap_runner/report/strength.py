@@ -1,0 +1,280 @@
+"""The strength checks (`--kind strength`): is a defence's white-box evaluation strong enough to trust?
+
+A defence that looks robust to the crafting budget may only mask its gradients. Per defence and seed it reads, on
+one network, the worst case over the universal attacks (one δ for every image; the class-wise attack is not in it)
+of three checks, the records of `table=strength_fmnist` and its companions (`table/strength` names the check):
+
+- `standard`: white-box under the standard budget, at every ε swept (the accuracy-against-ε curve);
+- `budget4x`: white-box under four times the crafting images with restarts, at the reference ε (that of the
+  budget4x records);
+- `transfer`: perturbations crafted on the naturally trained model of the same seed (task=evaluate).
+
+Each check passes when it finds no attack much stronger than the standard white-box one (within STRENGTH_MARGIN
+of accuracy, on the mean of the paired per-seed differences) and the curve falls to the floor of a universal
+perturbation: one that overwrites every image sends them all to one class, so accuracy falls to that class's share
+of the test split, 1/K on a class-balanced one (within FLOOR_TOLERANCE). A defence's white-box numbers stand only
+where every check passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io import write_text
+from .figures import pyplot, save_figure
+from .formats import format_cell
+from .records import NoRecords, location, metric, settings
+from .rows import mean_std
+from .significance import Paired, interval
+
+CHECK_KEY = "table/strength"
+STANDARD, BUDGET, TRANSFER = "standard", "budget4x", "transfer"
+STRENGTH_MARGIN = 0.02  # accuracy a stronger check may take off the standard white-box worst case
+FLOOR_TOLERANCE = 0.05  # how near the one-class floor the accuracy-against-ε curve must come
+
+
+@dataclass
+class Network:
+    """The worst-case accuracies of one defence's model of one seed: {check: {ε: {attack: adv_acc}}}."""
+
+    identities: set[str] = field(default_factory=set)
+    clean: list[float] = field(default_factory=list)
+    num_classes: int | None = None
+    acc: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
+
+    def worst(self, check: str, eps: float) -> tuple[float, str] | None:
+        """The lowest accuracy over the universal attacks of `check` at `eps`, and its attack."""
+        cells = self.acc.get(check, {}).get(eps, {})
+        return min((acc, attack) for attack, acc in cells.items()) if cells else None
+
+
+def _universal(record: Mapping[str, Any]) -> bool:
+    """Whether the record's perturbation is one δ for every image (what the record says of it)."""
+    stored = (record.get("provenance") or {}).get("perturbation") or {}
+    return not (record.get("metrics") or {}).get("class_wise", stored.get("class_wise", False))
+
+
+def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network]]:
+    """defence -> seed -> its Network, from the completed records that name a strength check. ValueError when one
+    defence and seed hold records of more than one network (a check would compare two models)."""
+    out: dict[str, dict[Any, Network]] = {}
+    for record in records:
+        run = settings(record)
+        check = run.get(CHECK_KEY)
+        if record.get("status") != "completed" or check not in (STANDARD, BUDGET, TRANSFER):
+            continue
+        acc = metric(record, "adv_acc")
+        if acc is None or not _universal(record):
+            continue
+        net = out.setdefault(str(run.get("training")), {}).setdefault(record.get("seed"), Network())
+        net.identities.add(str(run.get("model.identity")))
+        if len(net.identities) > 1:
+            raise ValueError(f"{location(record)}: training={run.get('training')} seed={record.get('seed')}: the "
+                             f"strength records come from {len(net.identities)} networks; check one model at a time")
+        clean = metric(record, "clean_acc")
+        if clean is not None:
+            net.clean.append(clean)
+        net.num_classes = net.num_classes or _classes(record)
+        net.acc.setdefault(check, {}).setdefault(float(run["attack.eps"]), {})[str(run["attack"])] = acc
+    if not out:
+        raise NoRecords("--kind strength: no completed records of a strength check (table/strength=standard, "
+                        "budget4x or transfer)")
+    return out
+
+
+def _classes(record: Mapping[str, Any]) -> int | None:
+    """The number of classes, from the record's histogram of predicted labels."""
+    hist = (record.get("metrics") or {}).get("label_hist")
+    return len(hist) if isinstance(hist, list) else None
+
+
+def reference_eps(nets: Mapping[str, Mapping[Any, Network]]) -> float:
+    """The ε of the budget4x records (one for all), else the smallest standard ε."""
+    found = {eps for seeds in nets.values() for net in seeds.values() for eps in net.acc.get(BUDGET, {})}
+    if len(found) > 1:
+        raise ValueError(f"--kind strength: budget4x records at several eps ({sorted(found)}); check one at a time")
+    if found:
+        return found.pop()
+    return min(eps for seeds in nets.values() for net in seeds.values() for eps in net.acc.get(STANDARD, {}))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One defence's line: its means over seeds, the paired differences and the verdict."""
+
+    defence: str
+    n: int
+    clean: tuple[float | None, float | None]
+    standard: tuple[float | None, float | None]
+    standard_attack: str
+    budget: tuple[float | None, float | None]
+    budget_gap: Paired | None
+    transfer: tuple[float | None, float | None]
+    transfer_gap: Paired | None
+    floor_eps: float | None  # the smallest ε whose mean worst case is within FLOOR_TOLERANCE of the floor
+    largest_eps: float | None
+    verdict: str
+
+
+def _gap(seeds: Mapping[Any, Network], check: str, eps: float) -> Paired | None:
+    """check − standard, the worst cases paired seed by seed."""
+    diffs = []
+    for net in seeds.values():
+        base, other = net.worst(STANDARD, eps), net.worst(check, eps)
+        if base is not None and other is not None:
+            diffs.append(other[0] - base[0])
+    return interval(diffs)
+
+
+def _values(seeds: Mapping[Any, Network], check: str, eps: float) -> list[float]:
+    return [w[0] for net in seeds.values() if (w := net.worst(check, eps)) is not None]
+
+
+def curve(seeds: Mapping[Any, Network]) -> dict[float, list[float]]:
+    """ε -> the standard worst case of each seed at that ε."""
+    eps_values = sorted({eps for net in seeds.values() for eps in net.acc.get(STANDARD, {})})
+    return {eps: _values(seeds, STANDARD, eps) for eps in eps_values}
+
+
+def floor_of(seeds: Mapping[Any, Network]) -> float:
+    """The accuracy a perturbation that overwrites every image leaves: one class's share, 1/K."""
+    classes = {net.num_classes for net in seeds.values() if net.num_classes}
+    return 1.0 / max(classes) if classes else 0.0
+
+
+def build_row(defence: str, seeds: Mapping[Any, Network], eps: float) -> Row:
+    worst = [net.worst(STANDARD, eps) for net in seeds.values()]
+    attacks = sorted({w[1] for w in worst if w is not None})
+    points = {e: mean_std(v)[0] for e, v in curve(seeds).items() if v}
+    floor = floor_of(seeds)
+    reached = [e for e, acc in points.items() if acc is not None and acc <= floor + FLOOR_TOLERANCE]
+    budget_gap, transfer_gap = _gap(seeds, BUDGET, eps), _gap(seeds, TRANSFER, eps)
+    return Row(defence, len(seeds), mean_std([c for net in seeds.values() for c in net.clean[:1]]),
+               mean_std(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
+               mean_std(_values(seeds, BUDGET, eps)), budget_gap, mean_std(_values(seeds, TRANSFER, eps)),
+               transfer_gap, min(reached) if reached else None, max(points) if points else None,
+               verdict(budget_gap, transfer_gap, bool(reached), len(points) > 1))
+
+
+def verdict(budget_gap: Paired | None, transfer_gap: Paired | None, reached: bool, has_curve: bool) -> str:
+    """`consistent`, or what the white-box numbers miss, or which checks are missing."""
+    failed, missing = [], []
+    for name, gap in (("4x budget with restarts", budget_gap), ("transfer", transfer_gap)):
+        if gap is None:
+            missing.append(name)
+        elif gap.mean < -STRENGTH_MARGIN:
+            failed.append(f"{name} lowers accuracy by {-gap.mean:.3f}")
+    if not has_curve:
+        missing.append("accuracy against eps")
+    elif not reached:
+        failed.append("accuracy does not fall to the one-class floor")
+    if failed:
+        return "white-box overstates robustness: " + "; ".join(failed)
+    return "consistent" + (f" (not checked: {', '.join(missing)})" if missing else "")
+
+
+def rows(records: Sequence[Mapping[str, Any]]) -> tuple[float, list[Row], dict[str, dict[Any, Network]]]:
+    """The reference ε, one Row per defence (sorted), and the networks they summarise."""
+    nets = collect(records)
+    eps = reference_eps(nets)
+    return eps, [build_row(defence, nets[defence], eps) for defence in sorted(nets)], nets
+
+
+def _cell(value: tuple[float | None, float | None], n: int) -> str:
+    return "–" if value[0] is None else format_cell((*value, n))
+
+
+def _gap_cell(gap: Paired | None) -> str:
+    return "–" if gap is None else gap.text()
+
+
+COLUMNS = ("defence", "n", "clean_acc", "white-box worst (standard)", "worst attack", "4x budget + restarts",
+           "Δ 4x − standard [95 %]", "transfer from natural", "Δ transfer − standard [95 %]", "floor reached at eps",
+           "verdict")
+
+
+def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any, Network]]) -> str:
+    """The strength table with what it compares, and the accuracy-against-ε table under it."""
+    lines = [f"Worst case over the universal attacks at eps {eps:g} (accuracy under attack, mean ± std over n seeds); "
+             f"a check fails when it lowers accuracy by more than {STRENGTH_MARGIN} or the curve never comes within "
+             f"{FLOOR_TOLERANCE} of the one-class floor.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
+    for row in table:
+        cells = [row.defence, str(row.n), _cell(row.clean, row.n), _cell(row.standard, row.n), row.standard_attack,
+                 _cell(row.budget, row.n), _gap_cell(row.budget_gap), _cell(row.transfer, row.n),
+                 _gap_cell(row.transfer_gap), _floor_cell(row), row.verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", *curve_markdown(nets)]) + "\n"
+
+
+def _floor_cell(row: Row) -> str:
+    if row.floor_eps is not None:
+        return f"{row.floor_eps:g}"
+    return "–" if row.largest_eps is None else f"not by {row.largest_eps:g}"
+
+
+def curve_markdown(nets: Mapping[str, Mapping[Any, Network]]) -> list[str]:
+    """Accuracy against ε: the standard white-box worst case of each defence (mean ± std, n)."""
+    curves = {defence: curve(seeds) for defence, seeds in sorted(nets.items())}
+    eps_values = sorted({eps for c in curves.values() for eps in c})
+    lines = ["Accuracy against eps (standard budget, worst case over the universal attacks, mean ± std (n)):", "",
+             "| defence | " + " | ".join(f"eps {e:g}" for e in eps_values) + " |", "|---" * (len(eps_values) + 1) + "|"]
+    for defence, points in curves.items():
+        cells = [f"{format_cell((*mean_std(points[e]), len(points[e])))} ({len(points[e])})" if points.get(e) else "–"
+                 for e in eps_values]
+        lines.append(f"| {defence} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def to_csv(table: Sequence[Row]) -> str:
+    head = ("defence,n,clean_acc_mean,standard_worst_mean,standard_worst_std,worst_attack,budget4x_worst_mean,"
+            "budget4x_gap_mean,budget4x_gap_low,budget4x_gap_high,transfer_worst_mean,transfer_gap_mean,"
+            "transfer_gap_low,transfer_gap_high,floor_eps,verdict")
+    lines = [head]
+    for r in table:
+        gaps = [_gap_fields(r.budget_gap), _gap_fields(r.transfer_gap)]
+        fields = [r.defence, r.n, r.clean[0], *r.standard, r.standard_attack, r.budget[0], *gaps[0], r.transfer[0],
+                  *gaps[1], r.floor_eps, r.verdict]
+        lines.append(",".join("" if v is None else str(v).replace(",", ";") for v in fields))
+    return "\n".join(lines) + "\n"
+
+
+def _gap_fields(gap: Paired | None) -> tuple[Any, Any, Any]:
+    return (None, None, None) if gap is None else (gap.mean, gap.low, gap.high)
+
+
+def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Path) -> Path:
+    """Accuracy against ε per defence (mean ± std), the budget4x worst case at the reference ε as a cross, the
+    one-class floor dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for defence, seeds in sorted(nets.items()):
+        points = {e: mean_std(v) for e, v in curve(seeds).items() if v}
+        xs = sorted(points)
+        line = ax.errorbar(xs, [points[e][0] for e in xs], yerr=[points[e][1] or 0 for e in xs], marker="o",
+                           capsize=3, label=defence)
+        budget = _values(seeds, BUDGET, eps)
+        if budget:
+            ax.plot([eps], [mean_std(budget)[0]], "x", markersize=9, color=line[0].get_color())
+    floor = max(floor_of(seeds) for seeds in nets.values())
+    ax.axhline(floor, linestyle="--", color="grey", linewidth=1, label="one-class floor")
+    ax.set_xlabel("eps (L-inf)")
+    ax.set_ylabel("accuracy under the worst universal attack")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Accuracy against eps (x: 4x budget with restarts at {eps:g})")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_strength(records: Sequence[Mapping[str, Any]], out: Path, figures: bool = True) -> list[Path]:
+    """strength.md and strength.csv (and strength_eps.png) in `out`; returns the paths, the table first."""
+    eps, table, nets = rows(records)
+    written = [out / "strength.md", out / "strength.csv"]
+    write_text(written[0], to_markdown(eps, table, nets))
+    write_text(written[1], to_csv(table))
+    if figures:
+        written.append(curve_figure(eps, nets, out / "strength_eps.png"))
+    return written

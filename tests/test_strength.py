@@ -1,0 +1,94 @@
+"""The strength checks (`--kind strength`): worst cases over the universal attacks on one network, the paired
+gaps of the stronger checks, the accuracy-against-eps floor and the verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cbuap_runner.report.records import NoRecords
+from cbuap_runner.report.strength import STRENGTH_MARGIN, rows
+from cbuap_runner.report.tables import write_tables
+
+K = 10  # classes: the one-class floor is 0.1
+
+
+def record(training: str, seed: int, check: str, attack: str, eps: float, adv_acc: float, network: str = "",
+           class_wise: bool = False) -> dict:
+    """A completed strength record as the runner writes it (the fields the report reads)."""
+    task = "evaluate" if check == "transfer" else "attack"
+    metrics = {"adv_acc": adv_acc, "clean_acc": 0.9, "label_hist": [1 / K] * K}
+    provenance = {"model": {"identity": network or f"weights:{training}{seed}"}}
+    if task == "attack":
+        metrics["class_wise"] = class_wise
+    else:
+        provenance["perturbation"] = {"identity": f"p-{attack}-{seed}", "attack": attack, "eps": eps, "norm": "linf",
+                                      "class_wise": class_wise}
+    return {"status": "completed", "task": task, "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
+            "training": training, "seed": seed, "overrides": [f"+table/strength={check}", f"seed={seed}"],
+            "config": {"attack": {"name": attack, "eps": eps}, "training": {"name": training}},
+            "metrics": metrics, "provenance": provenance}
+
+
+def defence(training: str, seeds=(0, 1), standard=0.5, budget=0.49, transfer=0.55, curve=None, **kw) -> list[dict]:
+    """Records of one defence: three universal attacks and a stronger class-wise one under each check."""
+    curve = curve if curve is not None else {0.4: 0.12, 0.8: 0.1}
+    out = []
+    for seed in seeds:
+        shift = 0.01 * seed
+        for attack, extra in (("sgd_uap", 0.0), ("cb_uap", 0.05), ("uap", 0.1)):
+            out += [record(training, seed, "standard", attack, 0.2, standard + extra + shift, **kw),
+                    record(training, seed, "budget4x", attack, 0.2, budget + extra + shift, **kw),
+                    record(training, seed, "transfer", attack, 0.2, transfer + extra + shift, **kw)]
+            out += [record(training, seed, "standard", attack, eps, acc + extra, **kw) for eps, acc in curve.items()]
+        out.append(record(training, seed, "standard", "cw_uap", 0.2, 0.0, class_wise=True, **kw))
+    return out
+
+
+def by_defence(records: list[dict]) -> dict:
+    eps, table, _ = rows(records)
+    assert eps == 0.2
+    return {row.defence: row for row in table}
+
+
+def test_the_worst_case_is_over_the_universal_attacks_and_the_checks_agree():
+    row = by_defence(defence("uat"))["uat"]
+    assert row.standard[0] == pytest.approx(0.505) and row.standard_attack == "sgd_uap"  # cw_uap's 0.0 left out
+    assert row.budget_gap.mean == pytest.approx(-0.01) and row.budget_gap.n == 2
+    assert row.transfer_gap.mean == pytest.approx(0.05)
+    assert row.floor_eps == 0.4 and row.verdict == "consistent"
+
+
+def test_a_stronger_budget_or_transfer_or_a_high_curve_overturns_the_white_box_numbers():
+    got = by_defence(defence("uat", budget=0.4) + defence("cw_uat", transfer=0.3)
+                     + defence("fast_uat", curve={0.4: 0.5, 0.8: 0.3}))
+    assert got["uat"].verdict == "white-box overstates robustness: 4x budget with restarts lowers accuracy by 0.100"
+    assert got["cw_uat"].verdict.endswith("transfer lowers accuracy by 0.200")
+    assert got["fast_uat"].floor_eps is None and got["fast_uat"].largest_eps == 0.8
+    assert got["fast_uat"].verdict.endswith("accuracy does not fall to the one-class floor")
+    assert STRENGTH_MARGIN == 0.02  # the margins the sentences above are judged by
+
+
+def test_a_missing_check_is_named_not_passed():
+    records = [r for r in defence("natural") if "+table/strength=transfer" not in r["overrides"]]
+    assert by_defence(records)["natural"].verdict == "consistent (not checked: transfer)"
+
+
+def test_records_of_two_networks_for_one_defence_and_seed_are_refused():
+    records = defence("uat", seeds=(0,)) + [record("uat", 0, "budget4x", "sgd_uap", 0.2, 0.1, network="weights:other")]
+    with pytest.raises(ValueError, match="training=uat seed=0: the strength records come from 2 networks"):
+        rows(records)
+    with pytest.raises(NoRecords):
+        rows([{**r, "overrides": []} for r in records])
+
+
+def test_make_tables_writes_the_table_the_curve_and_the_figure(tmp_path):
+    for i, rec in enumerate(defence("natural") + defence("uat", budget=0.4)):
+        (tmp_path / "records" / str(i)).mkdir(parents=True)
+        (tmp_path / "records" / str(i) / "run_summary.json").write_text(json.dumps(rec))
+    written = write_tables(tmp_path / "records", tmp_path / "out", kind="strength")
+    assert [p.name for p in written] == ["strength.md", "strength.csv", "strength_eps.png"]
+    text = written[0].read_text()
+    assert "| uat | 2 |" in text and "-0.100 [-0.100, -0.100]" in text and "eps 0.8" in text
+    assert "white-box overstates robustness" in written[1].read_text().splitlines()[2]
