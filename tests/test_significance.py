@@ -58,3 +58,64 @@ def test_claim_one_states_what_the_intervals_say_of_the_margins():
     assert "both intervals clear their margins): the claim" in said["clear"] and said["clear"].endswith("holds.")
     assert "an interval lies wholly short of its margin" in said["short"]
     assert "an interval straddles its margin: these seeds cannot settle it" in said["unsure"]
+
+
+# ----------------------------------------------------------------------------- bootstrap over test images
+
+
+def predictions(seed: int, n: int = 400, k: int = 5, fool: float = 0.5):
+    import numpy as np
+
+    from cbuap_runner.report.bootstrap import Predictions
+
+    rng = np.random.default_rng(seed)
+    label = np.arange(n) % k
+    clean = np.where(rng.random(n) < 0.9, label, rng.integers(0, k, n))
+    adv = np.where(rng.random(n) < fool, rng.integers(0, k, n), clean)
+    return Predictions(label, clean, adv, k)
+
+
+def test_bootstrap_metrics_follow_the_evaluation_metrics():
+    import numpy as np
+    import torch
+
+    from cbuap_runner.metrics import _Counts
+    from cbuap_runner.report.bootstrap import METRICS
+
+    p = predictions(1)
+    counts = _Counts(p.num_classes, 1, torch.device("cpu"))
+    counts.add(torch.as_tensor(p.clean), torch.as_tensor(p.adv).view(1, -1), torch.as_tensor(p.label))
+    expected = counts.finalize(0)
+    whole = np.arange(len(p.label))[None, :]
+    for name, fn in METRICS.items():
+        assert fn(p, whole)[0] == pytest.approx(expected[name], abs=1e-9), name
+
+
+def test_paired_bootstrap_interval():
+    from cbuap_runner.report.bootstrap import paired_bootstrap
+
+    a, b = predictions(1, fool=0.2), predictions(1, fool=0.8)
+    same = paired_bootstrap(a, a, "fooling_rate", resamples=200)
+    assert (same.mean, same.low, same.high, same.n) == (0.0, 0.0, 0.0, 400)
+    got = paired_bootstrap(a, b, "fooling_rate", resamples=500)
+    assert 0 < got.low < got.mean < got.high and got == paired_bootstrap(a, b, "fooling_rate", resamples=500)
+    assert got.high - got.low < 0.2  # 400 images: a few points either side
+    with pytest.raises(ValueError, match="not scored on the same test images"):
+        paired_bootstrap(a, predictions(1, n=200), "fooling_rate")
+
+
+def test_claim_one_adds_the_bootstrap_of_a_seed_whose_runs_saved_predictions(tmp_path):
+    import numpy as np
+
+    sgd, cb = row("sgd_uap", {0: 0.1, 1: 0.2}, {0: 0.9, 1: 0.9}), row("cb_uap", {0: 0.3, 1: 0.4}, {0: 0.8, 1: 0.8})
+    for r, fool in ((sgd, 0.9), (cb, 0.6)):
+        p = predictions(1, fool=fool)
+        folder = tmp_path / r["attack"]
+        folder.mkdir()
+        np.savez_compressed(folder / "predictions.npz", label=p.label, clean=p.clean, adv=p.adv)
+        r["_records"][1].update(_path=str(folder))
+        r["_records"][1]["metrics"].update(predictions_file="predictions.npz", label_hist=[0.2] * 5)
+    text = claim_balance("FMNIST", [sgd, cb], BAR)
+    assert "over the 400 test images of seed 1 (2,000 paired bootstrap resamples, 95 % percentile intervals): " \
+           "fooled-label entropy " in text
+    assert "fooling rate -" in text.split("bootstrap")[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cbuap_runner.record import RunRecord
@@ -72,3 +73,19 @@ def test_restart_streams_are_the_seed_then_independent_draws():
     assert torch.equal(first[0], torch.rand(4, generator=torch.Generator().manual_seed(5)))
     assert not torch.equal(first[1], first[2]) and not torch.equal(first[0], first[1])
     assert torch.equal(first[2], torch.rand(4, generator=restart_generator(5, 2)))
+
+
+def test_saved_predictions_reproduce_the_record_metrics(validated, tmp_path):
+    import numpy as np
+
+    from cbuap_runner.report.bootstrap import METRICS, load_predictions
+
+    cfg = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap",
+                     "eval.save_predictions=true"])
+    metrics = TASKS["attack"].run(Context(cfg, RunRecord(tmp_path / "run"), torch.device("cpu"), RecordingTracker()))
+    assert metrics["predictions_file"] == "predictions.npz"
+    saved = load_predictions({"metrics": metrics, "_path": str(tmp_path / "run")})
+    assert len(saved.label) == metrics["num_images"] == 64
+    whole = np.arange(64)[None, :]
+    for name, fn in METRICS.items():
+        assert fn(saved, whole)[0] == pytest.approx(metrics[name]), name

@@ -176,9 +176,11 @@ def _batches(model: nn.Module, x: Images, y: Tensor | None, batch_size: int, dev
 
 
 def evaluate_perturbation(model: nn.Module, x: Images, y: Tensor | None, delta: Tensor, num_classes: int,
-                          batch_size: int = 500, class_wise: bool = False, over_ranks: bool = False) -> dict[str, Any]:
+                          batch_size: int = 500, class_wise: bool = False, over_ranks: bool = False,
+                          predictions: list[Tensor] | None = None) -> dict[str, Any]:
     """The metrics of one δ [C,H,W] (class-wise: [K,C,H,W], sample i gets δ[y_i]) on (x, y); `over_ranks`: each
-    rank passed its share of the images, and the counts are summed over the ranks (every image counted once)."""
+    rank passed its share of the images, and the counts are summed over the ranks (every image counted once).
+    `predictions`: a list that receives the [3,N] stack of labels, clean and adversarial predictions, in order."""
     if delta.dim() == 4 and not class_wise:
         raise ValueError(f"one perturbation expected, got a stack {tuple(delta.shape)}: select a start first")
     device = _model_device(model, delta.device)
@@ -188,11 +190,17 @@ def evaluate_perturbation(model: nn.Module, x: Images, y: Tensor | None, delta: 
     model.eval()
     try:
         with torch.inference_mode():
+            kept = []
             for xb, yb, clean in _batches(model, x, y, batch_size, device):
                 d = delta[yb] if class_wise else delta
-                counts.add(clean, model((xb + d).clamp(0, 1)).argmax(-1).view(1, -1), yb)
+                adv = model((xb + d).clamp(0, 1)).argmax(-1)
+                counts.add(clean, adv.view(1, -1), yb)
+                if predictions is not None:
+                    kept.append(torch.stack([yb, clean, adv]))
     finally:
         model.train(was_training)
+    if predictions is not None:
+        predictions.append(torch.cat(kept, dim=1).cpu() if kept else torch.zeros(3, 0, dtype=torch.long))
     if over_ranks:
         counts.sum_over_ranks()
     return counts.finalize(0)

@@ -270,6 +270,9 @@ class ThreatTrainingConfig(AdversarialConfig):
 class EvalConfig:
     num_images: Optional[int] = None  # null = the whole test split
     batch_size: int = 500
+    # write each test image's label and its clean and adversarial predictions beside the record
+    # (predictions.npz; a pipeline: predictions_<attack>.npz): what a bootstrap over test images reads
+    save_predictions: bool = False
 
 
 @dataclass

@@ -272,16 +272,32 @@ def crafting_split(attack: AttackConfig, data: DataBundle, seed: int) -> Split:
     return (data.train if n is None else data.train.subset(balanced_subset(data.train.y, n, seed))).resident()
 
 
+PREDICTIONS = "predictions"  # <stem>.npz: label, clean and adv per test image (eval.save_predictions)
+
+
 def evaluate_on(ctx: Context, model: nn.Module, split: AnySplit, num_classes: int, delta: torch.Tensor | None = None,
-                class_wise: bool = False) -> dict[str, Any]:
+                class_wise: bool = False, stem: str = PREDICTIONS) -> dict[str, Any]:
     """The clean metrics (no δ) or δ's metrics on `split`, in one pass; under torchrun each rank reads its share
-    and the counts are summed, so every image counts once."""
+    and the counts are summed, so every image counts once. With eval.save_predictions, δ's per-image predictions
+    go to `<stem>.npz` in the run directory."""
     batch_size, world = ctx.cfg.eval.batch_size, dist.world_size()
     images = split.shard(batch_size, dist.rank(), world)
     if delta is None:
         return evaluate_clean(model, images, None, num_classes, batch_size, over_ranks=world > 1)
-    return evaluate_perturbation(model, images, None, delta, num_classes, batch_size, class_wise=class_wise,
-                                 over_ranks=world > 1)
+    kept = None
+    if ctx.cfg.eval.save_predictions:
+        if world > 1:
+            raise UserError("eval.save_predictions=true: each rank evaluates its share of the test images under "
+                            "torchrun; save the predictions of a single-process run")
+        kept = []
+    metrics = evaluate_perturbation(model, images, None, delta, num_classes, batch_size, class_wise=class_wise,
+                                    over_ranks=world > 1, predictions=kept)
+    if kept:
+        label, clean, adv = kept[0].numpy().astype(np.int32)
+        with atomic_path(ctx.run_dir / f"{stem}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, label=label, clean=clean, adv=adv)
+        metrics["predictions_file"] = f"{stem}.npz"
+    return metrics
 
 
 # what an attack run also reports on the validation split: what tuning and selection read
@@ -367,7 +383,7 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     best = max(range(len(attempts)), key=lambda r: attempts[r].val["fooling_rate"])  # the first among ties
     kept = attempts[best]
     metrics = evaluate_on(ctx, model, eval_split(ctx, data), data.num_classes, kept.delta,
-                          ATTACKS[attack.name].class_wise)
+                          ATTACKS[attack.name].class_wise, f"{PREDICTIONS}_{prefix.rstrip('/')}" if prefix else PREDICTIONS)
     metrics.update({f"val_{k}": kept.val[k] for k in VAL_METRICS}, **kept.chosen,
                    class_wise=ATTACKS[attack.name].class_wise)  # one δ per class: not in a universal worst case
     if attack.restarts > 1:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .bootstrap import RESAMPLES, Predictions, load_predictions, paired_bootstrap
 from .formats import format_cell
 from .significance import paired
 
@@ -87,7 +88,8 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
-            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}): the claim (fooled-label entropy ≥ "
+            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}{_bootstrap_balance(sgd, cb)}): the claim "
+            f"(fooled-label entropy ≥ "
             f"{bar.fooled_entropy_gain} higher with at most {bar.fooling_rate_loss * 100:.0f} points lost) "
             f"{'holds' if holds else 'does not hold'}.")
 
@@ -108,6 +110,25 @@ def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Threshol
     if entropy.high < gain or fooling.high < loss:
         return f"{text}, an interval lies wholly short of its margin"
     return f"{text}, an interval straddles its margin: these seeds cannot settle it"
+
+
+def _predictions_by_seed(row: Mapping[str, Any]) -> dict[Any, Predictions]:
+    found = {r.get("seed"): load_predictions(r) for r in row.get("_records", ())}
+    return {seed: p for seed, p in found.items() if p is not None}
+
+
+def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
+    """'; over the test images of seed s …' for claim 1: the two differences on the first seed whose runs of both
+    rows saved their predictions, with paired bootstrap intervals over the test images ('' where none did)."""
+    left, right = _predictions_by_seed(sgd), _predictions_by_seed(cb)
+    common = sorted(left.keys() & right.keys(), key=str)
+    if not common:
+        return ""
+    seed = common[0]
+    entropy = paired_bootstrap(left[seed], right[seed], VERDICT_ENTROPY)
+    fooling = paired_bootstrap(left[seed], right[seed], "fooling_rate")
+    return (f"; over the {entropy.n:,} test images of seed {seed} ({RESAMPLES:,} paired bootstrap resamples, 95 % "
+            f"percentile intervals): fooled-label entropy {entropy.text()}, fooling rate {fooling.text(100, 1)} points")
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
