@@ -24,7 +24,7 @@ def record(training: str, seed: int, check: str, attack: str, eps: float, adv_ac
         metrics["class_wise"] = class_wise
     else:
         provenance["perturbation"] = {"identity": f"p-{attack}-{seed}", "attack": attack, "eps": eps, "norm": "linf",
-                                      "class_wise": class_wise}
+                                      "class_wise": class_wise, "crafted_on": f"weights:natural{seed}"}
     return {"status": "completed", "task": task, "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
             "training": training, "seed": seed, "overrides": [f"+table/strength={check}", f"seed={seed}"],
             "config": {"attack": {"name": attack, "eps": eps}, "training": {"name": training}},
@@ -70,9 +70,14 @@ def test_a_stronger_budget_or_transfer_or_a_high_curve_overturns_the_white_box_n
     assert STRENGTH_MARGIN == 0.02  # the margins the sentences above are judged by
 
 
-def test_a_missing_check_is_named_not_passed():
-    records = [r for r in defence("natural") if "+table/strength=transfer" not in r["overrides"]]
-    assert by_defence(records)["natural"].verdict == "consistent (not checked: transfer)"
+def test_a_missing_check_is_named_not_passed_and_the_source_of_the_transfers_has_none():
+    records = [r for r in defence("uat") if "+table/strength=transfer" not in r["overrides"]]
+    assert by_defence(records)["uat"].verdict == "consistent (not checked: transfer)"
+    natural = [r for r in defence("natural") if "+table/strength=transfer" not in r["overrides"]]
+    got = by_defence(natural + defence("uat"))
+    assert got["natural"].source and got["natural"].verdict == "consistent" and not got["uat"].source
+    records = [r for r in defence("uat") if "+table/strength=standard" not in r["overrides"] or r["config"]["attack"]["eps"] == 0.2]
+    assert by_defence(records)["uat"].verdict == "consistent (not checked: accuracy against eps)"
 
 
 def test_records_of_two_networks_for_one_defence_and_seed_are_refused():

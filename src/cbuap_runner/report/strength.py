@@ -40,7 +40,7 @@ FLOOR_TOLERANCE = 0.05  # how near the one-class floor the accuracy-against-ε c
 class Network:
     """The worst-case accuracies of one defence's model of one seed: {check: {ε: {attack: adv_acc}}}."""
 
-    identities: set[str] = field(default_factory=set)
+    identities: set[str] = field(default_factory=set)  # the network's identity (one: collect refuses more)
     clean: list[float] = field(default_factory=list)
     num_classes: int | None = None
     acc: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
@@ -70,7 +70,7 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
         if acc is None or not _universal(record):
             continue
         net = out.setdefault(str(run.get("training")), {}).setdefault(record.get("seed"), Network())
-        net.identities.add(str(run.get("model.identity")))
+        net.identities.add(str(((record.get("provenance") or {}).get("model") or {}).get("identity")))
         if len(net.identities) > 1:
             raise ValueError(f"{location(record)}: training={run.get('training')} seed={record.get('seed')}: the "
                              f"strength records come from {len(net.identities)} networks; check one model at a time")
@@ -117,6 +117,7 @@ class Row:
     floor_eps: float | None  # the smallest ε whose mean worst case is within FLOOR_TOLERANCE of the floor
     largest_eps: float | None
     verdict: str
+    source: bool = False  # the network the transferred perturbations were crafted on
 
 
 def _gap(seeds: Mapping[Any, Network], check: str, eps: float) -> Paired | None:
@@ -145,24 +146,38 @@ def floor_of(seeds: Mapping[Any, Network]) -> float:
     return 1.0 / max(classes) if classes else 0.0
 
 
-def build_row(defence: str, seeds: Mapping[Any, Network], eps: float) -> Row:
+def transfer_sources(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The identities of the networks the transferred perturbations were crafted on."""
+    found = set()
+    for record in records:
+        stored = (record.get("provenance") or {}).get("perturbation") or {}
+        if record.get("status") == "completed" and stored.get("crafted_on"):
+            found.add(str(stored["crafted_on"]))
+    return found
+
+
+def build_row(defence: str, seeds: Mapping[Any, Network], eps: float, sources: set[str] = frozenset()) -> Row:
     worst = [net.worst(STANDARD, eps) for net in seeds.values()]
     attacks = sorted({w[1] for w in worst if w is not None})
     points = {e: mean_std(v)[0] for e, v in curve(seeds).items() if v}
     floor = floor_of(seeds)
     reached = [e for e, acc in points.items() if acc is not None and acc <= floor + FLOOR_TOLERANCE]
     budget_gap, transfer_gap = _gap(seeds, BUDGET, eps), _gap(seeds, TRANSFER, eps)
+    source = all(net.identities <= sources for net in seeds.values())
     return Row(defence, len(seeds), mean_std([c for net in seeds.values() for c in net.clean[:1]]),
                mean_std(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
                mean_std(_values(seeds, BUDGET, eps)), budget_gap, mean_std(_values(seeds, TRANSFER, eps)),
                transfer_gap, min(reached) if reached else None, max(points) if points else None,
-               verdict(budget_gap, transfer_gap, bool(reached), len(points) > 1))
+               verdict(budget_gap, transfer_gap, bool(reached), len(points) > 1, source), source)
 
 
-def verdict(budget_gap: Paired | None, transfer_gap: Paired | None, reached: bool, has_curve: bool) -> str:
-    """`consistent`, or what the white-box numbers miss, or which checks are missing."""
+def verdict(budget_gap: Paired | None, transfer_gap: Paired | None, reached: bool, has_curve: bool,
+            source: bool = False) -> str:
+    """`consistent`, or what the white-box numbers miss, or which checks are missing (`source`: the network the
+    transferred perturbations come from, which has no transfer check)."""
     failed, missing = [], []
-    for name, gap in (("4x budget with restarts", budget_gap), ("transfer", transfer_gap)):
+    checks = (("4x budget with restarts", budget_gap),) + (() if source else (("transfer", transfer_gap),))
+    for name, gap in checks:
         if gap is None:
             missing.append(name)
         elif gap.mean < -STRENGTH_MARGIN:
@@ -180,7 +195,8 @@ def rows(records: Sequence[Mapping[str, Any]]) -> tuple[float, list[Row], dict[s
     """The reference ε, one Row per defence (sorted), and the networks they summarise."""
     nets = collect(records)
     eps = reference_eps(nets)
-    return eps, [build_row(defence, nets[defence], eps) for defence in sorted(nets)], nets
+    sources = transfer_sources(records)
+    return eps, [build_row(defence, nets[defence], eps, sources) for defence in sorted(nets)], nets
 
 
 def _cell(value: tuple[float | None, float | None], n: int) -> str:
@@ -204,8 +220,9 @@ def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any
              "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     for row in table:
         cells = [row.defence, str(row.n), _cell(row.clean, row.n), _cell(row.standard, row.n), row.standard_attack,
-                 _cell(row.budget, row.n), _gap_cell(row.budget_gap), _cell(row.transfer, row.n),
-                 _gap_cell(row.transfer_gap), _floor_cell(row), row.verdict]
+                 _cell(row.budget, row.n), _gap_cell(row.budget_gap),
+                 "(their source)" if row.source else _cell(row.transfer, row.n), _gap_cell(row.transfer_gap),
+                 _floor_cell(row), row.verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", *curve_markdown(nets)]) + "\n"
 
