@@ -121,6 +121,18 @@ def test_a_trial_left_running_is_marked_failed_not_rerun(tmp_path):
     assert not (root / "trials" / "0000").exists() and (root / "trials" / "0001").is_dir()
 
 
+def test_a_trial_left_running_whose_run_completed_is_told_its_values(tmp_path):
+    from cbuap_runner.study.loop import open_study, run_study
+
+    spec = tiny_spec(tmp_path, trials=2)
+    root = tmp_path / "studies" / "tiny"
+    root.mkdir(parents=True)
+    asked = open_study(spec, root).ask()  # killed between the run's record and the tell
+    fake_runner()([], root / "trials" / f"{asked.number:04d}")
+    study = run_study(spec, runner=fake_runner())
+    assert _states(study) == ["COMPLETE", "COMPLETE"] and study.trials[0].values == [0.5, 1.0]
+
+
 def test_a_setting_already_run_is_told_its_values_not_run_again(tmp_path):
     from cbuap_runner.study.loop import run_study
 

@@ -5,8 +5,9 @@ server (nor sqlalchemy); every ask and tell is one appended line, so a process k
 as it was after its last complete operation, and a relaunch replays it and continues the same study.
 
 A relaunch with the same name: completed and failed trials are kept, never rerun; a trial the journal still shows
-running (its process was killed) is marked failed and not retried, since its parameters may be what stopped the
-process, and its run directory stays as the killed run left it; then trials are asked until the study holds
+running (its process was killed) is told its values where its run had completed (only the tell was lost), else
+marked failed and not retried, since its parameters may be what stopped the process, and its run directory stays
+as the killed run left it; then trials are asked until the study holds
 `trials` finished ones. Each trial's run directory is `trials/<trial number>` (unique within the study), and a
 directory that already exists is refused, never written into. NSGA-II's seed is offset by the trials already
 finished, so a relaunch does not draw its predecessor's random first generation again. One process runs a study
@@ -68,11 +69,24 @@ def open_study(spec: StudySpec, root: Path) -> Any:
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=["maximize", "maximize"],
                                 load_if_exists=True)
     for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
-        print(f"trial {frozen.number}: left running by an earlier process; marked failed, not retried", flush=True)
+        settle_abandoned(study, frozen.number, root / TRIALS / f"{frozen.number:04d}")
     study.sampler = optuna.samplers.NSGAIISampler(population_size=spec.population,
                                                   seed=spec.seed + len(finished(study)))
     return study
+
+
+def settle_abandoned(study: Any, number: int, run_dir: Path) -> None:
+    """A trial an earlier process left running: told its values where its run completed before the process
+    stopped (only the tell was lost), else marked failed and not retried."""
+    from optuna.trial import TrialState
+
+    outcome = trial_run.read_outcome(run_dir)
+    if outcome.values is not None:
+        study.tell(number, list(outcome.values))
+        print(f"trial {number}: its run completed before an earlier process stopped; told its values", flush=True)
+        return
+    study.tell(number, state=TrialState.FAIL)
+    print(f"trial {number}: left running by an earlier process; marked failed, not retried", flush=True)
 
 
 def finished(study: Any) -> list[Any]:
