@@ -97,3 +97,15 @@ def test_make_tables_writes_the_table_the_curve_and_the_figure(tmp_path):
     text = written[0].read_text()
     assert "| uat | 2 |" in text and "-0.100 [-0.100, -0.100]" in text and "eps 0.8" in text
     assert "white-box overstates robustness" in written[1].read_text().splitlines()[2]
+
+
+def test_the_larger_budget_is_compared_over_the_attacks_it_ran():
+    records = [r for r in defence("cw_uat", standard=0.5, budget=0.49)
+               if not ("+table/strength=budget4x" in r["overrides"] and r["attack"] == "uap")]
+    for r in records:  # DeepFool UAP is the worst white-box attack under the standard budget
+        if r["attack"] == "uap" and "+table/strength=standard" in r["overrides"]:
+            r["metrics"]["adv_acc"] = 0.2
+    row = by_defence(records)["cw_uat"]
+    assert row.standard_attack == "uap" and row.budget_attacks == "cb_uap/sgd_uap"
+    assert row.budget_gap.mean == pytest.approx(-0.01)  # sgd_uap 0.49 against sgd_uap 0.50, not against uap's 0.2
+    assert row.transfer_gap.mean == pytest.approx(0.555 - 0.2)  # transfer against the whole white-box worst case
