@@ -293,7 +293,7 @@ def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Pa
         if budget:
             ax.plot([eps], [mean_std(budget)[0]], "x", markersize=9, color=line[0].get_color())
     floor = max(floor_of(seeds) for seeds in nets.values())
-    ax.axhline(floor, linestyle="--", color="grey", linewidth=1, label="one-class floor")
+    ax.axhline(floor, linestyle="--", color="grey", linewidth=1, label="every image sent to one class (1/K)")
     ax.set_xlabel("eps (L-inf)")
     ax.set_ylabel("accuracy under the worst universal attack")
     ax.set_ylim(0, 1)
