@@ -109,3 +109,15 @@ def test_the_larger_budget_is_compared_over_the_attacks_it_ran():
     assert row.standard_attack == "uap" and row.budget_attacks == "cb_uap/sgd_uap"
     assert row.budget_gap.mean == pytest.approx(-0.01)  # sgd_uap 0.49 against sgd_uap 0.50, not against uap's 0.2
     assert row.transfer_gap.mean == pytest.approx(0.555 - 0.2)  # transfer against the whole white-box worst case
+
+
+def test_claim_two_is_read_with_the_strongest_attack_found():
+    from cbuap_runner.report.strength import claim_two_lines
+
+    records = defence("cb_uat", standard=0.6, budget=0.45) + defence("uat", standard=0.55) + defence("cw_uat", budget=0.44)
+    eps, table, _ = rows(records)
+    line = claim_two_lines(eps, table)[0]
+    # the strongest found is each model's 4x budget: CB-UAT 0.45 (0.46 on seed 1), UAT 0.49, CW-UAT 0.44
+    assert "against uat -0.040 [-0.040, -0.040] (clean +0.0 points)" in line
+    assert "against cw_uat +0.010 [+0.010, +0.010]" in line and line.endswith("the claim does not hold here.")
+    assert claim_two_lines(eps, [r for r in table if r.defence != "uat"]) == []
