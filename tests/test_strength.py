@@ -118,6 +118,6 @@ def test_claim_two_is_read_with_the_strongest_attack_found():
     eps, table, _ = rows(records)
     line = claim_two_lines(eps, table)[0]
     # the strongest found is each model's 4x budget: CB-UAT 0.45 (0.46 on seed 1), UAT 0.49, CW-UAT 0.44
-    assert "against uat -0.040 [-0.040, -0.040] (clean +0.0 points)" in line
-    assert "against cw_uat +0.010 [+0.010, +0.010]" in line and line.endswith("the claim does not hold here.")
+    assert "against uat -4.0 [-4.0, -4.0] points (clean +0.0 points)" in line
+    assert "against cw_uat +1.0 [+1.0, +1.0] points" in line and line.endswith("the claim does not hold here.")
     assert claim_two_lines(eps, [r for r in table if r.defence != "uat"]) == []

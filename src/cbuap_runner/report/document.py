@@ -26,7 +26,8 @@ from .kinds import PARETO, STRENGTH
 from .pareto import write_pareto
 from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
-from .strength import write_strength
+from .strength import claim_two_text, write_strength
+from .strength import rows as strength_rows
 from .tables import write_table_files
 
 FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
@@ -63,13 +64,16 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
         body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
     for frontier in spec.get("frontiers", []):
         body += _frontier_text(build, frontier)
-    write_text(doc, "\n".join([*lines, *_claim_lines(spec["claims"], tables, build.bar), *body]).rstrip() + "\n")
+    claims = _claim_lines(spec["claims"], tables, build.bar, _strength_claim_lines(build, spec))
+    write_text(doc, "\n".join([*lines, *claims, *body]).rstrip() + "\n")
     return doc
 
 
-def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]], bar: Thresholds) -> list[str]:
-    """The claims' sentences (none where the manifest answers no claim)."""
-    if not any(claims.get(kind) for kind in ("balance", "tuned", "defence")):
+def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, Any]]], bar: Thresholds,
+                 strength: Sequence[str] = ()) -> list[str]:
+    """The claims' sentences (none where the manifest answers no claim); `strength`: claim 2 read with the
+    strongest attacks found, after the others."""
+    if not any(claims.get(kind) for kind in ("balance", "tuned", "defence")) and not strength:
         return []
     lines = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
     for claim in claims.get("balance", []):
@@ -78,7 +82,18 @@ def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, 
         lines += [f"- {claim_tuned(claim['label'], tables[claim['section']], bar)}"]
     for claim in claims.get("defence", []):
         lines += [f"- {claim_defence(claim['label'], tables.get(claim['section'], []), claim.get('cb_where'))}"]
-    return [*lines, ""]
+    return [*lines, *strength, ""]
+
+
+def _strength_claim_lines(build: _Build, spec: Mapping[str, Any]) -> list[str]:
+    """Claim 2 read with the strongest attack the strength checks found (the manifest's claims.strength)."""
+    sections = {section["name"]: section for section in spec["sections"]}
+    lines = []
+    for claim in spec["claims"].get("strength", []):
+        eps, table, _ = strength_rows(_section_records(build, sections[claim["section"]]))
+        text = claim_two_text(eps, table) or "not answered (the section lacks CB-UAT, UAT or CW-UAT)."
+        lines.append(f"- {claim['label']} (the lowest accuracy of its strength checks at ε = {eps:g}): {text}")
+    return lines
 
 
 def _table(build: _Build, spec: Mapping[str, Any], kind: str, metrics: Sequence[str] | None

@@ -257,11 +257,18 @@ def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any
 
 
 def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
+    """The claim-2 line under the strength table (none without CB-UAT, UAT and CW-UAT)."""
+    text = claim_two_text(eps, table)
+    return [] if text is None else [f"Claim 2 against the strongest attack found (the lowest accuracy of the three "
+                                    f"checks at eps {eps:g}): {text}", ""]
+
+
+def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
     """Claim 2 read with the strongest attack found against each model: does CB-UAT keep more accuracy than UAT
-    and CW-UAT at equal or better clean accuracy? Paired over the seeds both rows hold ('' without the three)."""
+    and CW-UAT at equal or better clean accuracy? Paired over the seeds both rows hold (None without the three)."""
     rows = {row.defence: row for row in table}
     if not all(name in rows for name in UAT_FAMILY):
-        return []
+        return None
     cb, parts, wins = rows["cb_uat"], [], True
     for other in UAT_FAMILY[1:]:
         row = rows[other]
@@ -269,9 +276,10 @@ def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
         gap = interval([ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys(), key=str)])
         clean = cb.clean[0] - row.clean[0]
         wins &= gap is not None and gap.mean > 0 and clean >= 0
-        parts.append(f"against {other} {_gap_cell(gap)} (clean {clean * 100:+.1f} points)")
-    return [f"Claim 2 against the strongest attack found (the lowest accuracy of the three checks at eps {eps:g}): "
-            f"CB-UAT's accuracy stands {'; '.join(parts)}: the claim {'holds' if wins else 'does not hold'} here.", ""]
+        shown = "–" if gap is None else f"{gap.text(100, 1)} points"
+        parts.append(f"against {other} {shown} (clean {clean * 100:+.1f} points)")
+    return (f"CB-UAT's accuracy (n = {cb.n}) stands {'; '.join(parts)}: the claim {'holds' if wins else 'does not hold'} "
+            "here.")
 
 
 def _floor_cell(row: Row) -> str:
