@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
+from . import pareto, strength
 from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
 from .formats import format_cell, row_label, to_markdown, varying_keys
@@ -131,6 +132,9 @@ def _head(section: Mapping[str, Any]) -> list[str]:
     return [f"## {section['title']}", "", section["about"], "", "Rerun:", "", "```bash", *section["rerun"], "```", ""]
 
 
+FIGURE = {STRENGTH: strength.FIGURE, PARETO: pareto.FIGURE}  # the figure each such section draws
+
+
 def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     """A section whose kind writes its own files (strength checks, a study's front): its table, links and figure."""
     folder = build.base / section["name"]
@@ -141,10 +145,9 @@ def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
         written = write_pareto(records, folder, build.bar, build.figures)
     table, *others = [folder / p.name for p in written]
     links = [f"[{p.relative_to(build.out_dir)}]({p.relative_to(build.out_dir)})" for p in others if p.suffix != ".png"]
-    figures = sorted(folder.glob(f"{section['kind']}*.png")) if build.figures else []
+    png = (folder / FIGURE[section["kind"]]).relative_to(build.out_dir)  # linked whether drawn now or before
     return [*_head(section), table.read_text(), f"Records from commits: {commits_text(commit_counts(records))}.", "",
-            *([f"Also: {', '.join(links)}.", ""] if links else []),
-            *(line for png in figures for line in (f"![{png.stem}]({png.relative_to(build.out_dir)})", ""))]
+            *([f"Also: {', '.join(links)}.", ""] if links else []), f"![{png.stem}]({png})", ""]
 
 
 def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

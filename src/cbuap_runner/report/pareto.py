@@ -27,6 +27,7 @@ TEST = ("fooling_rate", "fooled_label_entropy")
 TRIAL_ATTACK, REFERENCE_ATTACK = "cb_uap", "sgd_uap"
 REFERENCE_POINT = (0.0, 0.0)
 SETTING_PREFIX = "attack.balance."
+FIGURE = "pareto.png"
 
 
 @dataclass(frozen=True)
@@ -196,5 +197,5 @@ def write_pareto(records: Sequence[Mapping[str, Any]], out: Path, bar: Threshold
         write_text(out / name, text)
         written.append(out / name)
     if figures:
-        written.append(pareto_figure(f, out / "pareto.png"))
+        written.append(pareto_figure(f, out / FIGURE))
     return written

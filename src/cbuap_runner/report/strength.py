@@ -35,6 +35,7 @@ CHECK_KEY = "table/strength"
 STANDARD, BUDGET, TRANSFER = "standard", "budget4x", "transfer"
 STRENGTH_MARGIN = 0.02  # accuracy a stronger check may take off the standard white-box worst case
 FLOOR_TOLERANCE = 0.05  # how near the one-class floor the accuracy-against-ε curve must come
+FIGURE = "strength_eps.png"
 
 
 @dataclass
@@ -349,5 +350,5 @@ def write_strength(records: Sequence[Mapping[str, Any]], out: Path, figures: boo
     write_text(written[0], to_markdown(eps, table, nets))
     write_text(written[1], to_csv(table))
     if figures:
-        written.append(curve_figure(eps, nets, out / "strength_eps.png"))
+        written.append(curve_figure(eps, nets, out / FIGURE))
     return written
