@@ -119,3 +119,12 @@ def test_claim_one_adds_the_bootstrap_of_a_seed_whose_runs_saved_predictions(tmp
     assert "over the 400 test images of seed 1 (2,000 paired bootstrap resamples, 95 % percentile intervals): " \
            "fooled-label entropy " in text
     assert "fooling rate -" in text.split("bootstrap")[1]
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 cut short", b"not an array file", b""])
+def test_an_unreadable_predictions_file_is_one_line_naming_it(tmp_path, content):
+    from cbuap_runner.report.bootstrap import load_predictions
+
+    (tmp_path / "predictions.npz").write_bytes(content)
+    with pytest.raises(ValueError, match=r"predictions\.npz: not a predictions file"):
+        load_predictions({"metrics": {"predictions_file": "predictions.npz"}, "_path": str(tmp_path)})

@@ -269,3 +269,20 @@ def test_the_command_line_says_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "trials=0" in err and len(err.strip().splitlines()) == 1
     assert main([]) == 2
+
+
+def test_the_front_refuses_runs_of_another_network(tmp_path):
+    from cbuap_runner.report.claims import Thresholds as Bar
+    from cbuap_runner.report.pareto import pareto_front
+
+    def record(number, identity):
+        return {"status": "completed", "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
+                "_dir": f"trials/{number:04d}" if number >= 0 else "reference",
+                "provenance": {"model": {"identity": identity}, "data": {"fingerprint": "d"}},
+                "metrics": {"val_fooling_rate": 0.5, "val_fooled_label_entropy": 0.5, "fooling_rate": 0.5,
+                            "fooled_label_entropy": 0.5}}
+
+    bar = Bar(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+    assert len(pareto_front([record(-1, "a"), record(0, "a"), record(1, "a")], bar).trials) == 2
+    with pytest.raises(ValueError, match="the study's runs used 2 networks or data sets .*trials/0001"):
+        pareto_front([record(-1, "a"), record(0, "a"), record(1, "b")], bar)

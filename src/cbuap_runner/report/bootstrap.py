@@ -12,6 +12,7 @@ The metrics follow metrics.py's definitions.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ def load_predictions(record: Mapping[str, Any]) -> Predictions | None:
     try:
         with np.load(path) as data:
             arrays = [np.asarray(data[k], dtype=np.int64) for k in ("label", "clean", "adv")]
-    except (OSError, KeyError, ValueError) as err:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a predictions file ({err})") from err
     return Predictions(*arrays, num_classes=len(metrics.get("label_hist") or []) or int(arrays[0].max()) + 1)
 

@@ -89,9 +89,8 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
             f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}{_bootstrap_balance(sgd, cb)}): the claim "
-            f"(fooled-label entropy ≥ "
-            f"{bar.fooled_entropy_gain} higher with at most {bar.fooling_rate_loss * 100:.0f} points lost) "
-            f"{'holds' if holds else 'does not hold'}.")
+            f"(fooled-label entropy ≥ {bar.fooled_entropy_gain} higher with at most "
+            f"{bar.fooling_rate_loss * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
 
 
 def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thresholds) -> str:

@@ -24,11 +24,8 @@ from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, cl
 from .figures import defence_figure, frontier_figure
 from .formats import format_cell, row_label, to_markdown, varying_keys
 from .kinds import PARETO, STRENGTH
-from .pareto import write_pareto
 from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
-from .strength import claim_two_text, write_strength
-from .strength import rows as strength_rows
 from .tables import write_table_files
 
 FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
@@ -91,8 +88,8 @@ def _strength_claim_lines(build: _Build, spec: Mapping[str, Any]) -> list[str]:
     sections = {section["name"]: section for section in spec["sections"]}
     lines = []
     for claim in spec["claims"].get("strength", []):
-        eps, table, _ = strength_rows(_section_records(build, sections[claim["section"]]))
-        text = claim_two_text(eps, table) or "not answered (the section lacks CB-UAT, UAT or CW-UAT)."
+        eps, table, _ = strength.rows(_section_records(build, sections[claim["section"]]))
+        text = strength.claim_two_text(eps, table) or "not answered (the section lacks CB-UAT, UAT or CW-UAT)."
         lines.append(f"- {claim['label']} (the lowest accuracy of its strength checks at ε = {eps:g}): {text}")
     return lines
 
@@ -140,9 +137,9 @@ def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     folder = build.base / section["name"]
     records = _section_records(build, section)
     if section["kind"] == STRENGTH:
-        written = write_strength(records, folder, build.figures)
+        written = strength.write_strength(records, folder, build.figures)
     else:
-        written = write_pareto(records, folder, build.bar, build.figures)
+        written = pareto.write_pareto(records, folder, build.bar, build.figures)
     table, *others = [folder / p.name for p in written]
     links = [f"[{p.relative_to(build.out_dir)}]({p.relative_to(build.out_dir)})" for p in others if p.suffix != ".png"]
     png = (folder / FIGURE[section["kind"]]).relative_to(build.out_dir)  # linked whether drawn now or before

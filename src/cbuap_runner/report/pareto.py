@@ -20,10 +20,10 @@ from .claims import Thresholds
 from .figures import pyplot, save_figure
 from .formats import fmt_number
 from .frontier import front_indices, hypervolume_history, last_quarter_change
-from .records import NoRecords, metric
+from .records import NoRecords, location, metric
 
-OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")
-TEST = ("fooling_rate", "fooled_label_entropy")
+OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # a study's, maximised (tasks.VAL_METRICS)
+TEST = ("fooling_rate", "fooled_label_entropy")  # their test counterparts, reported beside
 TRIAL_ATTACK, REFERENCE_ATTACK = "cb_uap", "sgd_uap"
 REFERENCE_POINT = (0.0, 0.0)
 SETTING_PREFIX = "attack.balance."
@@ -92,7 +92,22 @@ class Front:
                 and fle >= ref_fle + self.bar.fooled_entropy_gain)
 
 
+def check_one_network(records: Sequence[Mapping[str, Any]]) -> None:
+    """ValueError when the study's runs (those that name them) used more than one network or data: a front compares
+    settings on one model, and a relaunch that retrained it differently must not join the earlier trials."""
+    seen: dict[tuple[Any, Any], str] = {}
+    for record in records:
+        provenance = record.get("provenance") or {}
+        key = ((provenance.get("model") or {}).get("identity"), (provenance.get("data") or {}).get("fingerprint"))
+        if key != (None, None):
+            seen.setdefault(key, location(record))
+    if len(seen) > 1:
+        raise ValueError(f"--kind pareto: the study's runs used {len(seen)} networks or data sets (e.g. "
+                         f"{' and '.join(list(seen.values())[:2])}); a front compares settings on one")
+
+
 def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front:
+    check_one_network(records)
     trials = study_trials(records)
     if not trials:
         raise NoRecords(f"--kind pareto: no attack={TRIAL_ATTACK} trial records (run python -m cbuap_runner.study)")

@@ -42,8 +42,8 @@ FIGURE = "strength_eps.png"
 class Network:
     """The worst-case accuracies of one defence's model of one seed: {check: {ε: {attack: adv_acc}}}."""
 
-    identities: set[str] = field(default_factory=set)  # the network's identity (one: collect refuses more)
-    clean: list[float] = field(default_factory=list)
+    identity: str | None = None  # the network's (collect refuses records of another)
+    clean: float | None = None  # its clean test accuracy (every record of one network reports the same)
     num_classes: int | None = None
     acc: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
 
@@ -76,13 +76,12 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
         if acc is None or not _universal(record):
             continue
         net = out.setdefault(str(run.get("training")), {}).setdefault(record.get("seed"), Network())
-        net.identities.add(str(((record.get("provenance") or {}).get("model") or {}).get("identity")))
-        if len(net.identities) > 1:
+        identity = str(((record.get("provenance") or {}).get("model") or {}).get("identity"))
+        if net.identity not in (None, identity):
             raise ValueError(f"{location(record)}: training={run.get('training')} seed={record.get('seed')}: the "
-                             f"strength records come from {len(net.identities)} networks; check one model at a time")
-        clean = metric(record, "clean_acc")
-        if clean is not None:
-            net.clean.append(clean)
+                             "strength records come from 2 networks; check one model at a time")
+        net.identity = identity
+        net.clean = net.clean if net.clean is not None else metric(record, "clean_acc")
         net.num_classes = net.num_classes or _classes(record)
         net.acc.setdefault(check, {}).setdefault(float(run["attack.eps"]), {})[str(run["attack"])] = acc
     if not out:
@@ -191,8 +190,8 @@ def build_row(defence: str, seeds: Mapping[Any, Network], eps: float, sources: s
     floor = floor_of(seeds)
     reached = [e for e, acc in points.items() if acc is not None and acc <= floor + FLOOR_TOLERANCE]
     budget_gap, transfer_gap = _gap(seeds, BUDGET, eps), _gap(seeds, TRANSFER, eps)
-    source = all(net.identities <= sources for net in seeds.values())
-    return Row(defence, len(seeds), mean_std([c for net in seeds.values() for c in net.clean[:1]]),
+    source = all(net.identity in sources for net in seeds.values())
+    return Row(defence, len(seeds), mean_std([net.clean for net in seeds.values() if net.clean is not None]),
                mean_std(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
                mean_std(_values(seeds, BUDGET, eps)), budget_attacks(seeds, eps), budget_gap,
                mean_std(_values(seeds, TRANSFER, eps)),

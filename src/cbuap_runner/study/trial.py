@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # tasks.VAL_METRICS, as an attack run records them
-SUMMARY = "run_summary.json"
+from ..report.pareto import OBJECTIVES  # what a study maximises, as the report of its front reads it
+from ..report.records import SUMMARY
 
 
 @dataclass(frozen=True)
