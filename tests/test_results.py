@@ -87,6 +87,19 @@ def test_balance_claim_reads_the_fooled_label_entropy():
     assert "not answered" in claim_balance("x", [sgd, spread], BAR)
 
 
+def test_balance_claim_reads_the_cb_uap_row_it_is_told():
+    sgd = _row(attack="sgd_uap", fooling_rate=0.90, label_entropy=0.30, fooled_label_entropy=0.30,
+               min_class_attack_success_rate=0.0, **{"table/study_point": None})
+    defaults = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.35, fooled_label_entropy=0.35,
+                    min_class_attack_success_rate=0.0, **{"table/study_point": None})
+    chosen = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.60, fooled_label_entropy=0.60,
+                  min_class_attack_success_rate=0.0, **{"table/study_point": "s"})
+    rows = [sgd, defaults, chosen]
+    assert "not answered" in claim_balance("x", rows, BAR)  # two CB-UAP rows and no choice between them
+    assert claim_balance("x", rows, BAR, cb_where={"table/study_point": "s"}).endswith(") holds.")
+    assert claim_balance("x", rows, BAR, cb_where={"table/study_point": None}).endswith("does not hold.")
+
+
 def test_frontier_figure_has_a_label_entropy_and_a_fooled_label_entropy_panel(monkeypatch, tmp_path):
     saved = []
     monkeypatch.setattr(figures, "save_figure", lambda fig, path: saved.append(fig) or path)
@@ -141,7 +154,11 @@ def test_document_names_the_code_versions_of_each_section(tmp_path):
     records = [_attack_record(attack, seed, commits[i]) for i, (attack, seed) in
                enumerate([("sgd_uap", 0), ("sgd_uap", 1), ("cb_uap", 0)])]
     text = write_document(_manifest(tmp_path, records), figures=False).read_text()
-    assert "Records from commits: aaaaaaa (2 runs), bbbbbbb-dirty (1 run)." in text
+    assert "Records from commits: aaaaaaa (2 runs), bbbbbbb-dirty (1 run)." in text  # these records hold no timing
+    for record, seconds in zip(records, (1800, 3600, 5400)):
+        record["wall_seconds"] = seconds
+    text = write_document(_manifest(tmp_path / "timed", records), figures=False).read_text()
+    assert "bbbbbbb-dirty (1 run); the runs' wall time: 3.0 h over 3 runs." in text
     assert "| 2† |" in text and "- attack=sgd_uap: aaaaaaa (1 run), bbbbbbb-dirty (1 run)" in text
     assert VERDICT_REASON in text
     assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]

@@ -286,3 +286,85 @@ def test_the_front_refuses_runs_of_another_network(tmp_path):
     assert len(pareto_front([record(-1, "a"), record(0, "a"), record(1, "a")], bar).trials) == 2
     with pytest.raises(ValueError, match="the study's runs used 2 networks or data sets .*trials/0001"):
         pareto_front([record(-1, "a"), record(0, "a"), record(1, "b")], bar)
+
+
+def test_sigterm_stops_the_study_after_the_running_trial(tmp_path, capsys):
+    import os
+    import signal
+
+    from cbuap_runner.study.loop import run_study
+
+    runner = fake_runner()
+
+    def signalled(overrides, run_dir):
+        if run_dir.name == "0001":  # a scheduler's time limit arrives while trial 1 runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return runner(overrides, run_dir)
+
+    study = run_study(tiny_spec(tmp_path, trials=5), runner=signalled)
+    assert _states(study) == ["COMPLETE", "COMPLETE"]  # trial 1 finished and was told; nothing else was asked
+    assert "stopped on SIGTERM" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert _states(run_study(tiny_spec(tmp_path, trials=3), runner=fake_runner())) == ["COMPLETE"] * 3
+
+
+# ---------------------------------------------------------------- the point chosen on validation
+
+
+def test_the_chosen_trial_follows_the_tuning_rule():
+    from cbuap_runner.report.pareto import chosen_trial
+
+    # SGD-UAP's validation fooling rate 0.80: within 0.02 are trials 0 (entropy 1.20) and 4 (1.00)
+    assert chosen_trial(pareto_front(RECORDS, BAR)).number == 0
+    strict = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.0)
+    assert chosen_trial(pareto_front(RECORDS, strict)).number == 4
+    stronger_reference = [_record("reference", "sgd_uap", (0.95, 1.0), (0.9, 1.0), setting=""), *RECORDS[1:]]
+    assert chosen_trial(pareto_front(stronger_reference, BAR)).number == 4  # none within: the strongest
+
+
+def test_choose_writes_the_chosen_trials_whole_balance_block(tmp_path):
+    import yaml
+
+    from cbuap_runner.study.choose import choose
+
+    studies = tmp_path / "studies" / "tiny"
+    for i, record in enumerate(RECORDS):
+        folder = studies / record["_dir"]
+        folder.mkdir(parents=True)
+        body = {**{k: v for k, v in record.items() if k != "_dir"}, "config": {"attack": {"balance": {"start": i}}}}
+        (folder / "run_summary.json").write_text(json.dumps(body))
+    path = choose(StudySpec(name="tiny", dir=str(tmp_path / "studies")), tmp_path / "conf")
+    assert path == tmp_path / "conf" / "table" / "study_point" / "tiny.yaml"
+    text = path.read_text()
+    assert text.startswith("# @package _global_\n") and "trial 0, of the study's 5 trial runs (4 completed)" in text
+    block = yaml.safe_load(text)
+    assert block["attack"] == {"balance": {"start": 1}}  # trials/0000 is the second record written
+    assert block["hydra"]["sweep"]["subdir"] == "${attack.name}_eps${attack.eps}_tiny_seed${seed}"
+    with pytest.raises(UserError, match="study empty: .*no such directory"):
+        choose(StudySpec(name="empty", dir=str(tmp_path / "studies")), tmp_path / "conf")
+
+
+def test_the_committed_study_point_is_the_committed_studys_choice(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cbuap_runner.study.choose import choose
+
+    monkeypatch.chdir(REPO)  # the block names the study folder as the command was given it
+    written = choose(load_spec("cb_uap_fmnist", ["dir=docs/results/studies"]), tmp_path)
+    committed = REPO / "conf" / "table" / "study_point" / "cb_uap_fmnist.yaml"
+    assert written.read_text() == committed.read_text()  # rerun `... cb_uap_fmnist dir=docs/results/studies --choose`
+    number = int(written.read_text().split("trial ", 1)[1].split(",")[0])
+    record = json.loads((REPO / "docs/results/studies/cb_uap_fmnist/trials" / f"{number:04d}" /
+                         "run_summary.json").read_text())
+    assert OmegaConf.load(committed).attack.balance == record["config"]["attack"]["balance"]
+
+
+def test_a_study_point_is_read_by_cb_uap_only(validated):
+    from cbuap_runner.errors import describe
+
+    cfg = validated(["attack=cb_uap", "+table/study_point=cb_uap_fmnist"])
+    point = __import__("omegaconf").OmegaConf.load(REPO / "conf" / "table" / "study_point" / "cb_uap_fmnist.yaml")
+    assert cfg.attack.balance.lambda_div == point.attack.balance.lambda_div
+    with pytest.raises(Exception) as refused:
+        validated(["attack=sgd_uap", "+table/study_point=cb_uap_fmnist"])
+    assert describe(refused.value) == "attack.balance: attack=sgd_uap has no such key; attack=cb_uap has it"

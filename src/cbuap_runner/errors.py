@@ -24,7 +24,8 @@ def describe(ex: BaseException) -> str:
             options = sorted(ex.options)
             return f"{group}={option}: no such option; choose one of {', '.join(options)}"
         return _first_line(str(ex))
-    cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    # Hydra raises some composition errors from None: the config error is then the context
+    cause = (ex.__cause__ or ex.__context__) if isinstance(ex, ConfigCompositionException) else ex
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)
         msg = _first_line(getattr(cause, "msg", None) or str(cause))

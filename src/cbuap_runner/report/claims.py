@@ -131,10 +131,11 @@ def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
-                  where: Mapping[str, Any] | None = None) -> str:
-    """Claim 1 in one sentence: does CB-UAP (the defaults; the rows matching `where`) clear `bar` over SGD-UAP?"""
+                  where: Mapping[str, Any] | None = None, cb_where: Mapping[str, Any] | None = None) -> str:
+    """Claim 1 in one sentence: does CB-UAP (its row matching `cb_where`; of the rows matching `where`) clear `bar`
+    over SGD-UAP?"""
     rows = [r for r in rows if matches(r, where or {})]
-    sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, attack="cb_uap")
+    sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, **{"attack": "cb_uap", **(cb_where or {})})
     if sgd is None or cb is None:
         return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
     return f"{label}: {_balance_verdict(sgd, cb, 'CB-UAP', bar)}"

@@ -22,9 +22,9 @@ from ..io import write_text
 from . import pareto, strength
 from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
-from .formats import format_cell, row_label, to_markdown, varying_keys
+from .formats import format_cell, provenance_line, row_label, to_markdown, varying_keys
 from .kinds import PARETO, STRENGTH
-from .records import NoRecords, commit_counts, commits_text, load_records, metric, settings
+from .records import NoRecords, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
 from .tables import write_table_files
 
@@ -75,7 +75,8 @@ def _claim_lines(claims: Mapping[str, Any], tables: Mapping[str, list[dict[str, 
         return []
     lines = ["## The paper's claims, answered from these tables", "", VERDICT_REASON, ""]
     for claim in claims.get("balance", []):
-        lines += [f"- {claim_balance(claim['label'], tables[claim['section']], bar, claim.get('where', {}))}"]
+        rows = tables[claim["section"]]
+        lines += [f"- {claim_balance(claim['label'], rows, bar, claim.get('where', {}), claim.get('cb_where'))}"]
     for claim in claims.get("tuned", []):
         lines += [f"- {claim_tuned(claim['label'], tables[claim['section']], bar)}"]
     for claim in claims.get("defence", []):
@@ -143,7 +144,7 @@ def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     table, *others = [folder / p.name for p in written]
     links = [f"[{p.relative_to(build.out_dir)}]({p.relative_to(build.out_dir)})" for p in others if p.suffix != ".png"]
     png = (folder / FIGURE[section["kind"]]).relative_to(build.out_dir)  # linked whether drawn now or before
-    return [*_head(section), table.read_text(), f"Records from commits: {commits_text(commit_counts(records))}.", "",
+    return [*_head(section), table.read_text(), provenance_line(records), "",
             *([f"Also: {', '.join(links)}.", ""] if links else []), f"![{png.stem}]({png})", ""]
 
 
@@ -160,7 +161,7 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
     rel = folder.relative_to(build.out_dir)
     lines = _head(section)
     records = [rec for row in rows for rec in row["_records"]]
-    lines += [to_markdown(keys, columns, rows), f"Records from commits: {commits_text(commit_counts(records))}.", "",
+    lines += [to_markdown(keys, columns, rows), provenance_line(records), "",
               f"CSV and LaTeX: [{rel}/{kind}.csv]({rel}/{kind}.csv), [{rel}/{kind}.tex]({rel}/{kind}.tex).", ""]
     if "anchors" in section:
         lines += anchor_lines(section["anchors"], rows)

@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .records import commits_text, hashable
+from .records import commit_counts, commits_text, hashable
 
 MIXED_CODE = "†"  # after a row's n: its runs come from more than one code version
 ERROR_WIDTH = 100  # characters of a failed row's error shown in a table
@@ -17,6 +17,20 @@ def fmt_number(x: float) -> str:
     if float(x).is_integer() and abs(x) >= 10:
         return str(int(x))
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """`45 s`, `12 min`, `3.4 h`."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
+    """The commits the records come from and the sum of their runs' wall time (what the section cost to run)."""
+    seconds = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]
+    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {len(seconds)} runs" if seconds else ""
+    return f"Records from commits: {commits_text(commit_counts(records))}{cost}."
 
 
 def format_cell(cell: tuple[float | None, float | None, int], pm: str = "±") -> str:

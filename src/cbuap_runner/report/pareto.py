@@ -21,6 +21,7 @@ from .figures import pyplot, save_figure
 from .formats import fmt_number
 from .frontier import front_indices, hypervolume_history, last_quarter_change
 from .records import NoRecords, location, metric
+from .rows import choose_balanced
 
 OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # a study's, maximised (tasks.VAL_METRICS)
 TEST = ("fooling_rate", "fooled_label_entropy")  # their test counterparts, reported beside
@@ -117,6 +118,29 @@ def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front
                                                                                     REFERENCE_POINT))
 
 
+def chosen_trial(f: Front) -> Trial | None:
+    """The trial chosen on validation by the tuning rule (rows.choose_balanced: the highest validation fooled-label
+    entropy within claims.tuning_fooling_margin of SGD-UAP's validation fooling rate, else the strongest); the
+    point the claim-1 tables run CB-UAP at. None without a completed trial."""
+    done = [t for t in f.trials if t.val is not None]
+    if not done:
+        return None
+    floor = f.reference[OBJECTIVES[0]] - f.bar.tuning_fooling_margin
+    return choose_balanced(done, lambda t: t.val[0], lambda t: t.val[1], floor)
+
+
+def chosen_text(f: Front) -> str:
+    """The chosen trial in one sentence."""
+    chosen = chosen_trial(f)
+    rule = (f"the highest validation fooled-label entropy among the trials whose validation fooling rate is at most "
+            f"{f.bar.tuning_fooling_margin * 100:g} points below SGD-UAP's, else the strongest")
+    if chosen is None:
+        return f"Chosen on validation ({rule}): none (no completed trial)."
+    return (f"Chosen on validation ({rule}): trial {chosen.number}, validation {_num(chosen.val[0])} / "
+            f"{_num(chosen.val[1])}, test {_num(chosen.test[0])} / {_num(chosen.test[1])} (fooling rate / fooled-label "
+            f"entropy); setting: {chosen.setting or 'the defaults'}.")
+
+
 def _num(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else fmt_number(value)
 
@@ -132,6 +156,7 @@ def summary_lines(f: Front) -> list[str]:
              f"Claim 1's region: fooled-label entropy at least {bar.fooled_entropy_gain} above SGD-UAP's with at most "
              f"{bar.fooling_rate_loss * 100:g} points of fooling rate lost; front trials in it on validation: "
              f"{_in_region_text(f, 0)}; of those, on test too: {_in_region_text(f, 1, validated=True)}."]
+    lines.append(chosen_text(f))
     change = last_quarter_change(f.history)
     hv = f"Hypervolume of the validation front above {REFERENCE_POINT}: {_num(f.history[-1])}"
     if change is None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from .formats import setting_text
 from .kinds import metric_columns, resolve_kind
 from .records import IDENTITY_FIELDS, commit_counts, hashable, is_harmless, location, metric, override_key, settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # the row keys inference starts from, where any run has them
 BASE_KEYS = ("task", "dataset", "model", "attack", "training", "attack.eps")
@@ -259,14 +260,20 @@ def choose_tuned(rows: Sequence[dict[str, Any]], margin: float = TUNING_FOOLING_
     candidates = [r for r in done if r.get("attack") == "cb_uap"]
     if not reference or not candidates:
         return None
-    floor = max(reference) - margin
-    strong = [r for r in candidates if r["val_fooling_rate"][0] >= floor]
     spread = _tuning_entropy(candidates)
-    chosen = (max(strong, key=lambda r: r[spread][0]) if strong
-              else max(candidates, key=lambda r: r["val_fooling_rate"][0]))
+    chosen = choose_balanced(candidates, lambda r: r["val_fooling_rate"][0], lambda r: r[spread][0],
+                             max(reference) - margin)
     for r in rows:
         r["chosen"] = r is chosen
     return chosen
+
+
+def choose_balanced(candidates: Sequence[T], fooling: Callable[[T], float], entropy: Callable[[T], float],
+                    floor: float) -> T:
+    """The tuning rule: of the candidates whose validation fooling rate is at least `floor` (SGD-UAP's less the
+    margin), the one of the highest validation entropy; none: the strongest. Ties go to the earliest candidate."""
+    strong = [c for c in candidates if fooling(c) >= floor]
+    return max(strong, key=entropy) if strong else max(candidates, key=fooling)
 
 
 def _tuning_entropy(candidates: Sequence[Mapping[str, Any]]) -> str:

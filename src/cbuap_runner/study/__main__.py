@@ -1,14 +1,17 @@
-"""`python -m cbuap_runner.study SPEC [key=value ...]`: run or continue a study (package docstring)."""
+"""`python -m cbuap_runner.study SPEC [key=value ...] [--choose]`: run or continue a study, or write the point it
+chose on validation as a table building block (package docstring)."""
 
 from __future__ import annotations
 
 import sys
 
 from ..errors import UserError
+from .choose import choose
 from .loop import run_study
 from .spec import load_spec
 
-USAGE = "usage: python -m cbuap_runner.study SPEC [trials=N] [name=NAME] [dir=DIR] [seed=S] [population=P]"
+USAGE = ("usage: python -m cbuap_runner.study SPEC [trials=N] [name=NAME] [dir=DIR] [seed=S] [population=P] "
+         "[--choose]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,8 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help") or "=" in args[0]:
         print(USAGE, file=sys.stderr)
         return 2
+    from ..__main__ import CONF_DIR
+
+    chosen = "--choose" in args[1:]
     try:
-        run_study(load_spec(args[0], args[1:]))
+        spec = load_spec(args[0], [a for a in args[1:] if a != "--choose"])
+        if chosen:
+            print(f"wrote {choose(spec, CONF_DIR)}")
+        else:
+            run_study(spec)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

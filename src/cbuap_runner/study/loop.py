@@ -11,7 +11,8 @@ as the killed run left it; then trials are asked until the study holds
 `trials` finished ones. Each trial's run directory is `trials/<trial number>` (unique within the study), and a
 directory that already exists is refused, never written into. NSGA-II's seed is offset by the trials already
 finished, so a relaunch does not draw its predecessor's random first generation again. One process runs a study
-at a time (a lock file).
+at a time (a lock file). SIGTERM to the study's process (`kill PID`) lets the running trial finish and be told,
+then stops the study, so that it can be stopped between trials and continued later with nothing marked failed.
 
 A run that fails, or whose record lacks a finite objective, is told to the study as failed and the study goes on.
 A trial whose parameters equal a completed trial's (NSGA-II's offspring can repeat a parent) is not run again: the
@@ -22,6 +23,7 @@ same setting, seed and code give the same record, so the study is told the earli
 from __future__ import annotations
 
 import fcntl
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +58,17 @@ def exclusive(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def stop_requested() -> Iterator[Callable[[], bool]]:
+    """While held, SIGTERM only asks the study to stop after the running trial; yields whether it was asked."""
+    asked: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: asked.append(signum))
+    try:
+        yield lambda: bool(asked)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def open_study(spec: StudySpec, root: Path) -> Any:
@@ -158,11 +171,13 @@ def run_study(spec: StudySpec, runner: Callable = trial_run.run) -> Any:
     params = parse_space(spec.space)
     root = Path(spec.dir).resolve() / spec.name
     (root / TRIALS).mkdir(parents=True, exist_ok=True)
-    with exclusive(root / LOCK):
+    with exclusive(root / LOCK), stop_requested() as stopping:
         study = open_study(spec, root)
         ensure_reference(spec, root, runner)
-        while len(finished(study)) < spec.trials:
+        while len(finished(study)) < spec.trials and not stopping():
             run_one(study, spec, root, params, runner)
+        if stopping():
+            print("stopped on SIGTERM after the running trial; relaunch the same command to continue", flush=True)
     done = finished(study)
     failed = sum(t.state.name == "FAIL" for t in done)
     print(f"study {spec.name}: {len(done)} trials ({len(done) - failed} completed, {failed} failed) in {root}\n"

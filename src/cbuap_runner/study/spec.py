@@ -1,4 +1,5 @@
-"""A study's spec: a YAML file (conf/study/<name>.yaml, or any path) with command-line `key=value` overrides."""
+"""A study's spec: a YAML file (conf/study/<name>.yaml, or any path) with command-line `key=value` overrides; a
+spec may name another (`extends: <name or path>`) whose keys it inherits and overrides."""
 
 from __future__ import annotations
 
@@ -43,11 +44,20 @@ def spec_path(name_or_path: str) -> Path:
     return found
 
 
+def _spec_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """The file's YAML over that of the spec it `extends` (a study on another setting keeps its search space)."""
+    if path in seen:
+        raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
+    text = OmegaConf.load(path)
+    parent = text.pop("extends", None)
+    return text if parent is None else OmegaConf.merge(_spec_yaml(spec_path(str(parent)), (*seen, path)), text)
+
+
 def load_spec(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
     """The spec with `key=value` overrides applied; one line naming a bad key or value."""
     path = spec_path(name_or_path)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path),
+        merged = OmegaConf.merge(OmegaConf.structured(StudySpec), _spec_yaml(path),
                                  OmegaConf.from_dotlist(list(overrides)))
         spec = OmegaConf.to_object(merged)
     except OmegaConfBaseException as ex:
