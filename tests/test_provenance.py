@@ -99,6 +99,26 @@ def test_weights_key_holds_amp_and_the_init_weights_not_their_path(validated, tm
     one = weights_key(validated(["dataset=synthetic", f"training.init_checkpoint={tmp_path / 'one.pt'}"]), "fp")
     two = weights_key(validated(["dataset=synthetic", f"training.init_checkpoint={tmp_path / 'two.pt'}"]), "fp")
     assert one["training"]["init_checkpoint"].startswith("weights:") and one == two  # same weights, other file
+    assert "init_identity" not in one  # a file that names no identity: its weights' hash stands for it
+
+
+def test_seeds_fine_tuned_from_the_seeds_of_one_experiment_share_an_identity(validated, tmp_path):
+    """Each seed starts from its own seed's network of one earlier experiment: other weights, one experiment."""
+    keys = {}
+    for seed in (0, 1):
+        start = tmp_path / f"natural_seed{seed}.pt"
+        torch.manual_seed(seed)
+        save_model(str(start), build_model("small_cnn", 4, (3, 16, 16)), {"name": "small_cnn"}, "synthetic", 4,
+                   (3, 16, 16), provenance={"identity": "natural-experiment"})
+        keys[seed] = weights_key(validated(["dataset=synthetic", f"seed={seed}", "training=uat",
+                                            f"training.init_checkpoint={start}"]), "fp")
+    assert keys[0]["training"]["init_checkpoint"] != keys[1]["training"]["init_checkpoint"]  # the cache tells them apart
+    assert identity(keys[0]) == identity(keys[1])
+    other = tmp_path / "other.pt"
+    save_model(str(other), build_model("small_cnn", 4, (3, 16, 16)), {"name": "small_cnn"}, "synthetic", 4,
+               (3, 16, 16), provenance={"identity": "another-experiment"})
+    moved = weights_key(validated(["dataset=synthetic", "training=uat", f"training.init_checkpoint={other}"]), "fp")
+    assert identity(moved) != identity(keys[0])
 
 
 def test_files_fingerprint_is_relative_and_sees_size_and_mtime(tmp_path):

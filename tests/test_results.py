@@ -95,7 +95,7 @@ def test_balance_claim_reads_the_cb_uap_row_it_is_told():
     chosen = _row(attack="cb_uap", fooling_rate=0.89, label_entropy=0.60, fooled_label_entropy=0.60,
                   min_class_attack_success_rate=0.0, **{"table/study_point": "s"})
     rows = [sgd, defaults, chosen]
-    assert "not answered" in claim_balance("x", rows, BAR)  # two CB-UAP rows and no choice between them
+    assert "more than one CB-UAP row matches" in claim_balance("x", rows, BAR)  # and no choice between them
     assert claim_balance("x", rows, BAR, cb_where={"table/study_point": "s"}).endswith(") holds.")
     assert claim_balance("x", rows, BAR, cb_where={"table/study_point": None}).endswith("does not hold.")
 

@@ -368,3 +368,59 @@ def test_a_study_point_is_read_by_cb_uap_only(validated):
     with pytest.raises(Exception) as refused:
         validated(["attack=sgd_uap", "+table/study_point=cb_uap_fmnist"])
     assert describe(refused.value) == "attack.balance: attack=sgd_uap has no such key; attack=cb_uap has it"
+
+
+def test_a_second_sigterm_stops_the_study_at_once():
+    import os
+    import signal
+
+    from cbuap_runner.study.loop import stop_requested
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: seen.append(signum))
+    try:
+        with stop_requested() as stopping:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stopping() and not seen  # the first one only asks
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == [signal.SIGTERM]  # the second one reaches the handler SIGTERM had before
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_spec_extends_another_and_names_its_own_study(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: cb_uap_fmnist\nname: child\nbase: [task=attack]\n")
+    spec, parent = load_spec(str(child)), load_spec("cb_uap_fmnist")
+    assert (spec.name, spec.base) == ("child", ["task=attack"])
+    assert (spec.space, spec.trial, spec.population) == (parent.space, parent.trial, parent.population)
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nname: grandchild\ntrials: 7\n")
+    assert load_spec(str(tmp_path / "grandchild.yaml")).base == ["task=attack"]  # a path beside the spec
+    unnamed = tmp_path / "unnamed.yaml"
+    unnamed.write_text("extends: cb_uap_fmnist\ntrials: 5\n")
+    with pytest.raises(UserError, match="unnamed.yaml: extends=cb_uap_fmnist: give the study its own name"):
+        load_spec(str(unnamed))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\nname: loop\n")
+    with pytest.raises(UserError, match="extends itself"):
+        load_spec(str(loop))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("extends: nonesuch\nname: m\n")
+    with pytest.raises(UserError, match="missing.yaml: extends=nonesuch: study 'nonesuch': no such spec"):
+        load_spec(str(missing))
+    assert load_spec("cb_uap_resnet20").space == parent.space
+
+
+def test_choose_says_one_line_when_the_chosen_record_lacks_its_settings(tmp_path, capsys):
+    from cbuap_runner.study.__main__ import main
+
+    studies = tmp_path / "studies" / "bare"
+    for record in RECORDS:  # records without a config
+        (studies / record["_dir"]).mkdir(parents=True)
+        body = {k: v for k, v in record.items() if k != "_dir"}
+        (studies / record["_dir"] / "run_summary.json").write_text(json.dumps(body))
+    assert main(["cb_uap_fmnist", "name=bare", f"dir={tmp_path / 'studies'}", "--choose"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trials/0000/run_summary.json: the chosen trial's record holds no" in err
+    assert main(["cb_uap_fmnist", "name=none", f"dir={tmp_path / 'studies'}", "--choose"]) == 1
+    assert "study none: " in capsys.readouterr().err

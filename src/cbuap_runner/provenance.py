@@ -14,7 +14,10 @@ One notion serves the model cache, the resume check, `model.pt`, `perturbation.p
   the weights in `training.init_checkpoint`, not its path) plus the data fingerprint. Execution settings (`device`, `progress`,
   `cache_dir`, `logger`, `resume`, `deterministic`, `model.channels_last`, `model.compile`) are not in it.
 - **Identity**: the digest of a key with the seed left out, shared by the seeds of one experiment; tables merge
-  runs only when their identities agree.
+  runs only when their identities agree. A network fine-tuned from `training.init_checkpoint` starts from another
+  network per seed: where that file names its own (seed-free) identity, the key carries it (`init_identity`) and
+  the identity reads it in place of the starting weights' hash, so the seeds of one fine-tuning experiment from
+  the seeds of one earlier experiment share it; a file without one keeps its weights' hash.
 """
 
 from __future__ import annotations
@@ -76,7 +79,11 @@ def state_dict_fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 
 def without_seed(key: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in key.items() if k != "seed"}
+    """The key with the seed left out, and the starting weights' hash where the key names their identity."""
+    out = {k: v for k, v in key.items() if k != "seed"}
+    if "init_identity" in out:
+        out["training"] = {k: v for k, v in out["training"].items() if k != "init_checkpoint"}
+    return out
 
 
 def identity(key: dict[str, Any]) -> str:
@@ -90,13 +97,18 @@ def weights_key(cfg: Any, data_fingerprint: str) -> dict[str, Any]:
 
     dataset = {k: v for k, v in to_plain(cfg.dataset).items() if k not in NOT_DATA_KEYS}
     training = to_plain(cfg.training)  # the defence's schema holds only what it reads
+    start = None  # the starting network's identity, where its file names one
     if training.get("init_checkpoint"):
         from .models import read_model_file
 
         blob = read_model_file(training["init_checkpoint"], "training.init_checkpoint")
         training["init_checkpoint"] = f"weights:{state_dict_fingerprint(blob['state_dict'])}"
-    return {"data": data_fingerprint, "dataset": dataset, "model": {"name": cfg.model.name}, "training": training,
-            "seed": cfg.seed}
+        start = (blob.get("provenance") or {}).get("identity")
+    key = {"data": data_fingerprint, "dataset": dataset, "model": {"name": cfg.model.name}, "training": training,
+           "seed": cfg.seed}
+    if start:
+        key["init_identity"] = start  # the starting network's experiment, the same for each of its seeds
+    return key
 
 
 def model_file_provenance(path: str, blob: dict[str, Any], source: str) -> dict[str, Any]:

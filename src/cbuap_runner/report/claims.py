@@ -135,7 +135,10 @@ def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds
     """Claim 1 in one sentence: does CB-UAP (its row matching `cb_where`; of the rows matching `where`) clear `bar`
     over SGD-UAP?"""
     rows = [r for r in rows if matches(r, where or {})]
-    sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, **{"attack": "cb_uap", **(cb_where or {})})
+    cb_match = {"attack": "cb_uap", **(cb_where or {})}
+    sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, **cb_match)
+    if sum(r["status"] == "completed" and matches(r, cb_match) for r in rows) > 1:
+        return f"{label}: not answered (more than one CB-UAP row matches; the claim's cb_where picks one)."
     if sgd is None or cb is None:
         return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
     return f"{label}: {_balance_verdict(sgd, cb, 'CB-UAP', bar)}"

@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .records import commit_counts, commits_text, hashable
+from .records import commit_counts, commits_text, hashable, metric
 
 MIXED_CODE = "†"  # after a row's n: its runs come from more than one code version
 ERROR_WIDTH = 100  # characters of a failed row's error shown in a table
@@ -28,7 +28,7 @@ def fmt_duration(seconds: float) -> str:
 
 def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
     """The commits the records come from and the sum of their runs' wall time (what the section cost to run)."""
-    seconds = [r["wall_seconds"] for r in records if isinstance(r.get("wall_seconds"), (int, float))]
+    seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
     cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {len(seconds)} runs" if seconds else ""
     return f"Records from commits: {commits_text(commit_counts(records))}{cost}."
 

@@ -38,6 +38,7 @@ class Trial:
     val: tuple[float, float] | None  # the objectives; None for a failed trial or a non-finite objective
     test: tuple[float | None, float | None]
     setting: str  # the trial's attack.balance overrides
+    where: str = ""  # its run directory under the study's folder (the record's `_dir`)
 
 
 def _number(record: Mapping[str, Any], fallback: int) -> int:
@@ -61,7 +62,8 @@ def study_trials(records: Sequence[Mapping[str, Any]]) -> list[Trial]:
         val = _pair(record, OBJECTIVES)
         ok = record.get("status") == "completed" and None not in val
         trials.append(Trial(_number(record, i), str(record.get("status")) if ok or record.get("status") != "completed"
-                            else "no finite objective", val if ok else None, _pair(record, TEST), _setting(record)))
+                            else "no finite objective", val if ok else None, _pair(record, TEST), _setting(record),
+                            str(record.get("_dir", ""))))
     return sorted(trials, key=lambda t: t.number)
 
 

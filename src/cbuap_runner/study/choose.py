@@ -11,6 +11,7 @@ the record of each run that uses it names the block (its overrides) and holds th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,8 @@ from omegaconf import OmegaConf
 from ..errors import UserError
 from ..io import write_text
 from ..report.claims import manifest_thresholds
-from ..report.pareto import Front, chosen_trial, pareto_front
-from ..report.records import NoRecords, load_records
-from .loop import TRIALS
+from ..report.pareto import Front, Trial, chosen_trial, pareto_front
+from ..report.records import SUMMARY, NoRecords, load_records
 from .spec import StudySpec
 
 STUDY_POINT = Path("table") / "study_point"  # the blocks' folder under conf/
@@ -36,21 +36,30 @@ def study_front(spec: StudySpec) -> Front:
         raise UserError(f"study {spec.name}: {err}") from None
 
 
-def point_block(spec: StudySpec, front: Front, record: dict[str, Any], number: int) -> str:
-    """The YAML text of the block: a header saying where it comes from, the balance settings, the job's folder."""
+def point_block(spec: StudySpec, front: Front, chosen: Trial, balance: dict[str, Any]) -> str:
+    """The YAML text of the block: a header saying where it comes from, the chosen trial's balance settings, the
+    job's folder."""
     done = sum(t.val is not None for t in front.trials)
-    val = record["metrics"]
     subdir = f"${{attack.name}}_eps${{attack.eps}}_{spec.name}_seed${{seed}}"  # beside the table's other jobs
-    body = OmegaConf.to_yaml({"attack": {"balance": record["config"]["attack"]["balance"]},
-                              "hydra": {"sweep": {"subdir": subdir}}})
+    body = OmegaConf.to_yaml({"attack": {"balance": balance}, "hydra": {"sweep": {"subdir": subdir}}})
     return (f"# @package _global_\n"
-            f"# CB-UAP at the point of study {spec.name} chosen on validation: trial {number}, of the study's "
+            f"# CB-UAP at the point of study {spec.name} chosen on validation: trial {chosen.number}, of the study's "
             f"{len(front.trials)} trial runs ({done} completed),\n"
-            f"# validation fooling rate {val['val_fooling_rate']:.4f}, fooled-label entropy "
-            f"{val['val_fooled_label_entropy']:.4f}; the rule: report/pareto.py, chosen_trial.\n"
+            f"# validation fooling rate {chosen.val[0]:.4f}, fooled-label entropy {chosen.val[1]:.4f}; the rule: "
+            f"report/pareto.py, chosen_trial.\n"
             f"# Written from the study's records by `python -m cbuap_runner.study {spec.name} dir={spec.dir} --choose`"
             f"\n# (rerun it, do not edit).\n"
-            f"# Only attack=cb_uap reads it: `+table/study_point={spec.name}`.\n{body}")
+            f"# Only attack=cb_uap reads it: `+table/study_point={spec.name}`. Its job folder names the attack, eps,\n"
+            f"# study and seed: a table that sweeps more than these with it sets hydra.sweep.subdir after it.\n{body}")
+
+
+def chosen_balance(spec: StudySpec, chosen: Trial) -> dict[str, Any]:
+    """The chosen trial's whole attack.balance, as its record resolved it; one line naming the record without it."""
+    source = Path(spec.dir) / spec.name / chosen.where / SUMMARY
+    try:
+        return json.loads(source.read_text())["config"]["attack"]["balance"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{source}: the chosen trial's record holds no config.attack.balance ({err})") from None
 
 
 def choose(spec: StudySpec, conf_dir: str | Path) -> Path:
@@ -59,7 +68,6 @@ def choose(spec: StudySpec, conf_dir: str | Path) -> Path:
     chosen = chosen_trial(front)
     if chosen is None:
         raise UserError(f"study {spec.name}: no completed trial to choose from")
-    records = load_records(Path(spec.dir) / spec.name / TRIALS / f"{chosen.number:04d}")
     path = Path(conf_dir) / STUDY_POINT / f"{spec.name}.yaml"
-    write_text(path, point_block(spec, front, records[0], chosen.number))
+    write_text(path, point_block(spec, front, chosen, chosen_balance(spec, chosen)))
     return path

@@ -11,8 +11,9 @@ as the killed run left it; then trials are asked until the study holds
 `trials` finished ones. Each trial's run directory is `trials/<trial number>` (unique within the study), and a
 directory that already exists is refused, never written into. NSGA-II's seed is offset by the trials already
 finished, so a relaunch does not draw its predecessor's random first generation again. One process runs a study
-at a time (a lock file). SIGTERM to the study's process (`kill PID`) lets the running trial finish and be told,
-then stops the study, so that it can be stopped between trials and continued later with nothing marked failed.
+at a time (a lock file). SIGTERM to the study's process alone (`kill PID`; not to its process group, whose trial
+process it would end too) lets the running trial finish and be told, then stops the study, so that it can be
+stopped between trials and continued later with nothing marked failed; a second SIGTERM stops it at once.
 
 A run that fails, or whose record lacks a finite objective, is told to the study as failed and the study goes on.
 A trial whose parameters equal a completed trial's (NSGA-II's offspring can repeat a parent) is not run again: the
@@ -23,6 +24,7 @@ same setting, seed and code give the same record, so the study is told the earli
 from __future__ import annotations
 
 import fcntl
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,9 +64,17 @@ def exclusive(path: Path) -> Iterator[None]:
 
 @contextmanager
 def stop_requested() -> Iterator[Callable[[], bool]]:
-    """While held, SIGTERM only asks the study to stop after the running trial; yields whether it was asked."""
+    """While held, a first SIGTERM only asks the study to stop after the running trial, a second one stops it as
+    the signal would have; yields whether it was asked."""
     asked: list[int] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: asked.append(signum))
+
+    def ask(signum: int, _frame: Any) -> None:
+        if asked:  # asked twice: do what SIGTERM did before
+            signal.signal(signum, previous)
+            os.kill(os.getpid(), signum)
+        asked.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, ask)
     try:
         yield lambda: bool(asked)
     finally:

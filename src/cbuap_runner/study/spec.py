@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import UserError
@@ -45,12 +45,24 @@ def spec_path(name_or_path: str) -> Path:
 
 
 def _spec_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
-    """The file's YAML over that of the spec it `extends` (a study on another setting keeps its search space)."""
+    """The file's YAML over that of the spec it `extends` (a study on another setting keeps its search space); an
+    extending spec names its own study, so that it never continues its parent's journal."""
     if path in seen:
         raise UserError(f"{path}: extends itself through {' -> '.join(str(p) for p in seen)}")
     text = OmegaConf.load(path)
+    if not isinstance(text, DictConfig):
+        raise UserError(f"{path}: a study spec is a mapping of keys (name, dir, trials, ...), not a list")
     parent = text.pop("extends", None)
-    return text if parent is None else OmegaConf.merge(_spec_yaml(spec_path(str(parent)), (*seen, path)), text)
+    if parent is None:
+        return text
+    if "name" not in text:
+        raise UserError(f"{path}: extends={parent}: give the study its own name (else it would continue {parent}'s)")
+    relative = path.parent / str(parent)
+    try:
+        base = spec_path(str(relative) if relative.suffix in (".yaml", ".yml") else str(parent))
+    except UserError as err:
+        raise UserError(f"{path}: extends={parent}: {err}") from None
+    return OmegaConf.merge(_spec_yaml(base, (*seen, path)), text)
 
 
 def load_spec(name_or_path: str, overrides: list[str] = ()) -> StudySpec:
