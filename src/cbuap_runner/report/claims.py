@@ -67,8 +67,12 @@ def _mean(row: Mapping[str, Any] | None, metric: str) -> float | None:
     return None if row is None else row.get(metric, (None,))[0]
 
 
+def _completed(rows: Sequence[Mapping[str, Any]], **where: Any) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r["status"] == "completed" and matches(r, where)]
+
+
 def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> Mapping[str, Any] | None:
-    found = [r for r in rows if r["status"] == "completed" and matches(r, where)]
+    found = _completed(rows, **where)
     return found[0] if len(found) == 1 else None
 
 
@@ -137,7 +141,7 @@ def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds
     rows = [r for r in rows if matches(r, where or {})]
     cb_match = {"attack": "cb_uap", **(cb_where or {})}
     sgd, cb = _find(rows, attack="sgd_uap"), _find(rows, **cb_match)
-    if sum(r["status"] == "completed" and matches(r, cb_match) for r in rows) > 1:
+    if len(_completed(rows, **cb_match)) > 1:
         return f"{label}: not answered (more than one CB-UAP row matches; the claim's cb_where picks one)."
     if sgd is None or cb is None:
         return f"{label}: not answered (the table lacks a completed SGD-UAP or CB-UAP row)."
