@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from cbuap_runner.report.kinds import PARETO, STRENGTH
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
 TABLES = [("fair_attacks", "attacks"), ("tune_cb_uap", "tuning"), ("uat_bn", "defences")]
-BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02, front_stable_gain=0.01,
+                 front_min_runs=100)
 
 
 @pytest.mark.parametrize("table,kind", TABLES)
@@ -119,10 +121,10 @@ def test_the_thresholds_decide_the_balance_verdict():
               min_class_attack_success_rate=0.0)
     assert claim_balance("x", [sgd, cb], BAR).endswith("(fooled-label entropy ≥ 0.15 higher with at most 2 points "
                                                        "lost) does not hold.")  # 0.10 gained
-    lower = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+    lower = replace(BAR, fooled_entropy_gain=0.05)
     assert claim_balance("x", [sgd, cb], lower).endswith("(fooled-label entropy ≥ 0.05 higher with at most 2 points "
                                                          "lost) holds.")
-    stricter = Thresholds(fooled_entropy_gain=0.05, fooling_rate_loss=0.005, tuning_fooling_margin=0.02)
+    stricter = replace(BAR, fooled_entropy_gain=0.05, fooling_rate_loss=0.005)
     assert claim_balance("x", [sgd, cb], stricter).endswith("does not hold.")  # 1 point lost
 
 
@@ -142,7 +144,8 @@ def _manifest(root: Path, records: list[dict], section: dict | None = None, **cl
         (root / "records" / str(i) / "run_summary.json").write_text(json.dumps(record))
     section = {"name": "s", "title": "S", "kind": "attacks", "records": ["records"], "about": "a", "rerun": ["r"],
                **(section or {})}
-    thresholds = {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02, "tuning_fooling_margin": 0.02, **claims}
+    thresholds = {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02, "tuning_fooling_margin": 0.02,
+                  "front_stable_gain": 0.01, "front_min_runs": 100, **claims}
     manifest = {"document": "doc.md", "title": "T", "intro": [], "sections": [section], "frontiers": [],
                 "claims": {**thresholds, "balance": [{"label": "S", "section": "s"}], "defence": []}}
     (root / "document.json").write_text(json.dumps(manifest))
@@ -178,11 +181,13 @@ def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
     assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others
 
 
-@pytest.mark.parametrize("claims,message", [({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None"),
-                                            ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1")])
+@pytest.mark.parametrize("claims,message", [
+    ({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None: must be a number ≥ 0"),
+    ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1: must be a number ≥ 0"),
+    ({"front_min_runs": 99.5}, "claims.front_min_runs=99.5: must be a whole number")])
 def test_a_bad_threshold_is_named(tmp_path, claims, message):
     manifest = _manifest(tmp_path, [_attack_record("sgd_uap", 0, "a" * 40)], **claims)
-    with pytest.raises(ValueError, match=f"document.json: {message}: must be a number ≥ 0"):
+    with pytest.raises(ValueError, match=f"document.json: {message}"):
         write_document(manifest, figures=False)
 
 

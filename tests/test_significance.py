@@ -7,7 +7,8 @@ import pytest
 from cbuap_runner.report.claims import Thresholds, claim_balance
 from cbuap_runner.report.significance import interval, paired, t975
 
-BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02, front_stable_gain=0.01,
+                 front_min_runs=100)
 
 
 def test_t_quantiles():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from cbuap_runner.errors import UserError
 from cbuap_runner.report.claims import Thresholds
 from cbuap_runner.report.cli import main as make_tables
-from cbuap_runner.report.frontier import front_indices, hypervolume, hypervolume_history, last_quarter_change
+from cbuap_runner.report.frontier import front_indices, front_stable, hypervolume, hypervolume_history, last_quarter_change
 from cbuap_runner.report.pareto import pareto_front
 from cbuap_runner.study import trial as trial_run
 from cbuap_runner.study.space import parse_space
@@ -27,7 +28,8 @@ SPACE = {
     "attack.balance.start": {"type": "int", "low": 0, "high": 1},
     "attack.balance.stop": {"type": "int", "low": 1, "high": 2, "after": "attack.balance.start", "off_value": None},
 }
-BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
+BAR = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02, front_stable_gain=0.01,
+                 front_min_runs=100)
 
 
 def tiny_spec(tmp_path: Path, trials: int, name: str = "tiny", trial: tuple[str, ...] = ()) -> StudySpec:
@@ -85,12 +87,13 @@ def test_a_failing_run_is_a_failed_trial_and_the_study_goes_on(tmp_path):
 # ---------------------------------------------------------------- the loop with a stand-in run (no process)
 
 
-def fake_runner(nan_at: set[int] = frozenset()):
-    """Writes a completed record with made-up objectives (NaN for the trial numbers in `nan_at`)."""
+def fake_runner(nan_at: set[int] = frozenset(), fooling_rate=lambda number: 0.5 + 0.01 * number):
+    """Writes a completed record with made-up objectives: the fooling rate `fooling_rate(trial number)` (NaN for
+    the trial numbers in `nan_at`), the fooled-label entropy 1."""
 
     def run(overrides: list[str], run_dir: Path) -> trial_run.Outcome:
         number = int(run_dir.name) if run_dir.name.isdigit() else -1
-        fr = float("nan") if number in nan_at else 0.5 + 0.01 * number
+        fr = float("nan") if number in nan_at else fooling_rate(number)
         record = {"status": "completed", "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
                   "overrides": overrides, "metrics": {"val_fooling_rate": fr, "val_fooled_label_entropy": 1.0,
                                                       "fooling_rate": fr, "fooled_label_entropy": 1.0}}
@@ -107,6 +110,21 @@ def test_a_nan_objective_is_a_failed_trial(tmp_path):
     study = run_study(tiny_spec(tmp_path, trials=3), runner=fake_runner({1}))
     assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert "no finite" in study.trials[1].user_attrs["error"]
+
+
+def test_until_stable_stops_the_study_once_its_front_stops_moving(tmp_path, monkeypatch, capsys):
+    from cbuap_runner.study import choose
+    from cbuap_runner.study.loop import run_study
+
+    runner = fake_runner(fooling_rate=lambda number: 0.5 + 0.01 * number if number < 4 else 0.5)  # 0-3 move it
+    monkeypatch.setattr(choose, "manifest_thresholds", lambda: replace(BAR, front_min_runs=8))
+    spec = replace(tiny_spec(tmp_path, trials=30), until_stable=True)
+    trials = len(run_study(spec, runner=runner).trials)
+    runs = sorted(p.name for p in (tmp_path / "studies" / "tiny" / "trials").iterdir())
+    # the rule counts runs (a repeated setting is told, not run): at 8, the last quarter gained nothing
+    assert len(runs) == 8 and trials < 30 and "the front is stable" in capsys.readouterr().out
+    assert len(run_study(spec, runner=runner).trials) == trials  # a relaunch asks for nothing
+    assert len(run_study(replace(spec, until_stable=False, trials=trials + 1), runner=runner).trials) == trials + 1
 
 
 def test_a_trial_left_running_is_marked_failed_not_rerun(tmp_path):
@@ -209,6 +227,14 @@ def test_front_and_hypervolume_on_constructed_points():
     assert last_quarter_change(history[:3]) is None
 
 
+def test_the_front_is_stable_once_its_last_quarter_gains_little():
+    moving = [1.0] * 6 + [1.02, 1.05]  # the last quarter (2 runs) gained 0.05 of 1.05
+    assert not front_stable(moving, gain=0.01, min_runs=4) and front_stable(moving, gain=0.05, min_runs=4)
+    flat = [0.5] * 3 + [1.0] * 9  # the last quarter (3 runs) gained nothing
+    assert front_stable(flat, gain=0.01, min_runs=12) and not front_stable(flat, gain=0.01, min_runs=13)
+    assert not front_stable([0.0] * 12, gain=0.01, min_runs=4)  # no area yet: not stable
+
+
 # ---------------------------------------------------------------- make_tables --kind pareto
 
 
@@ -247,13 +273,15 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
         (folder / "run_summary.json").write_text(json.dumps({k: v for k, v in record.items() if k != "_dir"}))
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"claims": {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02,
-                                               "tuning_fooling_margin": 0.02}}))
+                                               "tuning_fooling_margin": 0.02, "front_stable_gain": 0.01,
+                                               "front_min_runs": 100}}))
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest)]) == 0
     out = tmp_path / "tables"
     text = (out / "pareto.md").read_text()
     assert "5 trials (4 completed, 1 failed); the validation front holds 3." in text
     assert "front trials in it on validation: 0; of those, on test too: 0." in text
     assert "over the last quarter (1 trials)" in text
+    assert "of at least 100 trial runs): not met, the front still moves." in text
     rows = (out / "pareto.csv").read_text().splitlines()
     assert rows[0].startswith("trial,val_fooling_rate") and [r.split(",")[0] for r in rows[1:]] == ["4", "0", "1"]
     assert (out / "pareto.png").stat().st_size > 0
@@ -272,7 +300,6 @@ def test_the_command_line_says_one_line(capsys):
 
 
 def test_the_front_refuses_runs_of_another_network(tmp_path):
-    from cbuap_runner.report.claims import Thresholds as Bar
     from cbuap_runner.report.pareto import pareto_front
 
     def record(number, identity):
@@ -282,10 +309,9 @@ def test_the_front_refuses_runs_of_another_network(tmp_path):
                 "metrics": {"val_fooling_rate": 0.5, "val_fooled_label_entropy": 0.5, "fooling_rate": 0.5,
                             "fooled_label_entropy": 0.5}}
 
-    bar = Bar(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.02)
-    assert len(pareto_front([record(-1, "a"), record(0, "a"), record(1, "a")], bar).trials) == 2
+    assert len(pareto_front([record(-1, "a"), record(0, "a"), record(1, "a")], BAR).trials) == 2
     with pytest.raises(ValueError, match="the study's runs used 2 networks or data sets .*trials/0001"):
-        pareto_front([record(-1, "a"), record(0, "a"), record(1, "b")], bar)
+        pareto_front([record(-1, "a"), record(0, "a"), record(1, "b")], BAR)
 
 
 def test_sigterm_stops_the_study_after_the_running_trial(tmp_path, capsys):
@@ -316,7 +342,7 @@ def test_the_chosen_trial_follows_the_tuning_rule():
 
     # SGD-UAP's validation fooling rate 0.80: within 0.02 are trials 0 (entropy 1.20) and 4 (1.00)
     assert chosen_trial(pareto_front(RECORDS, BAR)).number == 0
-    strict = Thresholds(fooled_entropy_gain=0.15, fooling_rate_loss=0.02, tuning_fooling_margin=0.0)
+    strict = replace(BAR, tuning_fooling_margin=0.0)
     assert chosen_trial(pareto_front(RECORDS, strict)).number == 4
     stronger_reference = [_record("reference", "sgd_uap", (0.95, 1.0), (0.9, 1.0), setting=""), *RECORDS[1:]]
     assert chosen_trial(pareto_front(stronger_reference, BAR)).number == 4  # none within: the strongest

@@ -28,21 +28,25 @@ UAT_FAMILY = ("cb_uat", "uat", "cw_uat")  # claim 2: CB-UAT against the other tw
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The manifest's `claims` margins (each a number ≥ 0)."""
+    """The manifest's `claims` margins and rules (each a number ≥ 0)."""
 
     fooled_entropy_gain: float  # claim 1: CB-UAP's fooled-label entropy at least this above SGD-UAP's
     fooling_rate_loss: float  # claim 1: CB-UAP's fooling rate at most this below SGD-UAP's
     tuning_fooling_margin: float  # the tuning choice: validation fooling rate at most this below SGD-UAP's
+    front_stable_gain: float  # a study's front is stable: its hypervolume gained less than this fraction of its
+    front_min_runs: int  # value over the last quarter of its runs, and it holds at least this many runs
 
     @classmethod
     def read(cls, claims: Mapping[str, Any], where: str) -> Thresholds:
         """The margins of a manifest's `claims` block; ValueError naming `where` and the key for a bad one."""
         values = {}
-        for name in (f.name for f in fields(cls)):
-            value = claims.get(name)
+        for spec in fields(cls):
+            name, value = spec.name, claims.get(spec.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{where}: claims.{name}={value!r}: must be a number ≥ 0")
-            values[name] = value
+            if spec.type == "int" and value != int(value):
+                raise ValueError(f"{where}: claims.{name}={value!r}: must be a whole number")
+            values[name] = int(value) if spec.type == "int" else value
         return cls(**values)
 
 

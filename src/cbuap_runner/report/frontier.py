@@ -54,3 +54,12 @@ def last_quarter_change(history: Sequence[float]) -> tuple[int, float] | None:
         return None
     quarter = len(history) // 4
     return quarter, history[-1] - history[-1 - quarter]
+
+
+def front_stable(history: Sequence[float], gain: float, min_runs: int) -> bool:
+    """Whether a front has stopped moving: at least `min_runs` runs, and over the last quarter of them the
+    hypervolume gained less than `gain` times its final value (a front with no area yet is not stable)."""
+    change = last_quarter_change(history)
+    if change is None or len(history) < min_runs or history[-1] <= 0:
+        return False
+    return change[1] < gain * history[-1]

@@ -19,7 +19,7 @@ from ..io import write_text
 from .claims import Thresholds
 from .figures import pyplot, save_figure
 from .formats import fmt_number
-from .frontier import front_indices, hypervolume_history, last_quarter_change
+from .frontier import front_indices, front_stable, hypervolume_history, last_quarter_change
 from .records import NoRecords, location, metric
 from .rows import choose_balanced
 
@@ -168,7 +168,20 @@ def summary_lines(f: Front) -> list[str]:
         relative = gain / f.history[-1] if f.history[-1] > 0 else 0.0
         lines.append(f"{hv}; over the last quarter ({quarter} trials) it changed by {_num(gain)} "
                      f"({relative * 100:.2f}% of its final value).")
+    lines.append(stability_text(f))
     return lines
+
+
+def is_stable(f: Front) -> bool:
+    """The front has stopped moving by the manifest's rule (claims.front_stable_gain, claims.front_min_runs)."""
+    return front_stable(f.history, f.bar.front_stable_gain, f.bar.front_min_runs)
+
+
+def stability_text(f: Front) -> str:
+    """The stopping rule and whether the front meets it, in one sentence."""
+    rule = (f"a gain below {f.bar.front_stable_gain * 100:g}% of the hypervolume over the last quarter of at least "
+            f"{f.bar.front_min_runs} trial runs")
+    return f"Stopping rule ({rule}): {'met, the front is stable' if is_stable(f) else 'not met, the front still moves'}."
 
 
 def _in_region_text(f: Front, split: int, validated: bool = False) -> str:

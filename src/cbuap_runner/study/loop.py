@@ -7,10 +7,12 @@ as it was after its last complete operation, and a relaunch replays it and conti
 A relaunch with the same name: completed and failed trials are kept, never rerun; a trial the journal still shows
 running (its process was killed) is told its values where its run had completed (only the tell was lost), else
 marked failed and not retried, since its parameters may be what stopped the process, and its run directory stays
-as the killed run left it; then trials are asked until the study holds
-`trials` finished ones. Each trial's run directory is `trials/<trial number>` (unique within the study), and a
-directory that already exists is refused, never written into. NSGA-II's seed is offset by the trials already
-finished, so a relaunch does not draw its predecessor's random first generation again. One process runs a study
+as the killed run left it; then trials are asked until the study holds `trials` finished ones or, with
+`until_stable`, until its front meets the stopping rule that `--kind pareto` reports (the committed manifest's
+claims.front_stable_gain and claims.front_min_runs), whichever comes first. Each trial's run directory is
+`trials/<trial number>` (unique within the study), and a directory that already exists is refused, never written
+into. NSGA-II's seed is offset by the trials already finished, so a relaunch does not draw its predecessor's random
+first generation again. One process runs a study
 at a time (a lock file). SIGTERM to the study's process alone (`kill PID`; not to its process group, whose trial
 process it would end too) lets the running trial finish and be told, then stops the study, so that it can be
 stopped between trials and continued later with nothing marked failed; a second SIGTERM stops it at once.
@@ -33,7 +35,9 @@ from typing import Any
 
 from ..errors import UserError
 from ..report.frontier import front_indices, hypervolume
+from ..report.pareto import is_stable
 from . import trial as trial_run
+from .choose import study_front
 from .space import as_overrides, parse_space, suggest
 from .spec import StudySpec
 
@@ -176,18 +180,31 @@ def _front_text(study: Any) -> str:
     return f"front of {len(front_indices(points))}, hypervolume {hypervolume(points):.4f}"
 
 
+def front_is_stable(spec: StudySpec, root: Path) -> bool:
+    """With `until_stable`, whether the study's run records meet the committed manifest's stopping rule (the one
+    `--kind pareto` reports: report/pareto.py, is_stable); without it, never."""
+    if not spec.until_stable or not any((root / TRIALS).iterdir()):
+        return False
+    return is_stable(study_front(spec))
+
+
 def run_study(spec: StudySpec, runner: Callable = trial_run.run) -> Any:
-    """Run (or continue) the study until it holds `spec.trials` finished trials; returns it."""
+    """Run (or continue) the study until it holds `spec.trials` finished trials (with `until_stable`, or until its
+    front is stable); returns it."""
     params = parse_space(spec.space)
     root = Path(spec.dir).resolve() / spec.name
     (root / TRIALS).mkdir(parents=True, exist_ok=True)
     with exclusive(root / LOCK), stop_requested() as stopping:
         study = open_study(spec, root)
         ensure_reference(spec, root, runner)
-        while len(finished(study)) < spec.trials and not stopping():
+        stable = front_is_stable(spec, root)
+        while len(finished(study)) < spec.trials and not stopping() and not stable:
             run_one(study, spec, root, params, runner)
+            stable = front_is_stable(spec, root)
         if stopping():
             print("stopped on SIGTERM after the running trial; relaunch the same command to continue", flush=True)
+        if stable:
+            print("the front is stable by the manifest's stopping rule (until_stable): no more trials", flush=True)
     done = finished(study)
     failed = sum(t.state.name == "FAIL" for t in done)
     print(f"study {spec.name}: {len(done)} trials ({len(done) - failed} completed, {failed} failed) in {root}\n"

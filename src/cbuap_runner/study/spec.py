@@ -22,6 +22,7 @@ class StudySpec:
     trials: int = 100  # the finished trials (completed or failed) the study should hold; a relaunch runs the rest
     seed: int = 0  # NSGA-II's seed (a relaunch offsets it by the trials already finished)
     population: int = 20  # NSGA-II's population size
+    until_stable: bool = False  # stop before `trials` once the front meets the manifest's stopping rule
     base: list[str] = field(default_factory=list)  # overrides of every run: the setting, the budget, the model
     trial: list[str] = field(default_factory=list)  # overrides every trial adds (attack=cb_uap)
     reference: list[str] = field(default_factory=list)  # overrides of the reference run (attack=sgd_uap)
