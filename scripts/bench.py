@@ -38,7 +38,7 @@ from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
 from cbuap_runner.data import DataBundle, balanced_subset, load_data
 from cbuap_runner.data.synthetic import SyntheticConfig
 from cbuap_runner.metrics import evaluate_perturbation
-from cbuap_runner.models import build_model, load_model
+from cbuap_runner.models import build_model, load_model, prepare
 from cbuap_runner.models.sources import SourceContext, TorchvisionConfig, load_torchvision
 from cbuap_runner.record import RunRecord
 from cbuap_runner.schema import AttackConfig, DatasetConfig, TrainingConfig
@@ -335,8 +335,8 @@ def bench_model(name: str, args, data: DataBundle, dataset_cfg: DatasetConfig, d
     model = network(name, data, dataset_cfg, device)
     if args.checkpoint and name == args.models.split(",")[0]:  # trained weights: meaningful fooling rates
         model = load_model(args.checkpoint, device).train()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if args.channels_last:  # as the runs apply model.channels_last: the weights and each input batch
+        model = prepare(model, channels_last=True)
     batch = data.train.subset(torch.arange(args.batch, device=data.train.y.device))
     x, y = batch.float_x(), batch.y
     row: dict[str, Any] = {"model": name}

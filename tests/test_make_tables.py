@@ -416,6 +416,15 @@ def test_declared_rows_keep_the_clash_guard(sweep, caplog):
                                                         "rows differ in them"]
 
 
+def test_execution_settings_add_no_rows(sweep, caplog):
+    """A network run in channels_last or compiled computes the same function: such runs share a row."""
+    records = _declaring(sweep, {name: ["attack.name", "attack.eps"] for name in "01234"})
+    records[0]["config"]["model"].update(channels_last=True, compile=True)
+    with caplog.at_level(logging.INFO, logger="cbuap_runner.report"):
+        keys, _, rows = build_rows(records, "attacks")
+    assert keys == ["attack", "attack.eps"] and len(rows) == 4 and not caplog.records
+
+
 def test_records_that_declare_different_rows_are_refused(sweep, capsys):
     _declaring(sweep, {"0": ["attack.name", "attack.eps"], "1": ["attack.name"]})
     with pytest.raises(ValueError, match=r"declare different rows \(\['attack.name', 'attack.eps'\] in 0; \['attack.name'\] in 1\)"):

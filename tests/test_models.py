@@ -79,3 +79,20 @@ def test_prepare_compiles_in_place_and_keeps_the_state_dict_keys():
     assert out is model and list(out.state_dict()) == keys  # model.pt files stay loadable by an eager model
     assert model._compiled_call_impl is not None
     assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_computes_the_same_and_saves_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    plain = build_model("resnet20", 10, (3, 32, 32), [0.5] * 3, [0.25] * 3).eval()
+    fast = build_model("resnet20", 10, (3, 32, 32), [0.5] * 3, [0.25] * 3).eval()
+    fast.load_state_dict(plain.state_dict())
+    prepare(fast, channels_last=True)
+    seen = []
+    fast.net.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)  # the batch too, not only the weights
+    save_model(str(tmp_path / "model.pt"), fast, {"name": "resnet20"}, "cifar10", 10, (3, 32, 32))
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["state_dict"]
+    for key, value in plain.state_dict().items():  # the file holds the weights, not the run's memory format
+        assert saved[key].is_contiguous() and torch.equal(saved[key], value)

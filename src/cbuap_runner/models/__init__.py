@@ -78,20 +78,29 @@ def save_model(path: str, model: nn.Module, model_cfg: dict, dataset: str, num_c
     (`provenance`: the weights key, its digest and identity, the data fingerprint, the code version)."""
     net = getattr(model, "module", model)  # unwrap DDP
     net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    # contiguous: the file holds the weights, not the memory format the run executed in
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     torch_save({"state_dict": state, "model": dict(model_cfg), "dataset": dataset, "num_classes": int(num_classes),
                 "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {}),
                 "provenance": dict(provenance or {})}, path)
 
 
 def prepare(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:
-    """The model in the memory format and execution mode of `model.*`: channels_last, and torch.compile of its
-    forward in place (nn.Module.compile, so the state_dict keys stay those of the eager model)."""
+    """The model in the memory format and execution mode of `model.*`: channels_last (its weights, and each image
+    batch it is given), and torch.compile of its forward in place (nn.Module.compile, so the state_dict keys stay
+    those of the eager model). Neither changes what the model computes beyond floating-point rounding."""
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+        model.register_forward_pre_hook(_to_channels_last)
     if compile:
         model.compile()
     return model
+
+
+def _to_channels_last(_module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: 4-D image batches in channels_last, other arguments as given."""
+    return tuple(a.contiguous(memory_format=torch.channels_last) if torch.is_tensor(a) and a.dim() == 4 else a
+                 for a in args)
 
 
 def read_model_file(path: str, key: str = "model.checkpoint") -> dict[str, Any]:

@@ -18,7 +18,7 @@ IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
 # `rows` names the keys that make a table row and decides nothing itself.
 HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "checkpoint_images",
                   "deterministic", "rows"}
-HARMLESS_KEYS = {"dataset.download", "eval.save_predictions"}
+HARMLESS_KEYS = {"dataset.download", "eval.save_predictions", "model.channels_last", "model.compile"}
 # tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
 TASKS_WITHOUT_ATTACK = ("train", "evaluate")
 PARTIAL_WHEN_CONTINUED = ("craft_seconds", "wall_seconds")  # timings a relaunch measures only in part
