@@ -184,7 +184,9 @@ def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
 @pytest.mark.parametrize("claims,message", [
     ({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None: must be a number ≥ 0"),
     ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1: must be a number ≥ 0"),
-    ({"front_min_runs": 99.5}, "claims.front_min_runs=99.5: must be a whole number")])
+    ({"front_min_runs": 99.5}, "claims.front_min_runs=99.5: must be a whole number, at least 4"),
+    ({"front_min_runs": 3}, "claims.front_min_runs=3: must be a whole number, at least 4"),
+    ({"front_min_runs": None}, "claims.front_stable_gain and claims.front_min_runs: give both or neither")])
 def test_a_bad_threshold_is_named(tmp_path, claims, message):
     manifest = _manifest(tmp_path, [_attack_record("sgd_uap", 0, "a" * 40)], **claims)
     with pytest.raises(ValueError, match=f"document.json: {message}"):

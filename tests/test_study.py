@@ -113,11 +113,11 @@ def test_a_nan_objective_is_a_failed_trial(tmp_path):
 
 
 def test_until_stable_stops_the_study_once_its_front_stops_moving(tmp_path, monkeypatch, capsys):
-    from cbuap_runner.study import choose
+    from cbuap_runner.study import loop
     from cbuap_runner.study.loop import run_study
 
     runner = fake_runner(fooling_rate=lambda number: 0.5 + 0.01 * number if number < 4 else 0.5)  # 0-3 move it
-    monkeypatch.setattr(choose, "manifest_thresholds", lambda: replace(BAR, front_min_runs=8))
+    monkeypatch.setattr(loop, "manifest_thresholds", lambda: replace(BAR, front_min_runs=8))
     spec = replace(tiny_spec(tmp_path, trials=30), until_stable=True)
     trials = len(run_study(spec, runner=runner).trials)
     runs = sorted(p.name for p in (tmp_path / "studies" / "tiny" / "trials").iterdir())
@@ -125,6 +125,16 @@ def test_until_stable_stops_the_study_once_its_front_stops_moving(tmp_path, monk
     assert len(runs) == 8 and trials < 30 and "the front is stable" in capsys.readouterr().out
     assert len(run_study(spec, runner=runner).trials) == trials  # a relaunch asks for nothing
     assert len(run_study(replace(spec, until_stable=False, trials=trials + 1), runner=runner).trials) == trials + 1
+
+
+def test_until_stable_without_a_rule_stops_before_any_run(tmp_path, monkeypatch):
+    from cbuap_runner.study import loop
+
+    monkeypatch.setattr(loop, "manifest_thresholds", lambda: replace(BAR, front_stable_gain=None, front_min_runs=None))
+    ran = []
+    with pytest.raises(UserError, match="until_stable: .*declares no stopping rule"):
+        loop.run_study(replace(tiny_spec(tmp_path, trials=3), until_stable=True), runner=lambda *a: ran.append(a))
+    assert not ran
 
 
 def test_a_trial_left_running_is_marked_failed_not_rerun(tmp_path):
@@ -281,7 +291,11 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     assert "5 trials (4 completed, 1 failed); the validation front holds 3." in text
     assert "front trials in it on validation: 0; of those, on test too: 0." in text
     assert "over the last quarter (1 trials)" in text
-    assert "of at least 100 trial runs): not met, the front still moves." in text
+    assert "at least 100 trial runs and over the last quarter" in text and "not met, the front still moves." in text
+    manifest.write_text(json.dumps({"claims": {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02,
+                                               "tuning_fooling_margin": 0.02}}))  # a manifest without a study
+    assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest)]) == 0
+    assert "Stopping rule: none declared" in (out / "pareto.md").read_text()
     rows = (out / "pareto.csv").read_text().splitlines()
     assert rows[0].startswith("trial,val_fooling_rate") and [r.split(",")[0] for r in rows[1:]] == ["4", "0", "1"]
     assert (out / "pareto.png").stat().st_size > 0

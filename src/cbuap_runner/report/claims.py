@@ -28,13 +28,16 @@ UAT_FAMILY = ("cb_uat", "uat", "cw_uat")  # claim 2: CB-UAT against the other tw
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The manifest's `claims` margins and rules (each a number ≥ 0)."""
+    """The manifest's `claims` margins and rules (each a number ≥ 0; a manifest without a study may leave the
+    study's stopping rule out)."""
 
     fooled_entropy_gain: float  # claim 1: CB-UAP's fooled-label entropy at least this above SGD-UAP's
     fooling_rate_loss: float  # claim 1: CB-UAP's fooling rate at most this below SGD-UAP's
     tuning_fooling_margin: float  # the tuning choice: validation fooling rate at most this below SGD-UAP's
-    front_stable_gain: float  # a study's front is stable: its hypervolume gained less than this fraction of its
-    front_min_runs: int  # value over the last quarter of its runs, and it holds at least this many runs
+    # a study's front has stopped moving: the study holds at least front_min_runs trial runs (4 or more: a quarter
+    # needs one), and over the last quarter of them its hypervolume gained less than front_stable_gain of its value
+    front_stable_gain: float | None = None
+    front_min_runs: int | None = None
 
     @classmethod
     def read(cls, claims: Mapping[str, Any], where: str) -> Thresholds:
@@ -42,11 +45,16 @@ class Thresholds:
         values = {}
         for spec in fields(cls):
             name, value = spec.name, claims.get(spec.name)
+            whole = name == "front_min_runs"  # a count of runs
+            if value is None and spec.default is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{where}: claims.{name}={value!r}: must be a number ≥ 0")
-            if spec.type == "int" and value != int(value):
-                raise ValueError(f"{where}: claims.{name}={value!r}: must be a whole number")
-            values[name] = int(value) if spec.type == "int" else value
+            if whole and (value != int(value) or value < 4):
+                raise ValueError(f"{where}: claims.{name}={value!r}: must be a whole number, at least 4")
+            values[name] = int(value) if whole else value
+        if (values.get("front_stable_gain") is None) != (values.get("front_min_runs") is None):
+            raise ValueError(f"{where}: claims.front_stable_gain and claims.front_min_runs: give both or neither")
         return cls(**values)
 
 

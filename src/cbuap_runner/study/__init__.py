@@ -3,10 +3,10 @@
 al., "A fast and elitist multiobjective genetic algorithm: NSGA-II", IEEE TEC 2002), maximising the validation
 fooling rate and the validation fooled-label entropy.
 
-    python -m cbuap_runner.study cb_uap_fmnist [trials=300] [name=...] [dir=...] [seed=...]
+    python -m cbuap_runner.study cb_uap_fmnist [trials=N] [until_stable=false] [name=...] [dir=...] [seed=...]
 
-    spec     the study's YAML (conf/study/<name>.yaml): name, dir, trials, seed, population, the overrides of every
-             run, of the trials and of the reference run, the search space
+    spec     the study's YAML (conf/study/<name>.yaml): name, dir, trials, until_stable, seed, population, the
+             overrides of every run, of the trials and of the reference run, the search space
     space    the search space: how a trial's parameters become `attack.balance.*` overrides
     trial    one trial as one ordinary run of the runner (its own run directory and record), and its objectives
     loop     the study: its journal, a relaunch that continues it, failed trials, the reference run

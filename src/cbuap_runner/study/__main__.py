@@ -10,8 +10,8 @@ from .choose import choose
 from .loop import run_study
 from .spec import load_spec
 
-USAGE = ("usage: python -m cbuap_runner.study SPEC [trials=N] [name=NAME] [dir=DIR] [seed=S] [population=P] "
-         "[--choose]")
+USAGE = ("usage: python -m cbuap_runner.study SPEC [trials=N] [until_stable=true|false] [name=NAME] [dir=DIR] "
+         "[seed=S] [population=P] [--choose]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from ..errors import UserError
 from ..io import write_text
-from ..report.claims import manifest_thresholds
+from ..report.claims import Thresholds, manifest_thresholds
 from ..report.pareto import Front, Trial, chosen_trial, pareto_front
 from ..report.records import SUMMARY, NoRecords, load_records
 from .spec import StudySpec
@@ -27,11 +27,12 @@ from .spec import StudySpec
 STUDY_POINT = Path("table") / "study_point"  # the blocks' folder under conf/
 
 
-def study_front(spec: StudySpec) -> Front:
-    """The front of the study's records in <dir>/<name>; one line when there are none."""
+def study_front(spec: StudySpec, bar: Thresholds | None = None) -> Front:
+    """The front of the study's records in <dir>/<name> under `bar` (default: the committed manifest's claims); one
+    line when there are none."""
     root = Path(spec.dir) / spec.name
     try:
-        return pareto_front(load_records(root), manifest_thresholds())
+        return pareto_front(load_records(root), bar or manifest_thresholds())
     except (NotADirectoryError, NoRecords, ValueError) as err:
         raise UserError(f"study {spec.name}: {err}") from None
 

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..report.claims import DEFAULT_MANIFEST, Thresholds, manifest_thresholds
 from ..report.frontier import front_indices, hypervolume
-from ..report.pareto import is_stable
+from ..report.pareto import has_rule, is_stable
 from . import trial as trial_run
 from .choose import study_front
 from .space import as_overrides, parse_space, suggest
@@ -180,27 +181,44 @@ def _front_text(study: Any) -> str:
     return f"front of {len(front_indices(points))}, hypervolume {hypervolume(points):.4f}"
 
 
-def front_is_stable(spec: StudySpec, root: Path) -> bool:
-    """With `until_stable`, whether the study's run records meet the committed manifest's stopping rule (the one
-    `--kind pareto` reports: report/pareto.py, is_stable); without it, never."""
-    if not spec.until_stable or not any((root / TRIALS).iterdir()):
+def stopping_rule(spec: StudySpec) -> Thresholds | None:
+    """With `until_stable`, the committed manifest's claims (its stopping rule), read once before any run so that a
+    missing rule stops the study before it spends time and an edit of the manifest cannot move the rule mid-study;
+    None without `until_stable`."""
+    if not spec.until_stable:
+        return None
+    try:
+        bar = manifest_thresholds()
+    except ValueError as err:
+        raise UserError(f"until_stable: {err}") from None
+    if not has_rule(bar):
+        raise UserError(f"until_stable: {DEFAULT_MANIFEST} declares no stopping rule (claims.front_stable_gain, "
+                        f"claims.front_min_runs); give it one or run with until_stable=false")
+    return bar
+
+
+def front_is_stable(spec: StudySpec, root: Path, rule: Thresholds | None) -> bool:
+    """Whether the study's run records meet the stopping rule (the one `--kind pareto` reports: report/pareto.py,
+    is_stable); never without a rule. The front is read only once there are enough runs to meet it."""
+    if rule is None or sum(1 for _ in (root / TRIALS).iterdir()) < rule.front_min_runs:
         return False
-    return is_stable(study_front(spec))
+    return is_stable(study_front(spec, rule))
 
 
 def run_study(spec: StudySpec, runner: Callable = trial_run.run) -> Any:
     """Run (or continue) the study until it holds `spec.trials` finished trials (with `until_stable`, or until its
     front is stable); returns it."""
     params = parse_space(spec.space)
+    rule = stopping_rule(spec)
     root = Path(spec.dir).resolve() / spec.name
     (root / TRIALS).mkdir(parents=True, exist_ok=True)
     with exclusive(root / LOCK), stop_requested() as stopping:
         study = open_study(spec, root)
         ensure_reference(spec, root, runner)
-        stable = front_is_stable(spec, root)
+        stable = front_is_stable(spec, root, rule)
         while len(finished(study)) < spec.trials and not stopping() and not stable:
             run_one(study, spec, root, params, runner)
-            stable = front_is_stable(spec, root)
+            stable = front_is_stable(spec, root, rule)
         if stopping():
             print("stopped on SIGTERM after the running trial; relaunch the same command to continue", flush=True)
         if stable:
