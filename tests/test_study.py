@@ -300,6 +300,10 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     assert rows[0].startswith("trial,val_fooling_rate") and [r.split(",")[0] for r in rows[1:]] == ["4", "0", "1"]
     assert (out / "pareto.png").stat().st_size > 0
     assert len((out / "pareto_hypervolume.csv").read_text().splitlines()) == 6
+    (tmp_path / "trials" / "0005").mkdir()  # a live study: its next trial's run has begun
+    (tmp_path / "trials" / "0005" / "run_summary.json").write_text(json.dumps({**RECORDS[1], "status": "running"}))
+    assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest), "--no-figures"]) == 0
+    assert "6 trials (4 completed, 1 failed, 1 running)" in (out / "pareto.md").read_text()
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(tmp_path / "none.json")]) == 1
     assert "no such manifest" in capsys.readouterr().err
 

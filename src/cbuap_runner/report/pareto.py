@@ -150,9 +150,10 @@ def _num(value: float | None) -> str:
 def summary_lines(f: Front) -> list[str]:
     """The trial count, SGD-UAP's point, the claim's region and the hypervolume evidence, one sentence each."""
     done = sum(t.val is not None for t in f.trials)
+    running = sum(t.status == "running" for t in f.trials)  # a live study's trial in progress
     ref, bar = f.reference, f.bar
-    lines = [f"{len(f.trials)} trials ({done} completed, {len(f.trials) - done} failed); the validation front holds "
-             f"{len(f.front)}.",
+    counts = f"{done} completed, {len(f.trials) - done - running} failed" + (f", {running} running" if running else "")
+    lines = [f"{len(f.trials)} trials ({counts}); the validation front holds {len(f.front)}.",
              f"SGD-UAP: validation fooling rate {_num(ref[OBJECTIVES[0]])}, fooled-label entropy "
              f"{_num(ref[OBJECTIVES[1]])}; test {_num(ref[TEST[0]])}, {_num(ref[TEST[1]])}.",
              f"Claim 1's region: fooled-label entropy at least {bar.fooled_entropy_gain} above SGD-UAP's with at most "
