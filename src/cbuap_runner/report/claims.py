@@ -39,6 +39,11 @@ class Thresholds:
     front_stable_gain: float | None = None
     front_min_runs: int | None = None
 
+    @property
+    def has_stopping_rule(self) -> bool:
+        """Whether the manifest declares the study's stopping rule (both of its keys)."""
+        return self.front_stable_gain is not None and self.front_min_runs is not None
+
     @classmethod
     def read(cls, claims: Mapping[str, Any], where: str) -> Thresholds:
         """The margins of a manifest's `claims` block; ValueError naming `where` and the key for a bad one."""

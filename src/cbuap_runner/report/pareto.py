@@ -173,19 +173,14 @@ def summary_lines(f: Front) -> list[str]:
     return lines
 
 
-def has_rule(bar: Thresholds) -> bool:
-    """Whether the manifest declares the stopping rule (claims.front_stable_gain and claims.front_min_runs)."""
-    return bar.front_stable_gain is not None and bar.front_min_runs is not None
-
-
 def is_stable(f: Front) -> bool:
     """The front has stopped moving by the manifest's rule; never without one."""
-    return has_rule(f.bar) and front_stable(f.history, f.bar.front_stable_gain, f.bar.front_min_runs)
+    return f.bar.has_stopping_rule and front_stable(f.history, f.bar.front_stable_gain, f.bar.front_min_runs)
 
 
 def stability_text(f: Front) -> str:
     """The stopping rule and whether the front meets it, in one sentence."""
-    if not has_rule(f.bar):
+    if not f.bar.has_stopping_rule:
         return "Stopping rule: none declared (claims.front_stable_gain and claims.front_min_runs of the manifest)."
     rule = (f"the study holds at least {f.bar.front_min_runs} trial runs and over the last quarter of them the "
             f"hypervolume gained less than {f.bar.front_stable_gain * 100:g}% of its value")

@@ -12,10 +12,10 @@ as the killed run left it; then trials are asked until the study holds `trials` 
 claims.front_stable_gain and claims.front_min_runs), whichever comes first. Each trial's run directory is
 `trials/<trial number>` (unique within the study), and a directory that already exists is refused, never written
 into. NSGA-II's seed is offset by the trials already finished, so a relaunch does not draw its predecessor's random
-first generation again. One process runs a study
-at a time (a lock file). SIGTERM to the study's process alone (`kill PID`; not to its process group, whose trial
-process it would end too) lets the running trial finish and be told, then stops the study, so that it can be
-stopped between trials and continued later with nothing marked failed; a second SIGTERM stops it at once.
+first generation again. One process runs a study at a time (a lock file). SIGTERM to the study's process alone
+(`kill PID`; not to its process group, whose trial process it would end too) lets the running trial finish and be
+told, then stops the study, so that it can be stopped between trials and continued later with nothing marked
+failed; a second SIGTERM stops it at once.
 
 A run that fails, or whose record lacks a finite objective, is told to the study as failed and the study goes on.
 A trial whose parameters equal a completed trial's (NSGA-II's offspring can repeat a parent) is not run again: the
@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import UserError
 from ..report.claims import DEFAULT_MANIFEST, Thresholds, manifest_thresholds
 from ..report.frontier import front_indices, hypervolume
-from ..report.pareto import has_rule, is_stable
+from ..report.pareto import is_stable
 from . import trial as trial_run
 from .choose import study_front
 from .space import as_overrides, parse_space, suggest
@@ -191,7 +191,7 @@ def stopping_rule(spec: StudySpec) -> Thresholds | None:
         bar = manifest_thresholds()
     except ValueError as err:
         raise UserError(f"until_stable: {err}") from None
-    if not has_rule(bar):
+    if not bar.has_stopping_rule:
         raise UserError(f"until_stable: {DEFAULT_MANIFEST} declares no stopping rule (claims.front_stable_gain, "
                         f"claims.front_min_runs); give it one or run with until_stable=false")
     return bar
