@@ -181,6 +181,19 @@ def test_a_section_groups_its_rows_by_the_manifests_rows(tmp_path):
     assert "\n| attack | n | fooling_rate |" in text  # the declared row keys, and no others
 
 
+def test_a_section_of_trained_networks_shows_their_training_curves(tmp_path):
+    records = [{**_attack_record("sgd_uap", seed, "a" * 40), "task": "evaluate"} for seed in (0, 1)]
+    manifest = _manifest(tmp_path, records, {"metrics": ["clean_acc"]})
+    curve = [0.5, 0.80, 0.85, 0.85]  # ends at its best, but moved 5 points over the last three epochs
+    for seed in (0, 1):
+        rows = [{"epoch": e + 1, "val_acc": acc, "train_loss": 1.0} for e, acc in enumerate(curve)]
+        (tmp_path / "records" / str(seed) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = write_document(manifest, figures=False).read_text()
+    assert "Training to its plateau" in text
+    assert "| natural | 2 | 4 | 0.850 ± 0.000 | 0.000 ± 0.000 | 0.050 ± 0.000 | no |" in text
+    assert "clean_vs_worst" not in text  # the defences' figure belongs to defence sections
+
+
 @pytest.mark.parametrize("claims,message", [
     ({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None: must be a number ≥ 0"),
     ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1: must be a number ≥ 0"),

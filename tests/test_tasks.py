@@ -89,3 +89,17 @@ def test_saved_predictions_reproduce_the_record_metrics(validated, tmp_path):
     whole = np.arange(64)[None, :]
     for name, fn in METRICS.items():
         assert fn(saved, whole)[0] == pytest.approx(metrics[name]), name
+
+
+def test_clean_evaluation_reports_the_training_cost_its_model_file_holds(validated, tmp_path):
+    base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "task=evaluate"]
+
+    def evaluate(name: str, *extra: str) -> dict:
+        cfg = validated([*base, *extra])
+        return TASKS["evaluate"].run(Context(cfg, RunRecord(tmp_path / name), torch.device("cpu"), RecordingTracker()))
+
+    trained = evaluate("trained")  # trains the model first, then evaluates it
+    stored = torch.load(tmp_path / "trained" / "model.pt", weights_only=True)["metrics"]
+    assert trained["train_seconds"] == stored["train_seconds"] > 0 and trained["epochs"] == stored["epochs"]
+    cached = evaluate("cached")  # the cached copy says the same
+    assert (cached["train_seconds"], cached["epochs"]) == (trained["train_seconds"], trained["epochs"])

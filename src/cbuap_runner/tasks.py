@@ -508,7 +508,7 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
     model, model_path = obtain_model(ctx, data)
     test = eval_split(ctx, data)
     if ctx.cfg.perturbation is None:
-        clean = evaluate_on(ctx, model, test, data.num_classes)
+        clean = {**evaluate_on(ctx, model, test, data.num_classes), **training_cost(model_path)}
         return per_class_to_file(clean, data.num_classes, ctx.run_dir, PER_CLASS)
     blob = load_perturbation(ctx.cfg.perturbation, data)
     ctx.provenance["perturbation"] = perturbation_provenance(ctx.cfg.perturbation, blob)
@@ -523,6 +523,15 @@ def task_evaluate(ctx: Context) -> dict[str, Any]:
                    source_model=crafted_on, target_model=model_path,
                    same_preparation=None if crafted_after is None else crafted_after == data.preprocessing)
     return per_class_to_file(metrics, data.num_classes, ctx.run_dir, PER_CLASS)
+
+
+def training_cost(model_path: str) -> dict[str, Any]:
+    """What training the evaluated network cost, as its model file says (`train_seconds`, summed over resumed
+    sessions, and `epochs`); nothing for a network this project did not train (a model source's)."""
+    if not Path(model_path).is_file():
+        return {}
+    stored = read_model_file(model_path).get("metrics") or {}
+    return {k: stored[k] for k in ("train_seconds", "epochs") if k in stored}
 
 
 def task_attack(ctx: Context) -> dict[str, Any]:

@@ -165,8 +165,9 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
               f"CSV and LaTeX: [{rel}/{kind}.csv]({rel}/{kind}.csv), [{rel}/{kind}.tex]({rel}/{kind}.tex).", ""]
     if "anchors" in section:
         lines += anchor_lines(section["anchors"], rows)
+    lines += _plateau_text(rows)  # where the runs trained a network: their training curves
     if kind == "defences":
-        lines += _defence_text(build, section, rows, folder)
+        lines += _defence_figure(build, section, rows, folder)
     return lines, rows
 
 
@@ -201,17 +202,20 @@ def _anchor_cell(name: str, anchor: Mapping[str, Any], found: Sequence[Mapping[s
     return (*mean_std(values), len(values))
 
 
-def _defence_text(build: _Build, section: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], folder: Path
-                  ) -> list[str]:
+def _plateau_text(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     plateau = plateau_lines(rows)
-    lines = []
-    if plateau:
-        lines += ["Training to its plateau (validation accuracy per epoch, from each run's `metrics.jsonl`):", "",
-                  *plateau, ""]
+    if not plateau:
+        return []
+    return ["Training to its plateau (validation accuracy per epoch, from each run's `metrics.jsonl`):", "", *plateau,
+            ""]
+
+
+def _defence_figure(build: _Build, section: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], folder: Path
+                    ) -> list[str]:
     png = folder / "clean_vs_worst.png"
     if build.figures:
         defence_figure(rows, section["title"], png)
-    return lines + [f"![clean against worst-case accuracy]({png.relative_to(build.out_dir)})", ""]
+    return [f"![clean against worst-case accuracy]({png.relative_to(build.out_dir)})", ""]
 
 
 def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -224,9 +228,9 @@ def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per defence row: epochs trained, the final validation accuracy, how far it lies below the best epoch and how
+    """Per row of runs that trained a network (a defence, a natural model): epochs trained, the final validation accuracy, how far it lies below the best epoch and how
     much it moved over the last three epochs (means over the seeds; the check: both within PLATEAU_TOLERANCE)."""
-    lines = ["| defence | n | epochs | final val_acc | best − final | range over the last 3 epochs | within 1 point |",
+    lines = ["| training | n | epochs | final val_acc | best − final | range over the last 3 epochs | within 1 point |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = [epoch_rows(rec) for rec in row.get("_records", [])]
