@@ -522,3 +522,22 @@ def test_the_transfer_matrix_puts_crafted_on_rows_and_evaluated_on_columns(tmp_p
     written = write_transfer(records, tmp_path, figures=True)
     assert [p.name for p in written] == ["transfer.md", "transfer.csv", "transfer.png"]
     assert (tmp_path / "transfer.png").stat().st_size > 1000
+
+
+def test_progress_says_where_each_run_stands_and_the_training_left(tmp_path, capsys):
+    def run(name: str, record: dict, rows: list[dict], tail: str = "") -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run_summary.json").write_text(json.dumps(record))
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
+
+    training = {"status": "running", "task": "evaluate", "config": {"training": {"epochs": 10}}}
+    seconds = [100, 100, 20, 30, 40, 50, 60]  # the last five: median 40
+    run("natural_seed0", training, [{"epoch": e + 1, "val_acc": 0.5, "epoch_seconds": s} for e, s in
+                                    enumerate(seconds)], tail='{"epoch": 8, "val_')  # cut short by a kill
+    attack = {**_record("cb_uap", 0.2, 0, 0.9), "config": {"attack": {"passes": 10}}, "wall_seconds": 90.0}
+    run("cb_uap_seed0", attack, [{"pass": k + 1, "objective": 1.0} for k in range(10)])
+    assert main([str(tmp_path), "--kind", "progress", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "| natural_seed0 | evaluate | running | 7/10 | 40 s | 2 min | – | – |" in text  # 3 epochs × 40 s
+    assert "| cb_uap_seed0 | attack | completed | – | – | – | 10 (10 per crafting) | 2 min |" in text
+    assert "1 of 2 runs completed." in text and "Training left: 2 min summed over 1 run, 2 min for the longest" in text

@@ -1,6 +1,6 @@
 """Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
 
-    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|transfer|pareto|strength|auto] [--rows a,b]
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|transfer|pareto|strength|progress|auto] [--rows a,b]
     python scripts/make_tables.py --document docs/results/document.json   (docs/results.md)
 
 Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are
@@ -36,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", default="auto", choices=KINDS,
                         help="which metric columns to show; transfer: the crafted-on x evaluated-on matrix; "
                         "pareto: a study's Pareto front (python -m cbuap_runner.study); strength: the defences' strength checks "
-                        "(table=strength_fmnist and its companions)")
+                        "(table=strength_fmnist and its companions); progress: where each run of a sweep stands and the "
+                        "time its training has left")
     parser.add_argument("--metrics", default=None, help="comma-separated metric columns (overrides --kind's)")
     parser.add_argument("--rows", default=None, metavar="KEYS",
                         help="comma-separated keys that make a row, where the records declare none (e.g. attack.name,attack.eps)")

@@ -24,7 +24,7 @@ from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, cl
 from .figures import defence_figure, frontier_figure
 from .formats import format_cell, provenance_line, row_label, to_markdown, varying_keys
 from .kinds import PARETO, STRENGTH
-from .records import NoRecords, load_records, metric, settings
+from .records import NoRecords, epoch_rows, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
 from .tables import write_table_files
 
@@ -216,15 +216,6 @@ def _defence_figure(build: _Build, section: Mapping[str, Any], rows: Sequence[Ma
     if build.figures:
         defence_figure(rows, section["title"], png)
     return [f"![clean against worst-case accuracy]({png.relative_to(build.out_dir)})", ""]
-
-
-def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The per-epoch training rows of a run (its metrics.jsonl, committed beside the record), in order."""
-    path = Path(record.get("_path") or "") / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "epoch" in r and "val_acc" in r]
 
 
 def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -44,7 +44,8 @@ KIND_METRICS = {"attacks": ATTACK_METRICS, "ablation": ATTACK_METRICS, "defences
 TRANSFER = "transfer"  # the cross-model matrix of evaluated perturbations (transfer.py), not a table of rows
 PARETO = "pareto"  # a study's Pareto front with its hypervolume history (pareto.py), not a table of rows
 STRENGTH = "strength"  # the defences' strength checks (strength.py), not a table of rows
-KINDS = ("auto", *KIND_METRICS, TRANSFER, PARETO, STRENGTH)
+PROGRESS = "progress"  # where each run of a sweep stands (progress.py), not a table of rows
+KINDS = ("auto", *KIND_METRICS, TRANSFER, PARETO, STRENGTH, PROGRESS)
 
 
 def resolve_kind(records: Sequence[Mapping[str, Any]], kind: str = "auto") -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY = "run_summary.json"
+LOG = "metrics.jsonl"  # record.METRICS (the report reads runs without the runner): a row per epoch and crafting pass
 # top-level record fields, each the name of its config group (`attack` is `attack.name`)
 IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
 # Settings that differ between runs without changing a result (besides the paths provenance stands in for);
@@ -47,6 +48,28 @@ def load_records(root: str | os.PathLike) -> list[dict[str, Any]]:
         record["_dir"] = rel
         records.append(record)
     return records
+
+
+def log_rows(record: Mapping[str, Any], *keys: str) -> list[dict[str, Any]]:
+    """The rows of the run's metrics.jsonl (beside its record: `_path`, else `_dir`) that hold every one of `keys`,
+    in order; a line cut short by a killed process is skipped."""
+    path = Path(location(record)) / LOG
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and all(k in row for k in keys):
+            rows.append(row)
+    return rows
+
+
+def epoch_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The run's per-epoch training rows, in order."""
+    return log_rows(record, "epoch", "val_acc")
 
 
 def location(record: Mapping[str, Any]) -> str:

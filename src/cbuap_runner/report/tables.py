@@ -11,8 +11,9 @@ from ..io import write_text
 from .claims import manifest_thresholds
 from .figures import make_figures
 from .formats import WRITERS
-from .kinds import PARETO, STRENGTH, TRANSFER, resolve_kind
+from .kinds import PARETO, PROGRESS, STRENGTH, TRANSFER, resolve_kind
 from .pareto import write_pareto
+from .progress import write_progress
 from .records import SUMMARY, NoRecords, load_records
 from .rows import build_rows, choose_tuned
 from .strength import write_strength
@@ -47,6 +48,8 @@ def write_tables(root: str | os.PathLike, out_dir: str | os.PathLike | None = No
         return write_strength(records, out, figures)
     if kind == PARETO:
         return write_pareto(records, out, manifest_thresholds(claims), figures)
+    if kind == PROGRESS:
+        return write_progress(records, Path(root), out)
     keys, columns, table = build_rows(records, kind, metrics, rows)
     if kind == "tuning":
         choose_tuned(table)
