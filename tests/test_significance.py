@@ -61,6 +61,29 @@ def test_claim_one_states_what_the_intervals_say_of_the_margins():
     assert "an interval straddles its margin: these seeds cannot settle it" in said["unsure"]
 
 
+def test_claim_one_reads_the_seeds_both_rows_hold_when_a_run_failed():
+    sgd = row("sgd_uap", {0: 0.10, 1: 0.10, 2: 0.00}, {0: 0.90, 1: 0.90, 2: 0.90})
+    cb = row("cb_uap", {0: 0.22, 1: 0.22}, {0: 0.90, 1: 0.90})  # seed 2's run failed
+    sgd["seeds"], cb["seeds"] = [0, 1, 2], [0, 1]
+    said = claim_balance("x", [sgd, cb], BAR)  # the row means differ by 0.153, the shared seeds by 0.120
+    assert "raises the test fooled-label entropy by 0.120 (the differences over the seeds both rows hold: 0, 1)" in said
+    assert said.endswith("does not hold.")
+
+
+def test_claim_two_reads_the_seeds_both_rows_hold():
+    from cbuap_runner.report.claims import claim_defence
+
+    def defence(name: str, worst: dict[int, float]) -> dict:
+        recs = runs("worst_adv_acc", worst, clean_acc={s: 0.9 for s in worst})
+        return {"training": name, "status": "completed", "n": len(worst), "seeds": sorted(worst), "_records": recs,
+                "worst_adv_acc": (sum(worst.values()) / len(worst), 0.0, len(worst)), "clean_acc": (0.9, 0.0, 3)}
+
+    uat = defence("uat", {0: 0.50, 1: 0.50, 2: 0.20})
+    cb = defence("cb_uat", {0: 0.45, 1: 0.45})  # below UAT on every seed both hold; above UAT's mean of three
+    said = claim_defence("x", [uat, cb, defence("cw_uat", {0: 0.3, 1: 0.3, 2: 0.3})])
+    assert "against uat worst-case -5.0 points" in said and said.endswith("does not hold.")
+
+
 # ----------------------------------------------------------------------------- bootstrap over test images
 
 

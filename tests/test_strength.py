@@ -121,3 +121,20 @@ def test_claim_two_is_read_with_the_strongest_attack_found():
     assert "against uat -4.0 [-4.0, -4.0] points (clean +0.0 points)" in line
     assert "against cw_uat +1.0 [+1.0, +1.0] points" in line and line.endswith("the claim does not hold here.")
     assert claim_two_lines(eps, [r for r in table if r.defence != "uat"]) == []
+
+
+def test_claim_two_compares_clean_accuracy_over_the_seeds_both_defences_hold():
+    from cbuap_runner.report.strength import claim_two_text
+
+    def with_clean(records: list[dict], clean: dict[int, float]) -> list[dict]:
+        for r in records:
+            r["metrics"]["clean_acc"] = clean[r["seed"]]
+        return records
+
+    cb = with_clean(defence("cb_uat", standard=0.6, budget=0.58, transfer=0.65), {0: 0.88, 1: 0.88})
+    uat = with_clean(defence("uat", seeds=(0, 1, 2)), {0: 0.9, 1: 0.9, 2: 0.5})  # seed 2: one cb_uat lacks
+    cw = with_clean(defence("cw_uat", seeds=(0, 1, 2)), {0: 0.85, 1: 0.85, 2: 0.85})
+    eps, table, _ = rows(cb + uat + cw)
+    text = claim_two_text(eps, table)
+    assert "against uat +9.0 [+9.0, +9.0] points (clean -2.0 points)" in text  # not +11.3 against uat's 3-seed mean
+    assert text.endswith("the claim does not hold here.")

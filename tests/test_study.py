@@ -304,6 +304,11 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     (tmp_path / "trials" / "0005" / "run_summary.json").write_text(json.dumps({**RECORDS[1], "status": "running"}))
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest), "--no-figures"]) == 0
     assert "6 trials (4 completed, 1 failed, 1 running)" in (out / "pareto.md").read_text()
+    (tmp_path / "trials" / "0006").mkdir()  # the study was stopped during 5 and continued: 5 was abandoned
+    (tmp_path / "trials" / "0006" / "run_summary.json").write_text(json.dumps({**RECORDS[1], "status": "running"}))
+    assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest), "--no-figures"]) == 0
+    assert "7 trials (4 completed, 2 failed, 1 running)" in (out / "pareto.md").read_text()
+    assert "5,abandoned," in (out / "pareto_hypervolume.csv").read_text()
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(tmp_path / "none.json")]) == 1
     assert "no such manifest" in capsys.readouterr().err
 

@@ -93,18 +93,36 @@ def _find(rows: Sequence[Mapping[str, Any]], **where: Any) -> Mapping[str, Any] 
     return found[0] if len(found) == 1 else None
 
 
+def difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> float | None:
+    """b − a of `metric` as a verdict reads it: over the seeds both rows hold where the rows carry their runs (each
+    row's mean may rest on seeds the other lacks, a failed run's), else the rows' means; None without a value."""
+    if "_records" in a and "_records" in b:
+        pair = paired(a, b, metric)
+        return None if pair is None else pair.mean
+    left, right = _mean(a, metric), _mean(b, metric)
+    return None if left is None or right is None else right - left
+
+
+def _shared_seeds_note(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """' (the differences over the seeds both rows hold: …)' where the rows' seeds differ, else ''."""
+    if "seeds" not in a or "seeds" not in b or a["seeds"] == b["seeds"]:
+        return ""
+    shared = [s for s in a["seeds"] if s in b["seeds"]]
+    return f" (the differences over the seeds both rows hold: {', '.join(map(str, shared)) or 'none'})"
+
+
 def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, bar: Thresholds) -> str:
     """`name` against SGD-UAP on test: fooled-label entropy gained (the verdict's), label entropy gained, fooling
     rate lost, minimum per-class success, the verdict."""
-    if _mean(sgd, VERDICT_ENTROPY) is None or _mean(cb, VERDICT_ENTROPY) is None:
-        return "not answered (the rows lack the fooled-label entropy)."
-    d_fooled = _mean(cb, VERDICT_ENTROPY) - _mean(sgd, VERDICT_ENTROPY)
-    d_ent = _mean(cb, "label_entropy") - _mean(sgd, "label_entropy")
-    d_fr = _mean(cb, "fooling_rate") - _mean(sgd, "fooling_rate")
+    d_fooled, d_fr = difference(sgd, cb, VERDICT_ENTROPY), difference(sgd, cb, "fooling_rate")
+    if d_fooled is None or d_fr is None:
+        return "not answered (no seed in both rows reports the fooled-label entropy and the fooling rate)."
+    d_ent = difference(sgd, cb, "label_entropy")
     holds = d_fooled >= bar.fooled_entropy_gain and d_fr >= -bar.fooling_rate_loss
     cell = format_cell
-    return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f} "
-            f"({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label entropy {d_ent:+.3f}, "
+    return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f}"
+            f"{_shared_seeds_note(sgd, cb)} ({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label "
+            f"entropy {'–' if d_ent is None else f'{d_ent:+.3f}'}, "
             f"{cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
@@ -188,13 +206,14 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
     parts, wins = [], True
     for other in ("uat", "cw_uat"):
         row = found[other]
-        worst = _mean(cb, "worst_adv_acc") - _mean(row, "worst_adv_acc")
-        clean = _mean(cb, "clean_acc") - _mean(row, "clean_acc")
+        worst, clean = difference(row, cb, "worst_adv_acc"), difference(row, cb, "clean_acc")
+        if worst is None or clean is None:
+            return f"{label}: not answered (no seed in both the cb_uat and the {other} row)."
         wins &= worst > 0 and clean >= 0
         pair = paired(row, cb, "worst_adv_acc")
         within = "" if pair is None else f" (paired over {pair.n} seeds: {pair.text(100, 1)})"
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
-                     "points")
+                     f"points{_shared_seeds_note(row, cb)}")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
     return (f"{label}: CB-UAT (clean {format_cell(cb['clean_acc'])}, worst case "
             f"{format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ TRIAL_ATTACK, REFERENCE_ATTACK = "cb_uap", "sgd_uap"
 REFERENCE_POINT = (0.0, 0.0)
 SETTING_PREFIX = "attack.balance."
 FIGURE = "pareto.png"
+RUNNING, ABANDONED = "running", "abandoned"  # a trial in progress; one whose process stopped before it ended
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ def _setting(record: Mapping[str, Any]) -> str:
 
 
 def study_trials(records: Sequence[Mapping[str, Any]]) -> list[Trial]:
-    """The trial runs, by trial number; a run that did not complete or lacks a finite objective has `val` None."""
+    """The trial runs, by trial number; a run that did not complete or lacks a finite objective has `val` None. A
+    study runs one trial at a time, so only the last can still be running: an earlier record left `running` is a
+    trial whose process was stopped (the study marked it failed when it continued), `abandoned` here."""
     trials = []
     for i, record in enumerate(r for r in records if r.get("attack") == TRIAL_ATTACK and r.get("task") == "attack"):
         val = _pair(record, OBJECTIVES)
@@ -64,7 +67,8 @@ def study_trials(records: Sequence[Mapping[str, Any]]) -> list[Trial]:
         trials.append(Trial(_number(record, i), str(record.get("status")) if ok or record.get("status") != "completed"
                             else "no finite objective", val if ok else None, _pair(record, TEST), _setting(record),
                             str(record.get("_dir", ""))))
-    return sorted(trials, key=lambda t: t.number)
+    trials.sort(key=lambda t: t.number)
+    return [replace(t, status=ABANDONED) if t.status == RUNNING and t is not trials[-1] else t for t in trials]
 
 
 def reference_point(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -150,7 +154,7 @@ def _num(value: float | None) -> str:
 def summary_lines(f: Front) -> list[str]:
     """The trial count, SGD-UAP's point, the claim's region and the hypervolume evidence, one sentence each."""
     done = sum(t.val is not None for t in f.trials)
-    running = sum(t.status == "running" for t in f.trials)  # a live study's trial in progress
+    running = sum(t.status == RUNNING for t in f.trials)  # a live study's trial in progress
     ref, bar = f.reference, f.bar
     counts = f"{done} completed, {len(f.trials) - done - running} failed" + (f", {running} running" if running else "")
     lines = [f"{len(f.trials)} trials ({counts}); the validation front holds {len(f.front)}.",

@@ -273,11 +273,13 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
     for other in UAT_FAMILY[1:]:
         row = rows[other]
         ours, theirs = strongest_by_seed(cb.seeds, eps), strongest_by_seed(row.seeds, eps)
-        gap = interval([ours[s] - theirs[s] for s in sorted(ours.keys() & theirs.keys(), key=str)])
-        clean = cb.clean[0] - row.clean[0]
-        wins &= gap is not None and gap.mean > 0 and clean >= 0
+        shared = sorted(ours.keys() & theirs.keys(), key=str)
+        gap = interval([ours[s] - theirs[s] for s in shared])
+        clean = interval([cb.seeds[s].clean - row.seeds[s].clean for s in shared
+                          if cb.seeds[s].clean is not None and row.seeds[s].clean is not None])
+        wins &= gap is not None and gap.mean > 0 and clean is not None and clean.mean >= 0
         shown = "–" if gap is None else f"{gap.text(100, 1)} points"
-        parts.append(f"against {other} {shown} (clean {clean * 100:+.1f} points)")
+        parts.append(f"against {other} {shown} (clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points)")
     return (f"CB-UAT's accuracy (n = {cb.n}) stands {'; '.join(parts)}: the claim {'holds' if wins else 'does not hold'} "
             "here.")
 
