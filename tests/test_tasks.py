@@ -103,3 +103,19 @@ def test_clean_evaluation_reports_the_training_cost_its_model_file_holds(validat
     assert trained["train_seconds"] == stored["train_seconds"] > 0 and trained["epochs"] == stored["epochs"]
     cached = evaluate("cached")  # the cached copy says the same
     assert (cached["train_seconds"], cached["epochs"]) == (trained["train_seconds"], trained["epochs"])
+
+
+def test_an_attack_loads_the_network_a_train_run_left_in_the_cache(validated, tmp_path):
+    base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap"]
+
+    def run(task: str, name: str) -> Context:
+        ctx = Context(validated([*base, f"task={task}"]), RunRecord(tmp_path / name), torch.device("cpu"),
+                      RecordingTracker())
+        TASKS[task].run(ctx)
+        return ctx
+
+    trained = run("train", "train")
+    attacked = run("attack", "attack")
+    assert trained.provenance["model"]["source"] == "trained" and attacked.provenance["model"]["source"] == "cache"
+    assert attacked.provenance["model"]["sha256"] == trained.provenance["model"]["sha256"]  # the same file
+    assert not (tmp_path / "attack" / "model.pt").exists()  # nothing trained again

@@ -135,7 +135,18 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
                                                         "trained")
         ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
                                  type="model", metadata={"training": cfg.training.name, **_scalars(result)})
+        if ctx.source is None:  # a model source's network is never looked up in the cache
+            offer_to_cache(model_cache_path(cfg, key), key, ctx.run_dir / "model.pt")
     return model.eval(), {**result, "final_train_acc": history[-1]["train_acc"] if history else None}
+
+
+def offer_to_cache(slot: Path, key: dict[str, Any], trained: Path) -> None:
+    """Put a model this run trained into the cache slot of its weights key where the slot holds none yet, so that
+    every later run of that key (an attack on this defence, by any task) loads it instead of training it again."""
+    if _cached_model(slot, key) is None:
+        with atomic_path(slot) as tmp:
+            shutil.copyfile(trained, tmp)
+        log.info("cached the trained model as %s", slot)
 
 
 def _prepared(cfg: Config, model: nn.Module) -> nn.Module:
@@ -164,10 +175,7 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
             log.warning("ignoring the cached model %s: it was not trained under this run's settings and data", cached)
         log.info("no model.checkpoint given and none cached: training %s with training=%s first", cfg.model.name,
                  cfg.training.name)
-        model, _ = train_model(ctx, data)
-        if dist.is_main():
-            with atomic_path(cached) as tmp:
-                shutil.copyfile(ctx.run_dir / "model.pt", tmp)
+        model, _ = train_model(ctx, data)  # which fills the slot
     return model, str(cached)
 
 
