@@ -177,7 +177,9 @@ def _same_setting(study: Any, asked: Any) -> Any:
 def _front_text(study: Any) -> str:
     from optuna.trial import TrialState
 
-    points = [tuple(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    # distinct points: a repeated setting is told its original's values
+    points = list(dict.fromkeys(tuple(t.values) for t in study.get_trials(deepcopy=False,
+                                                                          states=(TrialState.COMPLETE,))))
     return f"front of {len(front_indices(points))}, hypervolume {hypervolume(points):.4f}"
 
 
