@@ -165,6 +165,7 @@ def test_metrics_rows_past_the_checkpoint_are_not_duplicated(job, tmp_path, monk
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert not any(r.get("fake") for r in rows)
     assert_completed(run_dir)
+    assert summary(run_dir)["train_continued_from"] == 2  # its wall time counts the relaunch only
 
 
 def test_rewind_metrics_keeps_only_what_the_checkpoint_covers(tmp_path):

@@ -116,6 +116,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         if ctx is not None:  # what decided the results: data fingerprint, the network and perturbation used
             summary["provenance"] = ctx.provenance_record()
         summary["wall_seconds"] = round(time.time() - t0, 3)
+        if record.training_continued_from is not None:  # wall_seconds then counts this attempt's part only
+            summary["train_continued_from"] = record.training_continued_from
         record.write_summary(summary)
         if tracker is not None:
             tracker.finish(status)

@@ -80,6 +80,7 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, resume: bool | str = "auto") -> None:
         self.run_dir, self.resume = Path(run_dir), resume
+        self.training_continued_from: Optional[int] = None  # the epoch of the training checkpoint loaded, if any
 
     # ------------------------------------------------------------ the summary
 
@@ -154,6 +155,7 @@ class RunRecord:
             raise UserError(f"resume={self.label}: {path} is not a training checkpoint of this tool; resume in the "
                             f"interrupted run's own directory, or {self.afresh_hint}")
         self.check_same(blob.get("config"), key, path, "trained")
+        self.training_continued_from = int(blob["epoch"])
         return blob
 
     # ------------------------------------------------------------ crafting states

@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .records import commit_counts, commits_text, hashable, metric
+from .records import commit_counts, commits_text, hashable, measured_in_part, metric
 
 MIXED_CODE = "†"  # after a row's n: its runs come from more than one code version
 ERROR_WIDTH = 100  # characters of a failed row's error shown in a table
@@ -29,8 +29,16 @@ def fmt_duration(seconds: float) -> str:
 def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
     """The commits the records come from and the sum of their runs' wall time (what the section cost to run)."""
     seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
-    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {len(seconds)} runs" if seconds else ""
+    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {_runs(len(seconds))}" if seconds else ""
+    partial = sum(measured_in_part(r, "wall_seconds") for r in records)
+    if partial:
+        cost += (f"{',' if seconds else ';'} leaving out the wall time of {_runs(partial)} continued from an "
+                 "earlier attempt (it counts the last attempt only)")
     return f"Records from commits: {commits_text(commit_counts(records))}{cost}."
+
+
+def _runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
 
 
 def format_cell(cell: tuple[float | None, float | None, int], pm: str = "±") -> str:

@@ -159,11 +159,25 @@ def _use_attack_run(out: dict[str, Any], record: Mapping[str, Any]) -> None:
         out.update({"attack": record["metrics"]["perturbation_attack"], "attack.eps": None})
 
 
-def metric(record: Mapping[str, Any], name: str) -> float | None:
-    """The record's finite number `name` (a metric, or its `wall_seconds`), else None; None too for the time of a
-    run that continued an earlier attempt's crafting (it counts only the relaunch)."""
+def measured_in_part(record: Mapping[str, Any], name: str) -> bool:
+    """Whether timing `name` counts only the last attempt of a run that continued an earlier one: its crafting
+    (both timings), or its training (the wall time; `train_seconds` sums every attempt, so a training that took
+    longer than the run's wall time continued one, even in a record from before `train_continued_from`)."""
     metrics = record.get("metrics") or {}
-    if name in PARTIAL_WHEN_CONTINUED and metrics.get("craft_continued_from"):
+    if name not in PARTIAL_WHEN_CONTINUED:
+        return False
+    if metrics.get("craft_continued_from"):
+        return True
+    trained, wall = metrics.get("train_seconds"), record.get("wall_seconds")
+    return name == "wall_seconds" and (record.get("train_continued_from") is not None or (
+        isinstance(trained, (int, float)) and isinstance(wall, (int, float)) and trained > wall))
+
+
+def metric(record: Mapping[str, Any], name: str) -> float | None:
+    """The record's finite number `name` (a metric, or its `wall_seconds`), else None; None too for a timing that
+    counts only the last attempt of a continued run (measured_in_part)."""
+    metrics = record.get("metrics") or {}
+    if measured_in_part(record, name):
         return None
     value = metrics.get(name)
     if value is None and name == "wall_seconds":
