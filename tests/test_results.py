@@ -164,8 +164,9 @@ def test_document_names_the_code_versions_of_each_section(tmp_path):
     assert "bbbbbbb-dirty (1 run); the runs' wall time: 3.0 h over 3 runs." in text
     records[0]["train_continued_from"] = 12  # a relaunch: its wall time is that attempt's
     records[1]["metrics"]["train_seconds"] = 7200.0  # trained longer than it ran: a record from before the flag
+    records[2]["waited_seconds"] = 1800.0  # for another job to train its model: not this run's cost
     text = write_document(_manifest(tmp_path / "continued", records), figures=False).read_text()
-    assert ("the runs' wall time: 1.5 h over 1 run, leaving out the wall time of 2 runs continued from an earlier "
+    assert ("the runs' wall time: 1.0 h over 1 run, leaving out the wall time of 2 runs continued from an earlier "
             "attempt (it counts the last attempt only).") in text
     assert "| 2† |" in text and "- attack=sgd_uap: aaaaaaa (1 run), bbbbbbb-dirty (1 run)" in text
     assert VERDICT_REASON in text

@@ -119,3 +119,37 @@ def test_an_attack_loads_the_network_a_train_run_left_in_the_cache(validated, tm
     assert trained.provenance["model"]["source"] == "trained" and attacked.provenance["model"]["source"] == "cache"
     assert attacked.provenance["model"]["sha256"] == trained.provenance["model"]["sha256"]  # the same file
     assert not (tmp_path / "attack" / "model.pt").exists()  # nothing trained again
+
+
+def test_a_run_records_how_long_it_waited_for_another_job_to_train_its_model(validated, tmp_path):
+    import json
+    import shutil
+    import threading
+    import time
+
+    from cbuap_runner.lease import LEASE_FILE, _new_record
+
+    def context(cache: str, task: str, name: str) -> Context:
+        cfg = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / cache}", f"task={task}",
+                         "attack=sgd_uap"])
+        return Context(cfg, RunRecord(tmp_path / name), torch.device("cpu"), RecordingTracker())
+
+    trainer = context("first", "train", "train")
+    TASKS["train"].run(trainer)
+    trained = next((tmp_path / "first" / "models").rglob("model.pt"))
+    slot = tmp_path / "second" / trained.relative_to(tmp_path / "first")
+    slot.parent.mkdir(parents=True)
+    (slot.parent / LEASE_FILE).write_text(json.dumps(_new_record("another job")))  # alive: this very process
+
+    def finish_training() -> None:  # the other job fills the slot and leaves
+        time.sleep(1.5)
+        shutil.copyfile(trained, slot)
+        (slot.parent / LEASE_FILE).unlink()
+
+    other = threading.Thread(target=finish_training)
+    other.start()
+    waiter = context("second", "attack", "attack")
+    TASKS["attack"].run(waiter)
+    other.join()
+    assert waiter.provenance["model"]["source"] == "cache" and 1.5 <= waiter.record.waited_seconds < 30, waiter.record.waited_seconds
+    assert trainer.record.waited_seconds < 1.0  # nobody held its slot

@@ -20,6 +20,7 @@ from .runinfo import git_commit, resolve_device, seed_everything, versions
 from .schema import Config, to_plain, validate
 
 log = logging.getLogger(__name__)
+WAIT_WORTH_SAYING = 1.0  # seconds: a shorter wait for the model cache's lease goes unrecorded
 
 
 def to_config(dcfg: DictConfig) -> Config:
@@ -118,6 +119,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         summary["wall_seconds"] = round(time.time() - t0, 3)
         if record.training_continued_from is not None:  # wall_seconds then counts this attempt's part only
             summary["train_continued_from"] = record.training_continued_from
+        if record.waited_seconds >= WAIT_WORTH_SAYING:  # part of wall_seconds that was not this run's work
+            summary["waited_seconds"] = record.waited_seconds
         record.write_summary(summary)
         if tracker is not None:
             tracker.finish(status)

@@ -81,6 +81,7 @@ class RunRecord:
     def __init__(self, run_dir: Path, resume: bool | str = "auto") -> None:
         self.run_dir, self.resume = Path(run_dir), resume
         self.training_continued_from: Optional[int] = None  # the epoch of the training checkpoint loaded, if any
+        self.waited_seconds = 0.0  # spent waiting for another job to train the model this run needs
 
     # ------------------------------------------------------------ the summary
 

@@ -166,7 +166,9 @@ def obtain_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, str]:
         return _prepared(cfg, load_model(cfg.model.checkpoint, ctx.device)), cfg.model.checkpoint
     key = weights_key(cfg, data.fingerprint)
     cached = model_cache_path(cfg, key)
+    asked = time.time()
     with _train_or_wait(cached, lambda: _cached_model(cached, key) is not None) as mine:
+        ctx.record.waited_seconds = round(time.time() - asked, 3)  # for another job training this slot
         if not mine:
             log.info("using the cached model %s", cached)
             _note_model(ctx, str(cached), _cached_model(cached, key), "cache", data)

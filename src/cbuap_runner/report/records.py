@@ -180,8 +180,11 @@ def metric(record: Mapping[str, Any], name: str) -> float | None:
     if measured_in_part(record, name):
         return None
     value = metrics.get(name)
-    if value is None and name == "wall_seconds":
+    if value is None and name == "wall_seconds":  # less the wait for another job to train the model it needs
         value = record.get("wall_seconds")
+        waited = record.get("waited_seconds")
+        if isinstance(value, (int, float)) and isinstance(waited, (int, float)):
+            value -= waited
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
