@@ -43,23 +43,30 @@ def run_cli(args: list[str], run_dir: Path, cache_dir: Path | None = None, timeo
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def random_image_folder(root: Path, classes: int, per_class: int, *, seed: int = 0, channels: int = 3,
+                        size: int | None = 16, fmt: str = "png") -> Path:
+    """<root>/{train,test}/c<k>/<i>.png|jpg of random images drawn from `seed`: size x size, or of mixed sizes (36-70
+    px, any aspect) where size is None; fmt "png", "jpg" or "mixed" (PNG and JPEG alternating)."""
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = (size, size) if size else (int(v) for v in torch.randint(36, 71, (2,), generator=g))
+                image = torch.randint(0, 256, (channels, h, w), generator=g, dtype=torch.uint8)
+                jpeg = fmt == "jpg" or (fmt == "mixed" and i % 2 == 1)
+                data = encode_jpeg(image, quality=90) if jpeg else encode_png(image)
+                (folder / f"{i}.{'jpg' if jpeg else 'png'}").write_bytes(data.numpy().tobytes())
+    return root
+
+
 # a small folder dataset of mixed-size JPEG and PNG files (streamed and resident reading are compared on it)
 CLASSES, PER_CLASS = 4, 12
 
 
 def mixed_folder(root: Path, seed: int = 0, per_class: int = PER_CLASS) -> Path:
-    """<root>/{train,test}/c<k>/ of random JPEG and PNG images of mixed sizes (36-70 px, any aspect)."""
-    g = torch.Generator().manual_seed(seed)
-    for split in ("train", "test"):
-        for k in range(CLASSES):
-            folder = root / split / f"c{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                h, w = (int(v) for v in torch.randint(36, 71, (2,), generator=g))
-                image = torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
-                data = encode_jpeg(image, quality=85) if i % 2 else encode_png(image)
-                (folder / f"{i}.{'jpg' if i % 2 else 'png'}").write_bytes(data.numpy().tobytes())
-    return root
+    return random_image_folder(root, CLASSES, per_class, seed=seed, size=None, fmt="mixed")
 
 
 def stream_args(root: Path, *extra: str) -> list[str]:

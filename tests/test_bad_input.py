@@ -22,14 +22,13 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from torchvision.io import write_png
 
 from cbuap_runner.__main__ import main
 from cbuap_runner.data import load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
 from cbuap_runner.provenance import weights_key
-from helpers import FAST, REPO, TINY, run_cli
+from helpers import FAST, REPO, TINY, random_image_folder, run_cli
 
 SYNTH_SHAPE = (1, 16, 16)  # conf/dataset/synthetic.yaml: 4 classes of 1x16x16
 # what a failed run may leave in its directory: its honest record, nothing that looks like a result
@@ -135,17 +134,10 @@ def _truncated(path: Path, good: Path) -> Path:
     return path
 
 
-def _images(root: Path, classes: int, per_class: int = 2, size: int = 16, corrupt: bool = False) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for k in range(classes):
-            folder = root / split / f"class{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                image = torch.randint(0, 256, (1, size, size), generator=g, dtype=torch.uint8)
-                write_png(image, str(folder / f"{i}.png"))
+def _images(root: Path, classes: int, per_class: int = 2, corrupt: bool = False) -> Path:
+    random_image_folder(root, classes, per_class, channels=1)
     if corrupt:
-        (root / "train" / "class0" / "0.png").write_text("not an image")
+        (root / "train" / "c0" / "0.png").write_text("not an image")
     return root
 
 
@@ -333,7 +325,7 @@ CASES = [
     Case("image_folder_corrupt_image",
          ["task=train", "dataset=image_folder", "dataset.root={t}/imgs", "dataset.num_classes=2",
           "dataset.channels=1", "dataset.image_size=16", "dataset.mean=[0.5]", "dataset.std=[0.25]"],
-         ("{t}/imgs/train/class0/0.png", "cannot decode"), lambda t, _: _images(t / "imgs", 2, corrupt=True)),
+         ("{t}/imgs/train/c0/0.png", "cannot decode"), lambda t, _: _images(t / "imgs", 2, corrupt=True)),
     Case("image_folder_more_classes_than_configured",
          ["task=train", "dataset=image_folder", "dataset.root={t}/imgs", "dataset.num_classes=2",
           "dataset.channels=1", "dataset.image_size=16", "dataset.mean=[0.5]", "dataset.std=[0.25]"],

@@ -30,7 +30,6 @@ def torchrun_two_ranks(args: list[str], tmp_path: Path, port: int) -> tuple[dict
 
 
 @pytest.mark.e2e
-@pytest.mark.slow
 def test_two_ranks_agree_and_share_one_run_directory(tmp_path):
     summary, run_dir = torchrun_two_ranks(
         ["task=attack", "attack=sgd_uap", "dataset=synthetic", "training.epochs=2", "training.batch_size=32",

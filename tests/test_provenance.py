@@ -10,29 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import decode_image, encode_jpeg, encode_png
+from torchvision.io import decode_image, encode_jpeg
 
 from cbuap_runner.data import load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
 from cbuap_runner.provenance import files_fingerprint, identity, weights_key
 from cbuap_runner.tasks import model_cache_path
+from helpers import random_image_folder
 
 SIZE = 16
 
 
-def image_folder(root: Path, seed: int, classes: int = 3, per_class: int = 6, jpeg: bool = False) -> Path:
-    """<root>/{train,test}/c<k>/<i>.png|jpg of random images (the same count and shape for every seed)."""
-    g = torch.Generator().manual_seed(seed)
-    for split in ("train", "test"):
-        for k in range(classes):
-            folder = root / split / f"c{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                image = torch.randint(0, 256, (3, SIZE, SIZE), generator=g, dtype=torch.uint8)
-                data = encode_jpeg(image, quality=90) if jpeg else encode_png(image)
-                (folder / f"{i}.{'jpg' if jpeg else 'png'}").write_bytes(data.numpy().tobytes())
-    return root
+def image_folder(root: Path, seed: int, jpeg: bool = False) -> Path:
+    """3 classes of 6 random SIZE x SIZE images each (the same count and shape for every seed)."""
+    return random_image_folder(root, 3, 6, seed=seed, size=SIZE, fmt="jpg" if jpeg else "png")
 
 
 def folder_args(root: Path) -> list[str]:

@@ -126,9 +126,11 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     if dist.world_size() > 1:
         result["ddp_world_size"] = dist.world_size()
         result["ddp_weights_identical"] = dist.same_on_all_ranks(list(model.state_dict().values()))
-    if dist.is_main():
-        stored = {"weights_key": key, "digest": digest(key), "identity": identity(key), "code": git_commit(),
-                  "data": data.fingerprint}
+    stored = {"weights_key": key, "digest": digest(key), "identity": identity(key), "code": git_commit(),
+              "data": data.fingerprint}
+    if not dist.is_main():  # rank 0 writes the file and the record; a rank's crafting state is keyed by the identity
+        ctx.provenance["model"] = {"identity": stored["identity"], "source": "trained"}
+    else:
         save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
                    data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)}, provenance=stored)
         ctx.provenance["model"] = model_file_provenance(str(ctx.run_dir / "model.pt"), {"provenance": stored},
