@@ -1,6 +1,7 @@
 """Turn run records (`run_summary.json`) into Markdown, CSV and LaTeX tables and figures.
 
-    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--kind attacks|defences|ablation|tuning|transfer|pareto|strength|progress|auto] [--rows a,b]
+    python scripts/make_tables.py SWEEP_DIR [--out DIR] [--rows a,b]
+        [--kind attacks|defences|ablation|tuning|transfer|pareto|strength|progress|auto]
     python scripts/make_tables.py --document docs/results/document.json   (docs/results.md)
 
 Runs that agree on everything that decides a result and differ in the seed alone form one row; metrics are

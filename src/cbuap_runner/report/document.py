@@ -219,8 +219,9 @@ def _defence_figure(build: _Build, section: Mapping[str, Any], rows: Sequence[Ma
 
 
 def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Per row of runs that trained a network (a defence, a natural model): epochs trained, the final validation accuracy, how far it lies below the best epoch and how
-    much it moved over the last three epochs (means over the seeds; the check: both within PLATEAU_TOLERANCE)."""
+    """Per row of runs that trained a network (a defence, a natural model): epochs trained, the final validation
+    accuracy, how far it lies below the best epoch and how much it moved over the last three epochs (means over the
+    seeds; the check: both within PLATEAU_TOLERANCE)."""
     lines = ["| training | n | epochs | final val_acc | best − final | range over the last 3 epochs | within 1 point |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
