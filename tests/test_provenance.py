@@ -15,7 +15,7 @@ from torchvision.io import decode_image, encode_jpeg
 from cbuap_runner.data import load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
-from cbuap_runner.provenance import files_fingerprint, identity, weights_key
+from cbuap_runner.provenance import files_fingerprint, identity, state_dict_fingerprint, weights_key
 from cbuap_runner.tasks import model_cache_path
 from helpers import random_image_folder
 
@@ -141,6 +141,9 @@ def test_model_file_and_record_name_what_trained_and_what_was_used(cli):
     assert proc.returncode == 0, proc.stderr
     reused = json.loads((again / "run_summary.json").read_text())["provenance"]["model"]
     assert reused["source"] == "cache" and reused["identity"] == prov["model"]["identity"]
+    # the weights' own hash: the file's, whichever run wrote or read it
+    assert prov["model"]["weights_fingerprint"] == reused["weights_fingerprint"] == state_dict_fingerprint(
+        blob["state_dict"])
     proc, evaluated = cli(["task=evaluate", *args, f"perturbation={run / 'perturbation.pt'}",
                            f"model.checkpoint={run / 'model.pt'}"])
     assert proc.returncode == 0, proc.stderr

@@ -288,10 +288,12 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest)]) == 0
     out = tmp_path / "tables"
     text = (out / "pareto.md").read_text()
-    assert "5 trials (4 completed, 1 failed); the validation front holds 3." in text
+    assert "5 trials (4 completed, 1 failed); the validation front holds 3 (3 distinct points)." in text
     assert "front trials in it on validation: 0; of those, on test too: 0." in text
-    assert "over the last quarter (1 trials)" in text
-    assert "at least 100 trial runs and over the last quarter" in text and "not met, the front still moves." in text
+    assert "over the last quarter of the completed trials (1)" in text
+    assert "the chosen trial has held since completed trial 1 of 4." in text
+    assert "at least 100 completed trial runs, and over the last quarter" in text
+    assert "not met, the front still moves." in text
     manifest.write_text(json.dumps({"claims": {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02,
                                                "tuning_fooling_margin": 0.02}}))  # a manifest without a study
     assert make_tables([str(tmp_path), "--kind", "pareto", "--claims", str(manifest)]) == 0
@@ -320,21 +322,47 @@ def test_the_command_line_says_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "trials=0" in err and len(err.strip().splitlines()) == 1
     assert main([]) == 2
+    assert main(["cb_uap_fmnist", "--force"]) == 2 and "only with --choose" in capsys.readouterr().err
 
 
 def test_the_front_refuses_runs_of_another_network(tmp_path):
     from cbuap_runner.report.pareto import pareto_front
 
-    def record(number, identity):
-        return {"status": "completed", "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
+    def record(number, digest="a", weights="w", data="d", status="completed"):
+        model = {"identity": "same-for-every-seed", "digest": digest, "weights_fingerprint": weights}
+        return {"status": status, "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
                 "_dir": f"trials/{number:04d}" if number >= 0 else "reference",
-                "provenance": {"model": {"identity": identity}, "data": {"fingerprint": "d"}},
+                "provenance": {"model": model if digest else {}, "data": {"fingerprint": data} if data else {}},
                 "metrics": {"val_fooling_rate": 0.5, "val_fooled_label_entropy": 0.5, "fooling_rate": 0.5,
                             "fooled_label_entropy": 0.5}}
 
-    assert len(pareto_front([record(-1, "a"), record(0, "a"), record(1, "a")], BAR).trials) == 2
-    with pytest.raises(ValueError, match="the study's runs used 2 networks or data sets .*trials/0001"):
-        pareto_front([record(-1, "a"), record(0, "a"), record(1, "b")], BAR)
+    assert len(pareto_front([record(-1), record(0), record(1)], BAR).trials) == 2
+    # a run of older code without the weights' hash, and one that failed before it loaded its model, join the rest
+    older = record(1, weights=None)
+    failed_early = record(2, digest=None, status="failed")
+    assert len(pareto_front([record(-1), record(0), older, failed_early], BAR).trials) == 3
+    for name, odd in (("network", record(1, digest="b")), ("weights", record(1, weights="v")),
+                      ("data", record(1, data="e"))):
+        with pytest.raises(ValueError, match=f"the study's runs used 2 different {name} .*trials/0001"):
+            pareto_front([record(-1), record(0), odd], BAR)
+
+
+def test_the_stopping_rule_waits_for_the_chosen_trial_to_hold():
+    from cbuap_runner.report.pareto import chosen_history, is_stable
+
+    rule = replace(BAR, front_min_runs=8, front_stable_gain=0.05)
+    reference = _record("reference", "sgd_uap", (0.80, 1.00), (0.80, 1.00), setting="")
+    flat = [_record(f"trials/{i:04d}", "cb_uap", (0.80, 1.20), (0.80, 1.20)) for i in range(7)]
+    assert not is_stable(pareto_front([reference, *flat], rule))  # 7 completed runs: too few
+    # an eighth run within the margin and of a little more entropy: the hypervolume gains 0.8 % over the last quarter
+    # (2 runs), under the 5 % allowed, but the choice moves to it
+    moved = _record("trials/0007", "cb_uap", (0.79, 1.21), (0.79, 1.21))
+    f = pareto_front([reference, *flat, moved], rule)
+    assert chosen_history(f)[-2:] == [0, 7] and not is_stable(f)
+    assert is_stable(pareto_front([reference, *flat, _record("trials/0007", "cb_uap", (0.7, 1.0), (0.7, 1.0))], rule))
+    # failed runs are not counted: 7 completed and 5 failed do not make the 8 the rule needs
+    failed = [_record(f"trials/{i:04d}", "cb_uap", None, (0.0, 0.0), status="failed") for i in range(7, 12)]
+    assert not is_stable(pareto_front([reference, *flat, *failed], rule))
 
 
 def test_sigterm_stops_the_study_after_the_running_trial(tmp_path, capsys):
@@ -382,9 +410,16 @@ def test_choose_writes_the_chosen_trials_whole_balance_block(tmp_path):
         folder.mkdir(parents=True)
         body = {**{k: v for k, v in record.items() if k != "_dir"}, "config": {"attack": {"balance": {"start": i}}}}
         (folder / "run_summary.json").write_text(json.dumps(body))
-    path = choose(StudySpec(name="tiny", dir=str(tmp_path / "studies")), tmp_path / "conf")
+    spec = StudySpec(name="tiny", dir=str(tmp_path / "studies"))
+    with pytest.raises(UserError, match="study tiny: Stopping rule .*not met, the front still moves. Continue the "
+                                        "study, or add --force"):
+        choose(spec, tmp_path / "conf")  # 4 completed trials, and the rule wants 100
+    assert not (tmp_path / "conf").exists()
+    path = choose(spec, tmp_path / "conf", force=True)
     assert path == tmp_path / "conf" / "table" / "study_point" / "tiny.yaml"
     text = path.read_text()
+    assert "\n# Stopping rule (the study holds at least 100 completed trial runs" in text
+    assert "not met, the front still moves." in " ".join(text.replace("\n# ", " ").split())
     assert text.startswith("# @package _global_\n") and "trial 0, of the study's 5 trial runs (4 completed)" in text
     block = yaml.safe_load(text)
     assert block["attack"] == {"balance": {"start": 1}}  # trials/0000 is the second record written
@@ -468,7 +503,7 @@ def test_choose_says_one_line_when_the_chosen_record_lacks_its_settings(tmp_path
         (studies / record["_dir"]).mkdir(parents=True)
         body = {k: v for k, v in record.items() if k != "_dir"}
         (studies / record["_dir"] / "run_summary.json").write_text(json.dumps(body))
-    assert main(["cb_uap_fmnist", "name=bare", f"dir={tmp_path / 'studies'}", "--choose"]) == 1
+    assert main(["cb_uap_fmnist", "name=bare", f"dir={tmp_path / 'studies'}", "--choose", "--force"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "trials/0000/run_summary.json: the chosen trial's record holds no" in err
     assert main(["cb_uap_fmnist", "name=none", f"dir={tmp_path / 'studies'}", "--choose"]) == 1

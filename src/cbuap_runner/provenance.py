@@ -112,10 +112,13 @@ def weights_key(cfg: Any, data_fingerprint: str) -> dict[str, Any]:
 
 
 def model_file_provenance(path: str, blob: dict[str, Any], source: str) -> dict[str, Any]:
-    """What a record says of the model it used: its file's hash, and what trained it where the file says so
-    (a file without that gets the hash of its weights as its identity)."""
+    """What a record says of the model it used: its file's hash, the hash of its weights (the same weights in
+    files of other code versions share it), and what trained it where the file says so (a file without that gets
+    the hash of its weights as its identity)."""
     sha = file_sha256(Path(path).expanduser())
     stored = blob.get("provenance") or {}
-    weights = f"weights:{state_dict_fingerprint(blob['state_dict'])}" if "state_dict" in blob else f"sha256:{sha}"
-    return {"identity": stored.get("identity") or weights, "sha256": sha, "path": str(path), "source": source,
-            "digest": stored.get("digest"), "trained_by": stored.get("code"), "data": stored.get("data")}
+    fingerprint = state_dict_fingerprint(blob["state_dict"]) if "state_dict" in blob else None
+    weights = f"weights:{fingerprint}" if fingerprint else f"sha256:{sha}"
+    return {"identity": stored.get("identity") or weights, "sha256": sha, "weights_fingerprint": fingerprint,
+            "path": str(path), "source": source, "digest": stored.get("digest"), "trained_by": stored.get("code"),
+            "data": stored.get("data")}

@@ -22,7 +22,7 @@ from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save
 from .lease import slot_lease
 from .metrics import best_start, evaluate_clean, evaluate_perturbation, predict
-from .models import build_model, load_model, prepare, read_model_file, save_model
+from .models import build_model, load_model, prepare, read_model_file, save_model, saved_weights
 from .models.sources import (
     SOURCES,
     ModelSource,
@@ -133,8 +133,8 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
     else:
         save_model(str(ctx.run_dir / "model.pt"), model, to_plain(cfg.model), cfg.dataset.name, data.num_classes,
                    data.input_shape, {k: v for k, v in result.items() if not isinstance(v, list)}, provenance=stored)
-        ctx.provenance["model"] = model_file_provenance(str(ctx.run_dir / "model.pt"), {"provenance": stored},
-                                                        "trained")
+        ctx.provenance["model"] = model_file_provenance(str(ctx.run_dir / "model.pt"), {
+            "provenance": stored, "state_dict": saved_weights(model)}, "trained")
         ctx.tracker.log_artifact(ctx.run_dir / "model.pt", name=f"model-{cfg.dataset.name}-{cfg.model.name}",
                                  type="model", metadata={"training": cfg.training.name, **_scalars(result)})
         if ctx.source is None:  # a model source's network is never looked up in the cache

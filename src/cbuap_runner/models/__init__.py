@@ -76,13 +76,17 @@ def save_model(path: str, model: nn.Module, model_cfg: dict, dataset: str, num_c
                provenance: Optional[dict] = None) -> None:
     """Write the model.pt contract: weights plus what is needed to rebuild the network, and what trained it
     (`provenance`: the weights key, its digest and identity, the data fingerprint, the code version)."""
-    net = getattr(model, "module", model)  # unwrap DDP
-    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
-    # contiguous: the file holds the weights, not the memory format the run executed in
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    torch_save({"state_dict": state, "model": dict(model_cfg), "dataset": dataset, "num_classes": int(num_classes),
+    torch_save({"state_dict": saved_weights(model), "model": dict(model_cfg), "dataset": dataset, "num_classes": int(num_classes),
                 "input_shape": [int(v) for v in input_shape], "metrics": dict(metrics or {}),
                 "provenance": dict(provenance or {})}, path)
+
+
+def saved_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a model file holds: of the network inside a DDP or torch.compile wrapper, on the CPU and
+    contiguous (the weights, not the memory format the run executed in)."""
+    net = getattr(model, "module", model)  # unwrap DDP
+    net = getattr(net, "_orig_mod", net)  # unwrap torch.compile
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
 
 
 def prepare(model: nn.Module, *, channels_last: bool = False, compile: bool = False) -> nn.Module:

@@ -34,8 +34,9 @@ class Thresholds:
     fooled_entropy_gain: float  # claim 1: CB-UAP's fooled-label entropy at least this above SGD-UAP's
     fooling_rate_loss: float  # claim 1: CB-UAP's fooling rate at most this below SGD-UAP's
     tuning_fooling_margin: float  # the tuning choice: validation fooling rate at most this below SGD-UAP's
-    # a study's front has stopped moving: the study holds at least front_min_runs trial runs (4 or more: a quarter
-    # needs one), and over the last quarter of them its hypervolume gained less than front_stable_gain of its value
+    # a study's front has stopped moving: the study holds at least front_min_runs completed trial runs (4 or more: a
+    # quarter needs one), and over the last quarter of them its hypervolume gained less than front_stable_gain of its
+    # value and the trial chosen on validation stayed the same (report/pareto.py, is_stable)
     front_stable_gain: float | None = None
     front_min_runs: int | None = None
 

@@ -99,18 +99,28 @@ class Front:
                 and fle >= ref_fle + self.bar.fooled_entropy_gain)
 
 
+def _network_keys(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What names the network and data a run used: its model's digest (of the weights key, seed included; a model
+    source's identity where it has none), the fingerprint of its weights (records of newer code) and of its data."""
+    provenance = record.get("provenance") or {}
+    model = provenance.get("model") or {}
+    return {"network": model.get("digest") or model.get("identity"), "weights": model.get("weights_fingerprint"),
+            "data": (provenance.get("data") or {}).get("fingerprint")}
+
+
 def check_one_network(records: Sequence[Mapping[str, Any]]) -> None:
-    """ValueError when the study's runs (those that name them) used more than one network or data: a front compares
-    settings on one model, and a relaunch that retrained it differently must not join the earlier trials."""
-    seen: dict[tuple[Any, Any], str] = {}
-    for record in records:
-        provenance = record.get("provenance") or {}
-        key = ((provenance.get("model") or {}).get("identity"), (provenance.get("data") or {}).get("fingerprint"))
-        if key != (None, None):
-            seen.setdefault(key, location(record))
-    if len(seen) > 1:
-        raise ValueError(f"--kind pareto: the study's runs used {len(seen)} networks or data sets (e.g. "
-                         f"{' and '.join(list(seen.values())[:2])}); a front compares settings on one")
+    """ValueError when the study's runs used more than one network, set of weights or data (each compared among the
+    runs that name it: a run that failed before it loaded its model names none): a front compares settings on one
+    model, and a relaunch that trained it anew, or with another seed, must not join the earlier trials."""
+    for name in ("network", "weights", "data"):
+        seen: dict[Any, str] = {}
+        for record in records:
+            value = _network_keys(record)[name]
+            if value is not None:
+                seen.setdefault(value, location(record))
+        if len(seen) > 1:
+            raise ValueError(f"--kind pareto: the study's runs used {len(seen)} different {name} (e.g. "
+                             f"{' and '.join(list(seen.values())[:2])}); a front compares settings on one")
 
 
 def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front:
@@ -124,15 +134,33 @@ def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front
                                                                                     REFERENCE_POINT))
 
 
+def _choose(f: Front, done: Sequence[Trial]) -> Trial:
+    floor = f.reference[OBJECTIVES[0]] - f.bar.tuning_fooling_margin
+    return choose_balanced(done, lambda t: t.val[0], lambda t: t.val[1], floor)
+
+
+def completed(f: Front) -> list[Trial]:
+    """The trials with finite objectives, by number: what the front and the stopping rule count."""
+    return [t for t in f.trials if t.val is not None]
+
+
 def chosen_trial(f: Front) -> Trial | None:
     """The trial chosen on validation by the tuning rule (rows.choose_balanced: the highest validation fooled-label
     entropy within claims.tuning_fooling_margin of SGD-UAP's validation fooling rate, else the strongest); the
     point the claim-1 tables run CB-UAP at. None without a completed trial."""
-    done = [t for t in f.trials if t.val is not None]
-    if not done:
-        return None
-    floor = f.reference[OBJECTIVES[0]] - f.bar.tuning_fooling_margin
-    return choose_balanced(done, lambda t: t.val[0], lambda t: t.val[1], floor)
+    done = completed(f)
+    return _choose(f, done) if done else None
+
+
+def chosen_history(f: Front) -> list[int]:
+    """The number of the trial the rule would choose after each completed trial in turn."""
+    done = completed(f)
+    return [_choose(f, done[:k]).number for k in range(1, len(done) + 1)]
+
+
+def completed_history(f: Front) -> list[float]:
+    """The validation front's hypervolume after each completed trial in turn."""
+    return [h for t, h in zip(f.trials, f.history) if t.val is not None]
 
 
 def chosen_text(f: Front) -> str:
@@ -153,41 +181,59 @@ def _num(value: float | None) -> str:
 
 def summary_lines(f: Front) -> list[str]:
     """The trial count, SGD-UAP's point, the claim's region and the hypervolume evidence, one sentence each."""
-    done = sum(t.val is not None for t in f.trials)
+    done = len(completed(f))
     running = sum(t.status == RUNNING for t in f.trials)  # a live study's trial in progress
+    distinct = len({t.val for t in f.front})  # a repeated setting gives its original's point again
     ref, bar = f.reference, f.bar
     counts = f"{done} completed, {len(f.trials) - done - running} failed" + (f", {running} running" if running else "")
-    lines = [f"{len(f.trials)} trials ({counts}); the validation front holds {len(f.front)}.",
+    lines = [f"{len(f.trials)} trials ({counts}); the validation front holds {len(f.front)} "
+             f"({distinct} distinct points).",
              f"SGD-UAP: validation fooling rate {_num(ref[OBJECTIVES[0]])}, fooled-label entropy "
              f"{_num(ref[OBJECTIVES[1]])}; test {_num(ref[TEST[0]])}, {_num(ref[TEST[1]])}.",
              f"Claim 1's region: fooled-label entropy at least {bar.fooled_entropy_gain} above SGD-UAP's with at most "
              f"{bar.fooling_rate_loss * 100:g} points of fooling rate lost; front trials in it on validation: "
              f"{_in_region_text(f, 0)}; of those, on test too: {_in_region_text(f, 1, validated=True)}."]
     lines.append(chosen_text(f))
-    change = last_quarter_change(f.history)
-    hv = f"Hypervolume of the validation front above {REFERENCE_POINT}: {_num(f.history[-1])}"
-    if change is None:
-        lines.append(f"{hv} (fewer than 4 trials: no change over the last quarter).")
-    else:
-        quarter, gain = change
-        relative = gain / f.history[-1] if f.history[-1] > 0 else 0.0
-        lines.append(f"{hv}; over the last quarter ({quarter} trials) it changed by {_num(gain)} "
-                     f"({relative * 100:.2f}% of its final value).")
+    lines.append(_evidence_text(f))
     lines.append(stability_text(f))
     return lines
 
 
+def _evidence_text(f: Front) -> str:
+    """The hypervolume's change and how long the chosen trial has held, over the last quarter of completed runs."""
+    history = completed_history(f)
+    hv = f"Hypervolume of the validation front above {REFERENCE_POINT}: {_num(f.history[-1])}"
+    change = last_quarter_change(history)
+    if change is None:
+        return f"{hv} (fewer than 4 completed trials: no change over the last quarter)."
+    quarter, gain = change
+    relative = gain / history[-1] if history[-1] > 0 else 0.0
+    chosen = chosen_history(f)
+    since = next(k for k in range(len(chosen), 0, -1) if k == 1 or chosen[k - 2] != chosen[-1])
+    return (f"{hv}; over the last quarter of the completed trials ({quarter}) it changed by {_num(gain)} "
+            f"({relative * 100:.2f}% of its final value); the chosen trial has held since completed trial {since} "
+            f"of {len(chosen)}.")
+
+
 def is_stable(f: Front) -> bool:
-    """The front has stopped moving by the manifest's rule; never without one."""
-    return f.bar.has_stopping_rule and front_stable(f.history, f.bar.front_stable_gain, f.bar.front_min_runs)
+    """The front has stopped moving by the manifest's rule (never without one): enough completed trials, the
+    hypervolume nearly flat over the last quarter of them and the chosen trial the same throughout it."""
+    if not f.bar.has_stopping_rule:
+        return False
+    history = completed_history(f)
+    if not front_stable(history, f.bar.front_stable_gain, f.bar.front_min_runs):
+        return False
+    quarter = len(history) // 4
+    return len(set(chosen_history(f)[-1 - quarter:])) == 1
 
 
 def stability_text(f: Front) -> str:
     """The stopping rule and whether the front meets it, in one sentence."""
     if not f.bar.has_stopping_rule:
         return "Stopping rule: none declared (claims.front_stable_gain and claims.front_min_runs of the manifest)."
-    rule = (f"the study holds at least {f.bar.front_min_runs} trial runs and over the last quarter of them the "
-            f"hypervolume gained less than {f.bar.front_stable_gain * 100:g}% of its value")
+    rule = (f"the study holds at least {f.bar.front_min_runs} completed trial runs, and over the last quarter of "
+            f"them the hypervolume gained less than {f.bar.front_stable_gain * 100:g}% of its value and the chosen "
+            f"trial stayed the same")
     return f"Stopping rule ({rule}): {'met, the front is stable' if is_stable(f) else 'not met, the front still moves'}."
 
 
@@ -229,7 +275,7 @@ def pareto_figure(f: Front, path: Path) -> Path:
     validation). Right: the hypervolume after each trial."""
     plt = pyplot()
     fig, (ax, hv) = plt.subplots(1, 2, figsize=(11, 4.2))
-    done = [t for t in f.trials if t.val is not None]
+    done = completed(f)
     ax.scatter([t.val[0] for t in done], [t.val[1] for t in done], s=10, c="0.75", label="trials (validation)")
     ax.plot([t.val[0] for t in f.front], [t.val[1] for t in f.front], "o-", c="tab:blue", ms=4,
             label="front (validation)")

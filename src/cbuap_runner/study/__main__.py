@@ -11,7 +11,7 @@ from .loop import run_study
 from .spec import load_spec
 
 USAGE = ("usage: python -m cbuap_runner.study SPEC [trials=N] [until_stable=true|false] [name=NAME] [dir=DIR] "
-         "[seed=S] [population=P] [--choose]")
+         "[seed=S] [population=P] [--choose [--force]]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,11 +21,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..__main__ import CONF_DIR
 
-    chosen = "--choose" in args[1:]
+    flags = {"--choose", "--force"}
+    chosen, force = "--choose" in args[1:], "--force" in args[1:]
+    if force and not chosen:
+        print("error: --force: only with --choose", file=sys.stderr)
+        return 2
     try:
-        spec = load_spec(args[0], [a for a in args[1:] if a != "--choose"])
+        spec = load_spec(args[0], [a for a in args[1:] if a not in flags])
         if chosen:
-            print(f"wrote {choose(spec, CONF_DIR)}")
+            print(f"wrote {choose(spec, CONF_DIR, force=force)}")
         else:
             run_study(spec)
     except UserError as err:

@@ -12,6 +12,7 @@ the record of each run that uses it names the block (its overrides) and holds th
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 from ..errors import UserError
 from ..io import write_text
 from ..report.claims import Thresholds, manifest_thresholds
-from ..report.pareto import Front, Trial, chosen_trial, pareto_front
+from ..report.pareto import Front, Trial, chosen_trial, is_stable, pareto_front, stability_text
 from ..report.records import SUMMARY, NoRecords, load_records
 from .spec import StudySpec
 
@@ -48,10 +49,15 @@ def point_block(spec: StudySpec, front: Front, chosen: Trial, balance: dict[str,
             f"{len(front.trials)} trial runs ({done} completed),\n"
             f"# validation fooling rate {chosen.val[0]:.4f}, fooled-label entropy {chosen.val[1]:.4f}; the rule: "
             f"report/pareto.py, chosen_trial.\n"
+            f"{_comment(stability_text(front))}\n"
             f"# Written from the study's records by `python -m cbuap_runner.study {spec.name} dir={spec.dir} --choose`"
             f"\n# (rerun it, do not edit).\n"
             f"# Only attack=cb_uap reads it: `+table/study_point={spec.name}`. Its job folder names the attack, eps,\n"
             f"# study and seed: a table that sweeps more than these with it sets hydra.sweep.subdir after it.\n{body}")
+
+
+def _comment(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 116, initial_indent="# ", subsequent_indent="# "))
 
 
 def chosen_balance(spec: StudySpec, chosen: Trial) -> dict[str, Any]:
@@ -63,12 +69,16 @@ def chosen_balance(spec: StudySpec, chosen: Trial) -> dict[str, Any]:
         raise UserError(f"{source}: the chosen trial's record holds no config.attack.balance ({err})") from None
 
 
-def choose(spec: StudySpec, conf_dir: str | Path) -> Path:
-    """Write the chosen point's block under conf_dir; returns its path."""
+def choose(spec: StudySpec, conf_dir: str | Path, force: bool = False) -> Path:
+    """Write the chosen point's block under conf_dir; returns its path. Refused while the front still moves by the
+    manifest's stopping rule unless `force` (the block's header then says so)."""
     front = study_front(spec)
     chosen = chosen_trial(front)
     if chosen is None:
         raise UserError(f"study {spec.name}: no completed trial to choose from")
+    if not force and not is_stable(front):
+        raise UserError(f"study {spec.name}: {stability_text(front)} Continue the study, or add --force to write "
+                        f"the point it holds now")
     path = Path(conf_dir) / STUDY_POINT / f"{spec.name}.yaml"
     write_text(path, point_block(spec, front, chosen, chosen_balance(spec, chosen)))
     return path

@@ -145,8 +145,9 @@ def run_one(study: Any, spec: StudySpec, root: Path, params: list, runner: Calla
         study.tell(asked, state=TrialState.FAIL)
         raise UserError(f"{run_dir}: exists, but the journal has no such trial; refusing to write over it (was "
                         f"{JOURNAL} replaced?)")
-    overrides = as_overrides(suggest(asked, params))
-    earlier = _same_setting(study, asked)
+    values = suggest(asked, params)
+    overrides = as_overrides(values)
+    earlier = _same_setting(study, asked, params, values)
     if earlier is not None:  # the same setting, seed and code give the same record: tell its values, run nothing
         asked.set_user_attr("same_as", earlier.number)
         study.tell(asked, list(earlier.values))
@@ -163,13 +164,15 @@ def run_one(study: Any, spec: StudySpec, root: Path, params: list, runner: Calla
           f"{outcome.values[1]:.4f} ({_front_text(study)})", flush=True)
 
 
-def _same_setting(study: Any, asked: Any) -> Any:
-    """The earliest completed trial of exactly `asked`'s parameters (NSGA-II's offspring can repeat a parent), or
-    None."""
+def _same_setting(study: Any, asked: Any, params: list, values: dict[str, Any]) -> Any:
+    """The earliest completed trial that applies exactly `values` (NSGA-II's offspring can repeat a parent; a value
+    drawn for a key that is switched off is not applied, so it does not make a new setting), or None."""
     from optuna.trial import TrialState
 
     for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if done.number != asked.number and done.params == asked.params:
+        if done.number == asked.number or done.params.keys() != asked.params.keys():  # one of another space
+            continue
+        if suggest(done, params) == values:
             return done
     return None
 
