@@ -152,3 +152,43 @@ def test_an_unreadable_predictions_file_is_one_line_naming_it(tmp_path, content)
     (tmp_path / "predictions.npz").write_bytes(content)
     with pytest.raises(ValueError, match=r"predictions\.npz: not a predictions file"):
         load_predictions({"metrics": {"predictions_file": "predictions.npz"}, "_path": str(tmp_path)})
+
+
+def test_claim_two_adds_the_bootstrap_of_a_seed_whose_pipelines_saved_predictions(tmp_path):
+    import numpy as np
+
+    from cbuap_runner.report.bootstrap import paired_defence_bootstrap, worst_case_accuracy
+    from cbuap_runner.report.claims import claim_defence
+
+    def defence(name: str, fools: dict[str, float]) -> dict:
+        """A pipeline row of seeds 0 and 1 whose seed-0 run saved predictions under each attack of `fools`."""
+        recs = runs("worst_adv_acc", {0: 0.5, 1: 0.5}, clean_acc={0: 0.9, 1: 0.9})
+        folder = tmp_path / name
+        folder.mkdir()
+        attacks = {}
+        for i, (attack, fool) in enumerate(fools.items()):
+            p = predictions(1, fool=fool)  # the same images and clean predictions; δ's effect per attack
+            adv = p.adv if attack != "uap" else np.where(np.arange(len(p.adv)) % (i + 2) == 0, p.clean, p.adv)
+            np.savez_compressed(folder / f"predictions_{attack}.npz", label=p.label, clean=p.clean, adv=adv)
+            attacks[attack] = {"predictions_file": f"predictions_{attack}.npz", "class_wise": attack == "cw_uap"}
+        recs[0].update(_path=str(folder))
+        recs[0]["metrics"]["attacks"] = attacks
+        return {"training": name, "status": "completed", "n": 2, "seeds": [0, 1], "_records": recs,
+                "worst_adv_acc": (0.5, 0.0, 2), "clean_acc": (0.9, 0.0, 2)}
+
+    uat = defence("uat", {"sgd_uap": 0.8, "uap": 0.7, "cw_uap": 0.99})
+    cb = defence("cb_uat", {"sgd_uap": 0.3, "uap": 0.4, "cw_uap": 0.99})
+    said = claim_defence("x", [uat, cb, defence("cw_uat", {"sgd_uap": 0.5})])
+    assert "(over the 400 test images of seed 0, 2,000 paired bootstrap resamples, 95 % percentile intervals: " \
+           "worst case +" in said
+    assert said.count("paired bootstrap") == 2  # against uat and against cw_uat
+    # the worst case is each defence's lowest accuracy over its universal attacks: the class-wise one stays out
+    from cbuap_runner.report.bootstrap import load_defence_predictions
+
+    a, b = (load_defence_predictions(r["_records"][0]) for r in (uat, cb))
+    assert sorted(a) == ["sgd_uap", "uap"]
+    worst, clean = paired_defence_bootstrap(a, b, resamples=300)
+    whole = np.arange(400)[None, :]
+    assert worst.mean == pytest.approx(float(worst_case_accuracy(b, whole)[0] - worst_case_accuracy(a, whole)[0]))
+    assert worst.low < worst.mean < worst.high and (clean.mean, clean.low, clean.high) == (0.0, 0.0, 0.0)
+    assert load_defence_predictions(defence("none", {})["_records"][0]) is None  # saved none: no bootstrap

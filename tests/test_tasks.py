@@ -91,6 +91,21 @@ def test_saved_predictions_reproduce_the_record_metrics(validated, tmp_path):
         assert fn(saved, whole)[0] == pytest.approx(metrics[name]), name
 
 
+def test_a_pipelines_saved_predictions_reproduce_its_worst_case(validated, tmp_path):
+    import numpy as np
+
+    from cbuap_runner.report.bootstrap import clean_accuracy, load_defence_predictions, worst_case_accuracy
+
+    cfg = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "task=pipeline",
+                     "pipeline.attacks=[sgd_uap,cb_uap,cw_uap]", "eval.save_predictions=true"])
+    metrics = TASKS["pipeline"].run(Context(cfg, RunRecord(tmp_path / "run"), torch.device("cpu"), RecordingTracker()))
+    saved = load_defence_predictions({"metrics": metrics, "_path": str(tmp_path / "run")})
+    assert sorted(saved) == ["cb_uap", "sgd_uap"]  # the class-wise UAP is not in the worst case
+    whole = np.arange(metrics["num_images"])[None, :]
+    assert worst_case_accuracy(saved, whole)[0] == pytest.approx(metrics["worst_adv_acc"])
+    assert clean_accuracy(saved["sgd_uap"], whole)[0] == pytest.approx(metrics["clean_acc"])
+
+
 def test_clean_evaluation_reports_the_training_cost_its_model_file_holds(validated, tmp_path):
     base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "task=evaluate"]
 

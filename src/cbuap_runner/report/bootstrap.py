@@ -1,8 +1,11 @@
 """A paired bootstrap over test images: how much a difference between two perturbations of one seed (one network,
-one set of test images) depends on which test images were drawn.
+one set of test images), or between two defences of one seed under their attacks, depends on which test images
+were drawn.
 
 Reads the per-image predictions a run writes with `eval.save_predictions=true` (`predictions.npz` beside its
-`run_summary.json`: each test image's label, clean prediction and adversarial prediction). The test images are
+`run_summary.json`, a pipeline `predictions_<attack>.npz` per attack: each test image's label, clean prediction and
+adversarial prediction). A defence's worst case is recomputed on each resample as its lowest accuracy over its
+universal attacks, as the pipeline reports it. The test images are
 resampled with replacement RESAMPLES times (seeded); on each resample both runs' metric is recomputed on the same
 images and their difference taken; the interval is the 2.5th to 97.5th percentile of those differences (the
 percentile interval, Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, ch. 13). It speaks of the
@@ -40,8 +43,20 @@ class Predictions:
 def load_predictions(record: Mapping[str, Any]) -> Predictions | None:
     """The predictions a record's run saved (None where it saved none); the number of classes from its label
     histogram. ValueError naming the file when it is unreadable."""
-    metrics = record.get("metrics") or {}
-    name, folder = metrics.get("predictions_file"), record.get("_path")
+    return _load(record.get("metrics") or {}, record.get("_path"))
+
+
+def load_defence_predictions(record: Mapping[str, Any]) -> dict[str, Predictions] | None:
+    """A pipeline run's predictions under each universal attack it reports (a class-wise attack is not in its worst
+    case), by attack; None unless it saved them for every one."""
+    attacks = (record.get("metrics") or {}).get("attacks") or {}
+    universal = {name: m for name, m in attacks.items() if not m.get("class_wise")}
+    found = {name: _load(m, record.get("_path")) for name, m in universal.items()}
+    return found if found and all(p is not None for p in found.values()) else None
+
+
+def _load(metrics: Mapping[str, Any], folder: str | None) -> Predictions | None:
+    name = metrics.get("predictions_file")
     if not name or not folder:
         return None
     path = Path(folder) / name
@@ -95,15 +110,45 @@ def paired_bootstrap(a: Predictions, b: Predictions, name: str, resamples: int =
                      seed: int = SEED) -> Paired:
     """b − a of metric `name` on all test images, with the percentile interval over `resamples` paired
     resamples (n: the number of test images). ValueError unless both runs saw the same images in one order."""
-    if not np.array_equal(a.label, b.label):
+    _same_images([a, b])
+    metric = METRICS[name]
+    return _resampled(lambda idx: metric(b, idx) - metric(a, idx), len(a.label), resamples, seed)
+
+
+def worst_case_accuracy(runs: Mapping[str, Predictions], idx: np.ndarray) -> np.ndarray:
+    """The lowest accuracy under attack over a defence's attacks, on each row of image indices."""
+    return np.min([adv_acc(p, idx) for p in runs.values()], axis=0)
+
+
+def clean_accuracy(p: Predictions, idx: np.ndarray) -> np.ndarray:
+    return (p.clean[idx] == p.label[idx]).mean(axis=1)
+
+
+def paired_defence_bootstrap(a: Mapping[str, Predictions], b: Mapping[str, Predictions],
+                             resamples: int = RESAMPLES, seed: int = SEED) -> tuple[Paired, Paired]:
+    """b − a of the worst-case accuracy (each defence's lowest over its own attacks, on the same resampled images)
+    and of the clean accuracy, with their percentile intervals. ValueError unless every run saw the same images."""
+    _same_images([*a.values(), *b.values()])
+    first_a, first_b = next(iter(a.values())), next(iter(b.values()))
+    n = len(first_a.label)
+    worst = _resampled(lambda idx: worst_case_accuracy(b, idx) - worst_case_accuracy(a, idx), n, resamples, seed)
+    clean = _resampled(lambda idx: clean_accuracy(first_b, idx) - clean_accuracy(first_a, idx), n, resamples, seed)
+    return worst, clean
+
+
+def _same_images(runs: list[Predictions]) -> None:
+    if any(not np.array_equal(runs[0].label, p.label) for p in runs[1:]):
         raise ValueError("bootstrap: the two runs were not scored on the same test images in the same order")
-    metric, n = METRICS[name], len(a.label)
-    whole = np.arange(n)[None, :]
-    observed = float((metric(b, whole) - metric(a, whole))[0])
+
+
+def _resampled(difference: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int) -> Paired:
+    """The difference on all n images, and its 2.5th-97.5th percentile over `resamples` resamples of them (each
+    row of indices one resample, drawn with replacement from a generator seeded with `seed`)."""
+    observed = float(difference(np.arange(n)[None, :])[0])
     rng = np.random.default_rng(seed)
     diffs = []
     for start in range(0, resamples, CHUNK):
         idx = rng.integers(0, n, size=(min(CHUNK, resamples - start), n))
-        diffs.append(metric(b, idx) - metric(a, idx))
+        diffs.append(difference(idx))
     low, high = np.percentile(np.concatenate(diffs), [2.5, 97.5])
     return Paired(observed, float(low), float(high), n)

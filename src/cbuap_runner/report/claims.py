@@ -15,7 +15,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .bootstrap import RESAMPLES, Predictions, load_predictions, paired_bootstrap
+from .bootstrap import (
+    RESAMPLES,
+    Predictions,
+    load_defence_predictions,
+    load_predictions,
+    paired_bootstrap,
+    paired_defence_bootstrap,
+)
 from .formats import format_cell
 from .significance import paired
 
@@ -170,6 +177,21 @@ def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
             f"percentile intervals): fooled-label entropy {entropy.text()}, fooling rate {fooling.text(100, 1)} points")
 
 
+def _bootstrap_defence(other: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
+    """' (over the test images of seed s …)' for claim 2: CB-UAT − the other defence in worst-case and clean
+    accuracy on the first seed whose runs of both rows saved their predictions under every attack ('' where none
+    did)."""
+    left, right = ({r.get("seed"): load_defence_predictions(r) for r in row.get("_records", ())}
+                   for row in (other, cb))
+    common = sorted((s for s in left.keys() & right.keys() if left[s] and right[s]), key=str)
+    if not common:
+        return ""
+    seed = common[0]
+    worst, clean = paired_defence_bootstrap(left[seed], right[seed])
+    return (f" (over the {worst.n:,} test images of seed {seed}, {RESAMPLES:,} paired bootstrap resamples, 95 % "
+            f"percentile intervals: worst case {worst.text(100, 1)}, clean {clean.text(100, 1)} points)")
+
+
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
                   where: Mapping[str, Any] | None = None, cb_where: Mapping[str, Any] | None = None) -> str:
     """Claim 1 in one sentence: does CB-UAP (its row matching `cb_where`; of the rows matching `where`) clear `bar`
@@ -214,7 +236,7 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
         pair = paired(row, cb, "worst_adv_acc")
         within = "" if pair is None else f" (paired over {pair.n} seeds: {pair.text(100, 1)})"
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
-                     f"points{_shared_seeds_note(row, cb)}")
+                     f"points{_shared_seeds_note(row, cb)}{_bootstrap_defence(row, cb)}")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
     return (f"{label}: CB-UAT (clean {format_cell(cb['clean_acc'])}, worst case "
             f"{format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "
