@@ -183,15 +183,23 @@ def test_resumed_run_of_a_finished_training_only_writes_the_model(job, tmp_path)
     run_dir = tmp_path / "run"
     job(run_dir, TRAIN)
     first = weights(run_dir / "model.pt")
-    (run_dir / "model.pt").unlink()
+    killed(run_dir)
     job(run_dir, [*TRAIN, "resume=true"])
     assert_completed(run_dir)
     assert all(torch.equal(first[k], v) for k, v in weights(run_dir / "model.pt").items())
 
 
+def killed(run_dir: Path) -> None:
+    """The run directory as a kill after the last checkpoint leaves it: no model.pt, the record still running."""
+    (run_dir / "model.pt").unlink()
+    record = summary(run_dir)
+    (run_dir / "run_summary.json").write_text(json.dumps({**record, "status": "running"}))
+
+
 def test_resume_auto_continues_a_checkpoint_and_resume_false_trains_afresh(job, tmp_path, monkeypatch, reference):
-    """resume=auto (the default): an interrupted run continues, a finished one trains nothing more; resume=false
-    trains afresh over it. Each ends with the uninterrupted weights and each epoch's row once."""
+    """resume=auto (the default): an interrupted run continues, a completed one is kept, one killed after its last
+    checkpoint trains nothing more; resume=false trains afresh over it. Each ends with the uninterrupted weights
+    and each epoch's row once."""
     run_dir = tmp_path / "run"
     with monkeypatch.context() as m:
         interrupt_after(m, STEPS + 3)  # in the middle of epoch 2
@@ -204,7 +212,11 @@ def test_resume_auto_continues_a_checkpoint_and_resume_false_trains_afresh(job, 
     resumed = rows(run_dir)
     assert resumed[:1] == first  # epoch 1 was not trained again
 
-    (run_dir / "model.pt").unlink()
+    record = (run_dir / "run_summary.json").read_bytes()
+    job(run_dir, TRAIN)  # completed: kept as it is
+    assert (run_dir / "run_summary.json").read_bytes() == record and rows(run_dir) == resumed
+
+    killed(run_dir)
     job(run_dir, TRAIN)
     assert_completed(run_dir)
     assert_same_weights(reference, run_dir / "model.pt")
@@ -222,11 +234,12 @@ ATTACK = ["task=attack", "dataset=synthetic", "model=small_cnn", "training.epoch
 
 
 def test_attack_repeated_in_its_directory_leaves_one_set_of_crafting_rows(job, tmp_path):
-    """The first attempt trains the model (its epoch row) and crafts; the second uses the cached model and crafts
-    again: metrics.jsonl keeps the epoch row and one row per crafting pass."""
+    """The first attempt trains the model (its epoch row) and crafts; the second (resume=false: a completed run is
+    otherwise kept) uses the cached model and crafts again: metrics.jsonl keeps the epoch row and one row per
+    crafting pass."""
     run_dir = tmp_path / "run"
-    for _ in range(2):
-        job(run_dir, ATTACK)
+    for extra in ([], ["resume=false"]):
+        job(run_dir, [*ATTACK, *extra])
         assert summary(run_dir)["status"] == "completed"
     assert [r["pass"] for r in rows(run_dir) if "pass" in r] == [1, 2]
     assert epoch_rows(run_dir) == [1]

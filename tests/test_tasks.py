@@ -106,6 +106,23 @@ def test_a_pipelines_saved_predictions_reproduce_its_worst_case(validated, tmp_p
     assert clean_accuracy(saved["sgd_uap"], whole)[0] == pytest.approx(metrics["clean_acc"])
 
 
+def test_fine_tuning_records_its_starting_weights_and_warns_when_they_saw_other_data(validated, tmp_path, caplog):
+    base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "task=train"]
+
+    def train(name: str, *extra: str) -> Context:
+        ctx = Context(validated([*base, *extra]), RunRecord(tmp_path / name), torch.device("cpu"), RecordingTracker())
+        TASKS["train"].run(ctx)
+        return ctx
+
+    start = train("start").provenance["model"]
+    tuned = train("tuned", f"training.init_checkpoint={tmp_path / 'start' / 'model.pt'}").provenance
+    assert tuned["init_checkpoint"]["sha256"] == start["sha256"] and tuned["init_checkpoint"]["source"] == "init_checkpoint"
+    assert tuned["init_checkpoint"]["data"] == tuned["data"]["fingerprint"] and "other data" not in caplog.text
+    other = train("other", f"training.init_checkpoint={tmp_path / 'start' / 'model.pt'}", "dataset.synthetic_size=320")
+    assert other.provenance["init_checkpoint"]["data"] != other.provenance["data"]["fingerprint"]
+    assert "start/model.pt was trained on other data" in caplog.text
+
+
 def test_clean_evaluation_reports_the_training_cost_its_model_file_holds(validated, tmp_path):
     base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "task=evaluate"]
 

@@ -75,6 +75,10 @@ def _row(line: str) -> Optional[dict]:
     return row if isinstance(row, dict) else None
 
 
+def _without_resume(config: Any) -> Any:
+    return {k: v for k, v in config.items() if k != "resume"} if isinstance(config, dict) else config
+
+
 class RunRecord:
     """The files of one run directory and the resume mode (`resume`: "auto", True or False) they are read under."""
 
@@ -92,6 +96,18 @@ class RunRecord:
         except (OSError, ValueError):
             return False
         return bool(earlier.get("started", True))  # records from before "started" was written: an attempt
+
+    def completed_run(self, config: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The directory's record where it is of a completed run of `config` (the resolved job config; `resume`
+        aside), else None: a relaunched sweep keeps such a run rather than running it again (resume=false reruns it)."""
+        try:
+            earlier = json.loads((self.run_dir / SUMMARY).read_text())
+        except (OSError, ValueError):
+            return None
+        if not (isinstance(earlier, dict) and earlier.get("status") == "completed"):
+            return None
+        same = _without_resume(earlier.get("config")) == _without_resume(config)
+        return earlier if same else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if dist.is_main():

@@ -113,8 +113,11 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
         model = build_model(cfg.model.name, data.num_classes, data.input_shape, list(cfg.dataset.mean),
                             list(cfg.dataset.std)).to(ctx.device)
     if cfg.training.init_checkpoint:
-        _check_model_fits(cfg.training.init_checkpoint, data, "training.init_checkpoint")
-        model.load_state_dict(read_model_file(cfg.training.init_checkpoint, "training.init_checkpoint")["state_dict"])
+        path = cfg.training.init_checkpoint
+        blob = _check_model_fits(path, data, "training.init_checkpoint")
+        model.load_state_dict(blob["state_dict"])
+        ctx.provenance["init_checkpoint"] = model_file_provenance(path, blob, "init_checkpoint")
+        _warn_other_data(path, ctx.provenance["init_checkpoint"]["data"], data)
     model = _prepared(cfg, model)
     adversary = make_adversary(cfg.training.name, cfg.training, data.num_classes, data.input_shape, ctx.device,
                                seed=cfg.seed)
@@ -258,7 +261,12 @@ def _cached_model(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 def _note_model(ctx: Context, path: str, blob: dict[str, Any], source: str, data: DataBundle) -> None:
     """Record which network this run uses; say so when it was trained on other data than this run reads."""
     ctx.provenance["model"] = model_file_provenance(path, blob, source)
-    trained_on = ctx.provenance["model"]["data"]
+    _warn_other_data(path, ctx.provenance["model"]["data"], data)
+
+
+def _warn_other_data(path: str, trained_on: str | None, data: DataBundle) -> None:
+    """A log line when the model file at `path` was trained on other data than this run reads (both fingerprints
+    are in the record)."""
     if trained_on and trained_on != data.fingerprint:
         log.warning("%s was trained on other data (fingerprint %s) than this run reads (%s)", path, trained_on[:12],
                     data.fingerprint[:12])
