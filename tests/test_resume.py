@@ -228,6 +228,45 @@ def test_resume_auto_continues_a_checkpoint_and_resume_false_trains_afresh(job, 
     assert not [r for r in rows(run_dir) if r in resumed]  # every epoch trained again, each row written once
 
 
+def test_a_state_written_by_other_code_is_continued_and_the_record_says_so(job, tmp_path, monkeypatch):
+    """Training and crafting states carry the code version that wrote them; continuing one of another version
+    logs it and lists that version in the record's continued_code, which the report counts as a second commit."""
+    import cbuap_runner.record as record_module
+    from cbuap_runner.report.formats import provenance_line
+    from cbuap_runner.report.records import commit_counts
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(record_module, "git_commit", lambda: "old")
+    with monkeypatch.context() as m:
+        interrupt_after(m, STEPS + 3)  # in the middle of epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            job(run_dir, TRAIN)
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["code"] == "old"
+    monkeypatch.setattr(record_module, "git_commit", lambda: "new")
+    job(run_dir, TRAIN)
+    record = summary(run_dir)
+    assert record["continued_code"] == ["old"]
+    assert set(commit_counts([record])) == {"old", record["git_commit"]}
+    assert "1 run continued a training or crafting state another code version wrote" in provenance_line([record])
+    job(run_dir, [*TRAIN, "resume=false"])  # afresh: nothing continued
+    assert "continued_code" not in summary(run_dir)
+
+
+def test_a_crafting_state_of_other_code_is_continued_and_noted(tmp_path, caplog):
+    def record(code: str) -> RunRecord:
+        r = RunRecord(tmp_path / "run")
+        r._code = code
+        return r
+
+    key = {"attack": {"name": "sgd_uap"}, "seed": 0}
+    record("old").crafting("sgd_uap", key, 100).save({"loop": {"passes": 1, "position": 0}, "attack": {}})
+    same = record("old")
+    assert same.crafting("sgd_uap", key, 100).load() is not None and not same.continued_code
+    later = record("new")
+    assert later.crafting("sgd_uap", key, 100).load() is not None and later.continued_code == {"old"}
+    assert "was written by code old, this run is new" in caplog.text
+
+
 ATTACK = ["task=attack", "dataset=synthetic", "model=small_cnn", "training.epochs=1", "training.batch_size=32",
           "attack=sgd_uap", "attack.passes=2", "attack.crafting_images=64", "attack.batch_size=32", "eval.num_images=64",
           "eval.batch_size=64"]

@@ -26,6 +26,7 @@ import torch
 from . import dist
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save, write_json
+from .runinfo import git_commit
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,22 @@ class RunRecord:
         self.run_dir, self.resume = Path(run_dir), resume
         self.training_continued_from: Optional[int] = None  # the epoch of the training checkpoint loaded, if any
         self.waited_seconds = 0.0  # spent waiting for another job to train the model this run needs
+        self.continued_code: set[str] = set()  # other code versions whose training or crafting state it continued
+        self._code: Optional[str] = None
+
+    @property
+    def code(self) -> str:
+        """The code version this attempt runs (what its states are written under)."""
+        if self._code is None:
+            self._code = git_commit()
+        return self._code
+
+    def note_code(self, written_by: Optional[str], path: Path) -> None:
+        """A state continued from another code version: said in the log, and in the record (`continued_code`)."""
+        if written_by and written_by != self.code:
+            log.warning("%s was written by code %s, this run is %s: continued, and the record says so", path,
+                        written_by, self.code)
+            self.continued_code.add(written_by)
 
     # ------------------------------------------------------------ the summary
 
@@ -156,7 +173,7 @@ class RunRecord:
 
     def save_training(self, **state: Any) -> None:
         """Write checkpoint.pt atomically (model, optimiser, scheduler, adversary, epoch, history, key) with RNG."""
-        torch_save({**state, "rng": rng_states()}, self.run_dir / CHECKPOINT)
+        torch_save({**state, "rng": rng_states(), "code": self.code}, self.run_dir / CHECKPOINT)
 
     def training_checkpoint(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
         """The checkpoint to continue training from: none for resume=false or before the first epoch ended;
@@ -173,6 +190,7 @@ class RunRecord:
                             f"interrupted run's own directory, or {self.afresh_hint}")
         self.check_same(blob.get("config"), key, path, "trained")
         self.training_continued_from = int(blob["epoch"])
+        self.note_code(blob.get("code"), path)
         return blob
 
     # ------------------------------------------------------------ crafting states
@@ -249,10 +267,11 @@ class CraftingCheckpoint:
                             f"{self.record.afresh_hint}")
         self.record.check_same(blob["key"], self.key, self.path, "crafted")
         self.continued_from = {k: int(blob["loop"][k]) for k in ("passes", "position")}
+        self.record.note_code(blob.get("code"), self.path)
         log.info("continuing the crafting of %s after %d passes and %d positions into the next (%s)",
                  self.path.stem, self.continued_from["passes"], self.continued_from["position"], self.path)
         return blob
 
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torch_save({**state, "key": self.key}, self.path)
+        torch_save({**state, "key": self.key, "code": self.record.code}, self.path)

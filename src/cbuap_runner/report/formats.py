@@ -34,6 +34,10 @@ def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
     if partial:
         cost += (f"{',' if seconds else ';'} leaving out the wall time of {_runs(partial)} continued from an "
                  "earlier attempt (it counts the last attempt only)")
+    continued = sum(bool(r.get("continued_code")) for r in records)
+    if continued:
+        cost += (f"; {_runs(continued)} continued a training or crafting state another code version wrote (counted "
+                 "under both)")
     return f"Records from commits: {commits_text(commit_counts(records))}{cost}."
 
 

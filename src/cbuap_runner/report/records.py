@@ -200,9 +200,15 @@ def short_commit(commit: str) -> str:
     return commit.removesuffix("-dirty")[:7] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def commits_of(record: Mapping[str, Any]) -> set[str]:
+    """The code versions behind the record: its own, and those whose training or crafting state it continued."""
+    return {commit_of(record), *(str(c) for c in record.get("continued_code") or [])}
+
+
 def commit_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """{code version: number of records}, the most frequent first."""
-    counts = Counter(commit_of(record) for record in records)
+    """{code version: number of records it is behind}, the most frequent first (a record that continued another
+    version's state counts under both)."""
+    counts = Counter(code for record in records for code in commits_of(record))
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
