@@ -291,7 +291,7 @@ def test_make_tables_kind_pareto(tmp_path, capsys):
     assert "5 trials (4 completed, 1 failed); the validation front holds 3 (3 distinct points)." in text
     assert "front trials in it on validation: 0; of those, on test too: 0." in text
     assert "over the last quarter of the completed trials (1)" in text
-    assert "the chosen trial has held since completed trial 1 of 4." in text
+    assert "the same trial has been chosen for the last 4 of the 4 completed trials." in text
     assert "at least 100 completed trial runs, and over the last quarter" in text
     assert "not met, the front still moves." in text
     manifest.write_text(json.dumps({"claims": {"fooled_entropy_gain": 0.15, "fooling_rate_loss": 0.02,

@@ -211,8 +211,8 @@ def _evidence_text(f: Front) -> str:
     chosen = chosen_history(f)
     since = next(k for k in range(len(chosen), 0, -1) if k == 1 or chosen[k - 2] != chosen[-1])
     return (f"{hv}; over the last quarter of the completed trials ({quarter}) it changed by {_num(gain)} "
-            f"({relative * 100:.2f}% of its final value); the chosen trial has held since completed trial {since} "
-            f"of {len(chosen)}.")
+            f"({relative * 100:.2f}% of its final value); the same trial has been chosen for the last "
+            f"{len(chosen) - since + 1} of the {len(chosen)} completed trials.")
 
 
 def is_stable(f: Front) -> bool:
