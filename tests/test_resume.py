@@ -252,6 +252,15 @@ def test_a_state_written_by_other_code_is_continued_and_the_record_says_so(job, 
     assert "continued_code" not in summary(run_dir)
 
 
+def test_a_run_from_a_tree_with_uncommitted_edits_says_so(job, tmp_path, monkeypatch, caplog):
+    import cbuap_runner.job as job_module
+
+    monkeypatch.setattr(job_module, "git_commit", lambda: "abc1234-dirty")
+    job(tmp_path / "run", TRAIN)
+    assert summary(tmp_path / "run")["git_commit"] == "abc1234-dirty"
+    assert "uncommitted edits: the record names commit abc1234-dirty" in caplog.text
+
+
 def test_a_crafting_state_of_other_code_is_continued_and_noted(tmp_path, caplog):
     def record(code: str) -> RunRecord:
         r = RunRecord(tmp_path / "run")

@@ -78,6 +78,9 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     earlier_run = record.earlier_run()
     summary = {**_summary_base(dcfg, overrides), "run_dir": str(run_dir), "config": _resolved_config(dcfg),
                "started": False}
+    if summary["git_commit"].endswith("-dirty"):
+        log.warning("the source tree has uncommitted edits: the record names commit %s, not the exact code",
+                    summary["git_commit"])
     kept = record.completed_run(summary["config"]) if record.resume is not False else None
     if kept is not None:  # a relaunched sweep continues where it stopped: what completed stays as it is
         log.info("%s holds a completed run of this config (code %s): kept, not run again (resume=false reruns it)",
