@@ -19,8 +19,8 @@ from cbuap_runner.attacks.objectives import ClippedLoss
 from cbuap_runner.data import DataBundle, Split
 from cbuap_runner.errors import UserError
 from cbuap_runner.metrics import evaluate_perturbation, fooling_rates
+from cbuap_runner.perturbations import select_start
 from cbuap_runner.schema import AttackConfig
-from cbuap_runner.tasks import select_start
 from toy import SHAPE, K, train_toy_model
 
 

@@ -15,8 +15,8 @@ from torchvision.io import decode_image, encode_jpeg
 from cbuap_runner.data import load_data
 from cbuap_runner.errors import UserError
 from cbuap_runner.models import build_model, save_model
+from cbuap_runner.networks import model_cache_path
 from cbuap_runner.provenance import files_fingerprint, identity, state_dict_fingerprint, weights_key
-from cbuap_runner.tasks import model_cache_path
 from helpers import random_image_folder
 
 SIZE = 16
@@ -167,8 +167,8 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(cli, tmp_path):
 
 
 def test_a_cache_slot_holding_another_model_is_not_used(validated, tmp_path):
+    from cbuap_runner.networks import _cached_model
     from cbuap_runner.provenance import digest
-    from cbuap_runner.tasks import _cached_model
 
     cfg = validated(["dataset=synthetic", f"cache_dir={tmp_path}"])
     key = weights_key(cfg, "fp")
@@ -181,7 +181,7 @@ def test_a_cache_slot_holding_another_model_is_not_used(validated, tmp_path):
 
 
 def test_model_checkpoint_of_another_dataset_is_refused(tmp_path, validated):
-    from cbuap_runner.tasks import _check_model_fits
+    from cbuap_runner.networks import _check_model_fits
 
     cfg = validated(["dataset=synthetic"])
     data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))

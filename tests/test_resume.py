@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cbuap_runner.tasks as tasks
+import cbuap_runner.networks as networks
 from cbuap_runner.attacks import attack_config, craft
 from cbuap_runner.attacks.cb_uap import BalanceConfig
 from cbuap_runner.attacks.deepfool_uap import DeepFoolConfig
@@ -91,7 +91,7 @@ def job(compose_cfg, tmp_path):
 def interrupt_after(monkeypatch, iterations: int) -> None:
     """Make the next training run stop (KeyboardInterrupt, as Ctrl-C) in its iteration `iterations` + 1, before its
     optimiser step: the defence's loss raises once it was asked for `iterations` batches."""
-    make = tasks.make_adversary
+    make = networks.make_adversary
 
     def interrupting(*args, **kwargs):
         adversary, calls, loss = make(*args, **kwargs), [0], None
@@ -106,7 +106,7 @@ def interrupt_after(monkeypatch, iterations: int) -> None:
         adversary.loss = counted
         return adversary
 
-    monkeypatch.setattr(tasks, "make_adversary", interrupting)
+    monkeypatch.setattr(networks, "make_adversary", interrupting)
 
 
 # ---------------------------------------------------------------- in-process interruption

@@ -270,7 +270,7 @@ def test_refusals_name_the_key(tmp_path):
 
 def test_a_pretrained_head_of_other_classes_is_refused(tmp_path):
     """A 1,000-class torchvision network against a 3-class dataset (the source's classes are checked first)."""
-    from cbuap_runner.tasks import check_classes
+    from cbuap_runner.networks import check_classes
 
     with pytest.raises(UserError, match=r"^model\.name=torchvision: the network has 1000 classes, dataset=image_folder "
                                         r"has 3"):

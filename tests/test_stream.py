@@ -212,7 +212,7 @@ def test_a_split_is_looked_over_once(validated, tmp_path, monkeypatch):
 
 
 def test_per_class_keys_give_k_images_of_each_class(validated, folder, tmp_path):
-    from cbuap_runner.tasks import crafting_split
+    from cbuap_runner.perturbations import crafting_split
 
     cfg = validated(stream_args(folder, "dataset.stream=always", "dataset.val_per_class=2", "attack.crafting_per_class=3"))
     data = load_data(cfg.dataset, str(tmp_path), 0, torch.device("cpu"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cbuap_runner.context import Context
+from cbuap_runner.perturbations import restart_generator
 from cbuap_runner.record import RunRecord
-from cbuap_runner.tasks import TASKS, Context, restart_generator, worst_case
+from cbuap_runner.tasks import TASKS, worst_case
 from helpers import TINY
 
 

@@ -347,8 +347,8 @@ def test_cb_uat_worst_member_takes_each_samples_highest_loss_member(validated, t
 
 
 def test_model_cache_key_follows_only_what_the_defence_reads(validated):
+    from cbuap_runner.networks import model_cache_path
     from cbuap_runner.provenance import weights_key
-    from cbuap_runner.tasks import model_cache_path
 
     def slot(*overrides):
         cfg = validated(["dataset=synthetic", *overrides])

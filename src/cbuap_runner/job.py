@@ -68,7 +68,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
 
     Under torchrun every rank runs the job and only rank 0 writes the record.
     """
-    from .tasks import TASKS, Context
+    from .context import Context
+    from .tasks import TASKS
     from .tracking import make_tracker
 
     t0 = time.time()

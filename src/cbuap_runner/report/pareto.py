@@ -23,7 +23,7 @@ from .frontier import front_indices, front_stable, hypervolume_history, last_qua
 from .records import NoRecords, location, metric
 from .rows import choose_balanced
 
-OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # a study's, maximised (tasks.VAL_METRICS)
+OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # a study's, maximised (perturbations.VAL_METRICS)
 TEST = ("fooling_rate", "fooled_label_entropy")  # their test counterparts, reported beside
 TRIAL_ATTACK, REFERENCE_ATTACK = "cb_uap", "sgd_uap"
 REFERENCE_POINT = (0.0, 0.0)
