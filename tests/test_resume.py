@@ -252,6 +252,27 @@ def test_a_state_written_by_other_code_is_continued_and_the_record_says_so(job, 
     assert "continued_code" not in summary(run_dir)
 
 
+def test_a_completed_run_is_kept_unless_a_file_it_read_has_changed(job, tmp_path):
+    """A relaunch keeps a completed run of the same config, but runs it again when the network file it read holds
+    other bytes now (another sweep retrained it in place)."""
+    import shutil
+
+    for seed in (0, 1):
+        job(tmp_path / f"net{seed}", [*TRAIN, f"seed={seed}"])
+    network = tmp_path / "network.pt"
+    shutil.copyfile(tmp_path / "net0" / "model.pt", network)
+    run_dir, attack = tmp_path / "attack", [*ATTACK, f"model.checkpoint={network}"]
+    job(run_dir, attack)
+    first = (run_dir / "run_summary.json").read_bytes()
+    job(run_dir, attack)
+    assert (run_dir / "run_summary.json").read_bytes() == first  # kept
+    shutil.copyfile(tmp_path / "net1" / "model.pt", network)
+    job(run_dir, attack)
+    again = summary(run_dir)
+    assert again["status"] == "completed" and again["provenance"]["model"]["sha256"] != json.loads(first)[
+        "provenance"]["model"]["sha256"]
+
+
 def test_a_run_from_a_tree_with_uncommitted_edits_says_so(job, tmp_path, monkeypatch, caplog):
     import cbuap_runner.job as job_module
 

@@ -26,6 +26,7 @@ import torch
 from . import dist
 from .errors import UserError
 from .io import atomic_path, safe_torch_load, torch_save, write_json
+from .provenance import file_sha256
 from .runinfo import git_commit
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,24 @@ def _row(line: str) -> Optional[dict]:
     return row if isinstance(row, dict) else None
 
 
+INPUT_FILES = ("model", "init_checkpoint", "perturbation")  # provenance entries of files a run read
+
+
+def _changed_input(provenance: dict[str, Any]) -> Optional[str]:
+    """The path of a file the run read (its network, starting weights or perturbation) whose bytes are no longer
+    those the record names, or None. A network the run trained itself is its own output, not an input."""
+    for name in INPUT_FILES:
+        entry = provenance.get(name)
+        if not isinstance(entry, dict) or not entry.get("path") or not entry.get("sha256"):
+            continue
+        if entry.get("source") == "trained":
+            continue
+        path = Path(entry["path"]).expanduser()
+        if not path.is_file() or file_sha256(path) != entry["sha256"]:
+            return str(path)
+    return None
+
+
 def _without_resume(config: Any) -> Any:
     return {k: v for k, v in config.items() if k != "resume"} if isinstance(config, dict) else config
 
@@ -123,8 +142,13 @@ class RunRecord:
             return None
         if not (isinstance(earlier, dict) and earlier.get("status") == "completed"):
             return None
-        same = _without_resume(earlier.get("config")) == _without_resume(config)
-        return earlier if same else None
+        if _without_resume(earlier.get("config")) != _without_resume(config):
+            return None
+        changed = _changed_input(earlier.get("provenance") or {})
+        if changed:
+            log.info("%s: %s has changed since the run completed; running it again", self.run_dir, changed)
+            return None
+        return earlier
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if dist.is_main():

@@ -172,7 +172,11 @@ def _same_setting(study: Any, asked: Any, params: list, values: dict[str, Any]) 
     for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if done.number == asked.number or done.params.keys() != asked.params.keys():  # one of another space
             continue
-        if suggest(done, params) == values:
+        try:
+            applied = suggest(done, params)
+        except ValueError:  # drawn from a space whose choices have changed since: not this setting
+            continue
+        if applied == values:
             return done
     return None
 
