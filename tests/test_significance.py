@@ -70,6 +70,34 @@ def test_claim_one_reads_the_seeds_both_rows_hold_when_a_run_failed():
     assert said.endswith("does not hold.")
 
 
+def test_claim_one_refuses_a_seed_whose_two_runs_attacked_different_networks():
+    def on(r: dict, weights: str | None, sha: str, clean_acc: float = 0.9) -> dict:
+        for record in r["_records"]:
+            model = {"digest": "seed-key", "weights_fingerprint": weights, "sha256": f"{sha}{record['seed']}"}
+            record.update(_dir=f"{r['attack']}_seed{record['seed']}", provenance={"model": model})
+            record["metrics"]["clean_acc"] = clean_acc
+        return r
+
+    def sgd():
+        return row("sgd_uap", {0: 0.10, 1: 0.10}, {0: 0.90, 1: 0.90})
+
+    def cb():
+        return row("cb_uap", {0: 0.40, 1: 0.40}, {0: 0.90, 1: 0.90})
+
+    assert claim_balance("x", [on(sgd(), "w", "f"), on(cb(), "w", "g")], BAR).endswith("holds.")  # same weights
+    assert claim_balance("x", [on(sgd(), None, "f"), on(cb(), None, "f")], BAR).endswith("holds.")  # same file
+    # files without a weights hash and of one clean accuracy are taken for one network (the same weights trained
+    # twice make two files)
+    assert claim_balance("x", [on(sgd(), None, "f"), on(cb(), "v", "g")], BAR).endswith("holds.")
+    # the network trained again under the same key: other weights hashed, or (a record without the hash) another
+    # file and another clean accuracy
+    for older in (None, "w"):
+        with pytest.raises(ValueError, match="seed 0: sgd_uap_seed0 and cb_uap_seed0 attacked different weights"):
+            claim_balance("x", [on(sgd(), older, "f"), on(cb(), "v", "g", clean_acc=0.8)], BAR)
+    with pytest.raises(ValueError, match="attacked different weights"):
+        claim_balance("x", [on(sgd(), "w", "f"), on(cb(), "v", "f")], BAR)
+
+
 def test_claim_two_reads_the_seeds_both_rows_hold():
     from cbuap_runner.report.claims import claim_defence
 

@@ -328,23 +328,31 @@ def test_the_command_line_says_one_line(capsys):
 def test_the_front_refuses_runs_of_another_network(tmp_path):
     from cbuap_runner.report.pareto import pareto_front
 
-    def record(number, digest="a", weights="w", data="d", status="completed"):
-        model = {"identity": "same-for-every-seed", "digest": digest, "weights_fingerprint": weights}
+    def record(number, digest="a", weights="w", data="d", status="completed", sha="f", clean_acc=0.9):
+        model = {"identity": "same-for-every-seed", "digest": digest, "weights_fingerprint": weights, "sha256": sha}
         return {"status": status, "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
                 "_dir": f"trials/{number:04d}" if number >= 0 else "reference",
                 "provenance": {"model": model if digest else {}, "data": {"fingerprint": data} if data else {}},
                 "metrics": {"val_fooling_rate": 0.5, "val_fooled_label_entropy": 0.5, "fooling_rate": 0.5,
-                            "fooled_label_entropy": 0.5}}
+                            "fooled_label_entropy": 0.5, "clean_acc": clean_acc}}
 
     assert len(pareto_front([record(-1), record(0), record(1)], BAR).trials) == 2
     # a run of older code without the weights' hash, and one that failed before it loaded its model, join the rest
     older = record(1, weights=None)
     failed_early = record(2, digest=None, status="failed")
     assert len(pareto_front([record(-1), record(0), older, failed_early], BAR).trials) == 3
-    for name, odd in (("network", record(1, digest="b")), ("weights", record(1, weights="v")),
-                      ("data", record(1, data="e"))):
-        with pytest.raises(ValueError, match=f"the study's runs used 2 different {name} .*trials/0001"):
-            pareto_front([record(-1), record(0), odd], BAR)
+    # the same weights in a model file written again (another sha256) join; so do files of older records (no weights
+    # hash) of one clean accuracy, which the report says; a network trained again under the same key (same digest)
+    # does not, whether the older record hashes its weights or names another file and clean accuracy
+    assert len(pareto_front([record(-1), record(0), record(1, sha="g")], BAR).trials) == 2
+    unhashed = pareto_front([record(-1, weights=None), record(0, weights=None), record(1, sha="g")], BAR)
+    assert "The runs read 2 model files" in unhashed.network_note and "(0.9000)" in unhashed.network_note
+    assert pareto_front([record(-1), record(0), record(1)], BAR).network_note == ""
+    retrained = record(1, weights="v", sha="g", clean_acc=0.8)
+    for name, older, odd in (("network", "w", record(1, digest="b")), ("weights", "w", retrained),
+                             ("weights", None, retrained), ("data", "w", record(1, data="e"))):
+        with pytest.raises(ValueError, match=f"the study's runs used different {name} .*trials/0001"):
+            pareto_front([record(-1, weights=older), record(0, weights=older), odd], BAR)
 
 
 def test_the_stopping_rule_waits_for_the_chosen_trial_to_hold():

@@ -24,6 +24,7 @@ from .bootstrap import (
     paired_defence_bootstrap,
 )
 from .formats import format_cell
+from .networks import check_paired_networks
 from .significance import paired
 
 VERDICT_ENTROPY = "fooled_label_entropy"
@@ -121,7 +122,9 @@ def _shared_seeds_note(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 
 def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, bar: Thresholds) -> str:
     """`name` against SGD-UAP on test: fooled-label entropy gained (the verdict's), label entropy gained, fooling
-    rate lost, minimum per-class success, the verdict."""
+    rate lost, minimum per-class success, the verdict. ValueError when a seed's two runs attacked different
+    networks."""
+    check_paired_networks(sgd, cb)
     d_fooled, d_fr = difference(sgd, cb, VERDICT_ENTROPY), difference(sgd, cb, "fooling_rate")
     if d_fooled is None or d_fr is None:
         return "not answered (no seed in both rows reports the fooled-label entropy and the fooling rate)."

@@ -20,6 +20,7 @@ from .claims import Thresholds
 from .figures import pyplot, save_figure
 from .formats import fmt_number
 from .frontier import front_indices, front_stable, hypervolume_history, last_quarter_change
+from .networks import first_mismatch, unproven
 from .records import NoRecords, location, metric
 from .rows import choose_balanced
 
@@ -90,6 +91,7 @@ class Front:
     reference: dict[str, float]
     bar: Thresholds
     history: list[float]  # the validation front's hypervolume after each trial
+    network_note: str = ""  # networks.unproven: model files taken for one network without a weights hash
 
     def in_region(self, point: tuple[float | None, float | None], split: int) -> bool:
         """Claim 1's region around SGD-UAP's point on the split (0: validation, 1: test)."""
@@ -99,28 +101,15 @@ class Front:
                 and fle >= ref_fle + self.bar.fooled_entropy_gain)
 
 
-def _network_keys(record: Mapping[str, Any]) -> dict[str, Any]:
-    """What names the network and data a run used: its model's digest (of the weights key, seed included; a model
-    source's identity where it has none), the fingerprint of its weights (records of newer code) and of its data."""
-    provenance = record.get("provenance") or {}
-    model = provenance.get("model") or {}
-    return {"network": model.get("digest") or model.get("identity"), "weights": model.get("weights_fingerprint"),
-            "data": (provenance.get("data") or {}).get("fingerprint")}
-
-
 def check_one_network(records: Sequence[Mapping[str, Any]]) -> None:
-    """ValueError when the study's runs used more than one network, set of weights or data (each compared among the
-    runs that name it: a run that failed before it loaded its model names none): a front compares settings on one
-    model, and a relaunch that trained it anew, or with another seed, must not join the earlier trials."""
-    for name in ("network", "weights", "data"):
-        seen: dict[Any, str] = {}
-        for record in records:
-            value = _network_keys(record)[name]
-            if value is not None:
-                seen.setdefault(value, location(record))
-        if len(seen) > 1:
-            raise ValueError(f"--kind pareto: the study's runs used {len(seen)} different {name} (e.g. "
-                             f"{' and '.join(list(seen.values())[:2])}); a front compares settings on one")
+    """ValueError when the study's runs used more than one network, set of weights or data (networks.py says how
+    they are compared): a front compares settings on one model, and a relaunch that trained it anew, or with another
+    seed, must not join the earlier trials."""
+    mismatch = first_mismatch(records)
+    if mismatch:
+        what, one, other = mismatch
+        raise ValueError(f"--kind pareto: the study's runs used different {what} (e.g. {location(one)} and "
+                         f"{location(other)}); a front compares settings on one")
 
 
 def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front:
@@ -130,8 +119,8 @@ def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front
         raise NoRecords(f"--kind pareto: no attack={TRIAL_ATTACK} trial records (run python -m cbuap_runner.study)")
     done = [t for t in trials if t.val is not None]
     front = [done[i] for i in front_indices([t.val for t in done])]
-    return Front(trials, front, reference_point(records), bar, hypervolume_history([t.val for t in trials],
-                                                                                    REFERENCE_POINT))
+    return Front(trials, front, reference_point(records), bar,
+                 hypervolume_history([t.val for t in trials], REFERENCE_POINT), unproven(records))
 
 
 def _choose(f: Front, done: Sequence[Trial]) -> Trial:
@@ -196,7 +185,7 @@ def summary_lines(f: Front) -> list[str]:
     lines.append(chosen_text(f))
     lines.append(_evidence_text(f))
     lines.append(stability_text(f))
-    return lines
+    return lines + ([f.network_note] if f.network_note else [])
 
 
 def _evidence_text(f: Front) -> str:

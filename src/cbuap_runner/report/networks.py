@@ -1,0 +1,109 @@
+"""Which network a run's record says it attacked, and whether two records attacked the same one.
+
+A record names its network three ways: the model's digest (its weights key: dataset, architecture, training and
+seed; a model source's identity where it has none), its weights (the hash of the state dict in records of newer
+code; the model file's sha256 in every record) and its data (the fingerprint of the images). A network trained
+again under the same key (on another machine, after its file was lost) has the digest of the first but other
+weights: only the weights tell the two apart. Two runs used the same weights when their state-dict hashes agree.
+Where either record predates that hash, one model file is one network; two files are not proof of two networks
+(a file records the code and the time that trained it, so the same weights trained twice make two files), but a
+different clean accuracy on the same test images is: such runs count as different weights, and runs whose files
+differ while their clean accuracy agrees count as one network that was not proven one (`unproven`), which a
+report says. Each key is compared only where both records name it (a run that failed before it loaded its model
+names none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .records import hashable, location
+
+
+@dataclass(frozen=True)
+class NetworkKeys:
+    """What names the network and data of one run (None where the record does not say)."""
+
+    network: str | None
+    weights: str | None
+    file: str | None
+    data: str | None
+    clean_acc: float | None
+
+
+def network_keys(record: Mapping[str, Any]) -> NetworkKeys:
+    """The keys `record`'s provenance names."""
+    provenance = record.get("provenance") or {}
+    model = provenance.get("model") or {}
+    return NetworkKeys(network=model.get("digest") or model.get("identity"), weights=model.get("weights_fingerprint"),
+                       file=model.get("sha256"), data=(provenance.get("data") or {}).get("fingerprint"),
+                       clean_acc=(record.get("metrics") or {}).get("clean_acc"))
+
+
+def _differ(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a != b
+
+
+def difference(a: NetworkKeys, b: NetworkKeys) -> str | None:
+    """The first of 'network', 'weights' and 'data' in which two runs differ, else None."""
+    if _differ(a.network, b.network):
+        return "network"
+    if a.weights and b.weights:
+        if a.weights != b.weights:
+            return "weights"
+    elif _differ(a.file, b.file) and _differ(a.clean_acc, b.clean_acc):
+        return "weights"
+    if _differ(a.data, b.data):
+        return "data"
+    return None
+
+
+def first_mismatch(records: Sequence[Mapping[str, Any]]) -> tuple[str, Mapping[str, Any], Mapping[str, Any]] | None:
+    """(what differs, one run, another) for two of `records` that used different networks, weights or data; None
+    when they all agree."""
+    distinct: dict[NetworkKeys, Mapping[str, Any]] = {}
+    for record in records:
+        distinct.setdefault(network_keys(record), record)
+    found = list(distinct.items())
+    for i, (keys, record) in enumerate(found):
+        for other_keys, other in found[i + 1:]:
+            what = difference(keys, other_keys)
+            if what:
+                return what, record, other
+    return None
+
+
+def unproven(records: Sequence[Mapping[str, Any]]) -> str:
+    """'' when the runs' weights are hashed or read from one file, else a sentence saying which model files they read
+    and why they count as one network (clean accuracy)."""
+    files: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        keys = network_keys(record)
+        if keys.file:
+            files.setdefault(keys.file, []).append(record)
+    hashed = all(network_keys(r).weights for group in files.values() for r in group)
+    if len(files) < 2 or hashed:
+        return ""
+    accuracy = {network_keys(r).clean_acc for group in files.values() for r in group} - {None}
+    read = "; ".join(f"{len(group)} from {file[:12]}… (first {location(group[0])})" for file, group in files.items())
+    return (f"The runs read {len(files)} model files of one weights key whose weights were not hashed ({read}); "
+            f"they count as one network because every run measured the same clean accuracy "
+            f"({', '.join(f'{a:.4f}' for a in sorted(accuracy))}) on the same test images, which is not a proof.")
+
+
+def check_paired_networks(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
+    """ValueError when, for a seed both table rows hold, their runs attacked different networks, weights or data: a
+    paired difference compares two attacks on one network, seed by seed."""
+    by_seed: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in (a, b):
+        for record in row.get("_records", ()):
+            if record.get("seed") is not None:
+                by_seed.setdefault(hashable(record["seed"]), []).append(record)
+    for seed, records in sorted(by_seed.items(), key=lambda item: str(item[0])):
+        mismatch = first_mismatch(records)
+        if mismatch:
+            what, one, other = mismatch
+            raise ValueError(f"seed {seed}: {location(one)} and {location(other)} attacked different {what}; a "
+                             f"paired difference compares attacks on one network (run them again on one)")
