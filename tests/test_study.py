@@ -87,21 +87,36 @@ def test_a_failing_run_is_a_failed_trial_and_the_study_goes_on(tmp_path):
 # ---------------------------------------------------------------- the loop with a stand-in run (no process)
 
 
-def fake_runner(nan_at: set[int] = frozenset(), fooling_rate=lambda number: 0.5 + 0.01 * number):
+def fake_runner(nan_at: set[int] = frozenset(), fooling_rate=lambda number: 0.5 + 0.01 * number,
+                weights=lambda number: "w"):
     """Writes a completed record with made-up objectives: the fooling rate `fooling_rate(trial number)` (NaN for
-    the trial numbers in `nan_at`), the fooled-label entropy 1."""
+    the trial numbers in `nan_at`), the fooled-label entropy 1; its network's weights hash `weights(number)`."""
 
     def run(overrides: list[str], run_dir: Path) -> trial_run.Outcome:
         number = int(run_dir.name) if run_dir.name.isdigit() else -1
         fr = float("nan") if number in nan_at else fooling_rate(number)
         record = {"status": "completed", "task": "attack", "attack": "cb_uap" if number >= 0 else "sgd_uap",
                   "overrides": overrides, "metrics": {"val_fooling_rate": fr, "val_fooled_label_entropy": 1.0,
-                                                      "fooling_rate": fr, "fooled_label_entropy": 1.0}}
+                                                      "fooling_rate": fr, "fooled_label_entropy": 1.0},
+                  "provenance": {"model": {"digest": "key", "weights_fingerprint": weights(number)}}}
         run_dir.mkdir(parents=True)
         (run_dir / "run_summary.json").write_text(json.dumps(record))
         return trial_run.read_outcome(run_dir)
 
     return run
+
+
+def test_a_relaunch_on_a_network_trained_anew_stops_after_one_trial(tmp_path):
+    from cbuap_runner.study.loop import run_study
+
+    assert len(run_study(tiny_spec(tmp_path, trials=2), runner=fake_runner()).trials) == 2
+    retrained = fake_runner(weights=lambda number: "w" if number < 2 else "v")
+    with pytest.raises(UserError, match=r"used different weights .*trials/0002.*needs a dir of its own"):
+        run_study(tiny_spec(tmp_path, trials=6), runner=retrained)
+    assert sorted(p.name for p in (tmp_path / "studies" / "tiny" / "trials").iterdir()) == ["0000", "0001", "0002"]
+    with pytest.raises(UserError, match="used different weights"):  # and a relaunch runs nothing more
+        run_study(tiny_spec(tmp_path, trials=6), runner=retrained)
+    assert len(list((tmp_path / "studies" / "tiny" / "trials").iterdir())) == 3
 
 
 def test_a_nan_objective_is_a_failed_trial(tmp_path):

@@ -21,6 +21,10 @@ A run that fails, or whose record lacks a finite objective, is told to the study
 A trial whose parameters equal a completed trial's (NSGA-II's offspring can repeat a parent) is not run again: the
 same setting, seed and code give the same record, so the study is told the earlier values (user attribute
 `same_as`) and the trial has no run directory; the report, which reads run records, counts the runs.
+
+Every run of a study must attack one network (report/networks.py says how records are compared): at the start and
+after each trial the study reads its records and stops with one line when they name two, so a relaunch whose model
+cache holds a network trained anew costs one trial, not the runs until the stopping rule is first read.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from typing import Any
 from ..errors import UserError
 from ..report.claims import DEFAULT_MANIFEST, Thresholds, manifest_thresholds
 from ..report.frontier import front_indices, hypervolume
-from ..report.pareto import is_stable
+from ..report.pareto import check_one_network, is_stable
+from ..report.records import NoRecords, load_records
 from . import trial as trial_run
 from .choose import study_front
 from .space import as_overrides, parse_space, suggest
@@ -206,6 +211,16 @@ def stopping_rule(spec: StudySpec) -> Thresholds | None:
     return bar
 
 
+def check_network(root: Path) -> None:
+    """UserError when the study's runs so far attacked more than one network."""
+    try:
+        check_one_network(load_records(root))
+    except NoRecords:
+        return
+    except ValueError as err:
+        raise UserError(f"study at {root}: {err}; a study of another network needs a dir of its own") from None
+
+
 def front_is_stable(spec: StudySpec, root: Path, rule: Thresholds | None) -> bool:
     """Whether the study's run records meet the stopping rule (the one `--kind pareto` reports: report/pareto.py,
     is_stable); never without a rule. The front is read only once there are enough runs to meet it."""
@@ -224,9 +239,11 @@ def run_study(spec: StudySpec, runner: Callable = trial_run.run) -> Any:
     with exclusive(root / LOCK), stop_requested() as stopping:
         study = open_study(spec, root)
         ensure_reference(spec, root, runner)
+        check_network(root)
         stable = front_is_stable(spec, root, rule)
         while len(finished(study)) < spec.trials and not stopping() and not stable:
             run_one(study, spec, root, params, runner)
+            check_network(root)
             stable = front_is_stable(spec, root, rule)
         if stopping():
             print("stopped on SIGTERM after the running trial; relaunch the same command to continue", flush=True)
