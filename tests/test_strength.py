@@ -88,6 +88,19 @@ def test_records_of_two_networks_for_one_defence_and_seed_are_refused():
         rows([{**r, "overrides": []} for r in records])
 
 
+def test_records_of_one_defence_and_seed_trained_again_into_other_weights_are_refused():
+    def hashed(records: list[dict], weights: str) -> list[dict]:
+        for r in records:
+            r["provenance"]["model"].update(digest="uat-seed0-key", weights_fingerprint=weights)
+        return records
+
+    same = hashed(defence("uat", seeds=(0,)), "w")
+    assert by_defence(same)["uat"].verdict == "consistent"
+    again = hashed([record("uat", 0, "budget4x", "sgd_uap", 0.2, 0.1)], "v")  # same experiment, same seed
+    with pytest.raises(ValueError, match="training=uat seed=0: the strength records attacked different weights"):
+        rows(same + again)
+
+
 def test_make_tables_writes_the_table_the_curve_and_the_figure(tmp_path):
     for i, rec in enumerate(defence("natural") + defence("uat", budget=0.4)):
         (tmp_path / "records" / str(i)).mkdir(parents=True)

@@ -27,7 +27,8 @@ from ..io import write_text
 from .claims import UAT_FAMILY
 from .figures import pyplot, save_figure
 from .formats import format_cell
-from .records import NoRecords, location, metric, settings
+from .networks import first_mismatch
+from .records import NoRecords, hashable, location, metric, settings
 from .rows import mean_std
 from .significance import Paired, interval
 
@@ -65,8 +66,10 @@ def _universal(record: Mapping[str, Any]) -> bool:
 
 def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network]]:
     """defence -> seed -> its Network, from the completed records that name a strength check. ValueError when one
-    defence and seed hold records of more than one network (a check would compare two models)."""
+    defence and seed hold records of more than one network (a check would compare two models): of another
+    experiment (identity), or of the same one trained again into other weights (networks.py)."""
     out: dict[str, dict[Any, Network]] = {}
+    runs: dict[tuple[str, Any], list[Mapping[str, Any]]] = {}
     for record in records:
         run = settings(record)
         check = run.get(CHECK_KEY)
@@ -81,12 +84,19 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
             raise ValueError(f"{location(record)}: training={run.get('training')} seed={record.get('seed')}: the "
                              "strength records come from 2 networks; check one model at a time")
         net.identity = identity
+        runs.setdefault((str(run.get("training")), hashable(record.get("seed"))), []).append(record)
         net.clean = net.clean if net.clean is not None else metric(record, "clean_acc")
         net.num_classes = net.num_classes or _classes(record)
         net.acc.setdefault(check, {}).setdefault(float(run["attack.eps"]), {})[str(run["attack"])] = acc
     if not out:
         raise NoRecords("--kind strength: no completed records of a strength check (table/strength=standard, "
                         "budget4x or transfer)")
+    for (defence, seed), group in runs.items():
+        mismatch = first_mismatch(group)
+        if mismatch:
+            what, one, other = mismatch
+            raise ValueError(f"{location(one)} and {location(other)}: training={defence} seed={seed}: the strength "
+                             f"records attacked different {what}; check one model at a time")
     return out
 
 
