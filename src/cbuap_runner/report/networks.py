@@ -2,15 +2,15 @@
 
 A record names its network three ways: the model's digest (its weights key: dataset, architecture, training and
 seed; a model source's identity where it has none), its weights (the hash of the state dict in records of newer
-code; the model file's sha256 in every record) and its data (the fingerprint of the images). A network trained
-again under the same key (on another machine, after its file was lost) has the digest of the first but other
-weights: only the weights tell the two apart. Two runs used the same weights when their state-dict hashes agree.
-Where either record predates that hash, one model file is one network; two files are not proof of two networks
-(a file records the code and the time that trained it, so the same weights trained twice make two files), but a
-different clean accuracy on the same test images is: such runs count as different weights, and runs whose files
-differ while their clean accuracy agrees count as one network that was not proven one (`unproven`), which a
-report says. Each key is compared only where both records name it (a run that failed before it loaded its model
-names none).
+code; the model file's sha256 where the network came from a file) and its data (the fingerprint of the images). A
+network trained again under the same key (on another machine, after its file was lost) has the digest of the first
+but other weights: only the weights tell the two apart. Two runs used the same weights when their state-dict hashes
+agree. Where either record predates that hash, one model file is one network; two files are not proof of two
+networks (a file records the code and the time that trained it, so the same weights trained twice make two files),
+but a different clean accuracy on the same test images (the same count, drawn with the same seed) is: such runs
+count as different weights. Runs whose files differ while nothing tells them apart count as one network that was
+not proven one (`unproven`), which a report says. Each key is compared only where both records name it (a run
+that failed before it loaded its model names none).
 """
 
 from __future__ import annotations
@@ -28,22 +28,32 @@ class NetworkKeys:
 
     network: str | None
     weights: str | None
-    file: str | None
+    file: str | None  # an ensemble's files as one string (records.hashable)
     data: str | None
     clean_acc: float | None
+    clean_on: str | None  # the test images the clean accuracy was measured on: their count and the seed drawing them
 
 
 def network_keys(record: Mapping[str, Any]) -> NetworkKeys:
     """The keys `record`'s provenance names."""
     provenance = record.get("provenance") or {}
     model = provenance.get("model") or {}
+    metrics = record.get("metrics") or {}
+    file = model.get("sha256")
     return NetworkKeys(network=model.get("digest") or model.get("identity"), weights=model.get("weights_fingerprint"),
-                       file=model.get("sha256"), data=(provenance.get("data") or {}).get("fingerprint"),
-                       clean_acc=(record.get("metrics") or {}).get("clean_acc"))
+                       file=None if file is None else hashable(file),
+                       data=(provenance.get("data") or {}).get("fingerprint"), clean_acc=metrics.get("clean_acc"),
+                       clean_on=hashable([metrics.get("num_images"), record.get("seed")]))
 
 
-def _differ(a: str | None, b: str | None) -> bool:
+def _differ(a: Any, b: Any) -> bool:
     return a is not None and b is not None and a != b
+
+
+def _told_apart(a: NetworkKeys, b: NetworkKeys) -> bool:
+    """Whether two runs of unhashed weights read different files and measured different clean accuracies on the
+    same test images."""
+    return _differ(a.file, b.file) and a.clean_on == b.clean_on and _differ(a.clean_acc, b.clean_acc)
 
 
 def difference(a: NetworkKeys, b: NetworkKeys) -> str | None:
@@ -53,7 +63,7 @@ def difference(a: NetworkKeys, b: NetworkKeys) -> str | None:
     if a.weights and b.weights:
         if a.weights != b.weights:
             return "weights"
-    elif _differ(a.file, b.file) and _differ(a.clean_acc, b.clean_acc):
+    elif _told_apart(a, b):
         return "weights"
     if _differ(a.data, b.data):
         return "data"
@@ -76,21 +86,24 @@ def first_mismatch(records: Sequence[Mapping[str, Any]]) -> tuple[str, Mapping[s
 
 
 def unproven(records: Sequence[Mapping[str, Any]]) -> str:
-    """'' when the runs' weights are hashed or read from one file, else a sentence saying which model files they read
-    and why they count as one network (clean accuracy)."""
+    """'' when every completed run that read a model file hashed its weights, or all read one file; else a sentence
+    saying which files they read and what, short of a proof, makes them one network."""
     files: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
         keys = network_keys(record)
-        if keys.file:
+        if keys.file and record.get("status") == "completed":
             files.setdefault(keys.file, []).append(record)
-    hashed = all(network_keys(r).weights for group in files.values() for r in group)
-    if len(files) < 2 or hashed:
+    runs = [r for group in files.values() for r in group]
+    if len(files) < 2 or all(network_keys(r).weights for r in runs):
         return ""
-    accuracy = {network_keys(r).clean_acc for group in files.values() for r in group} - {None}
-    read = "; ".join(f"{len(group)} from {file[:12]}… (first {location(group[0])})" for file, group in files.items())
-    return (f"The runs read {len(files)} model files of one weights key whose weights were not hashed ({read}); "
-            f"they count as one network because every run measured the same clean accuracy "
-            f"({', '.join(f'{a:.4f}' for a in sorted(accuracy))}) on the same test images, which is not a proof.")
+    accuracy = sorted({network_keys(r).clean_acc for r in runs} - {None})
+    missing = sum(network_keys(r).clean_acc is None for r in runs)
+    read = "; ".join(f"{len(group)} from {file.strip(chr(34))[:12]}… (first {location(group[0])})"
+                     for file, group in files.items())
+    measured = ", ".join(f"{a:.4f}" for a in accuracy) or "none measured"
+    return (f"The runs read {len(files)} model files of one weights key whose weights were not all hashed ({read}); "
+            f"they count as one network because nothing in the records tells them apart (clean accuracy: {measured}"
+            f"{f'; {missing} runs measured none' if missing and accuracy else ''}), which is not a proof.")
 
 
 def check_paired_networks(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:

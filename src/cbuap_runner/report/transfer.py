@@ -15,7 +15,8 @@ from typing import Any
 from ..io import write_text
 from .figures import pyplot, save_figure
 from .formats import format_cell
-from .records import NoRecords, metric
+from .networks import first_mismatch
+from .records import NoRecords, hashable, location, metric
 from .rows import mean_std
 
 METRIC = "fooling_rate"
@@ -33,18 +34,27 @@ def _kind(record: Mapping[str, Any]) -> str:
 
 
 def transfer_cells(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple[str, str], list[float]]]:
-    """kind -> (source, target) -> the fooling rates of its completed evaluate records."""
+    """kind -> (source, target) -> the fooling rates of its completed evaluate records. ValueError when the records
+    of one target network and seed evaluated on different weights (a network trained again under its key: networks.py)."""
     cells: dict[str, dict[tuple[str, str], list[float]]] = {}
+    targets: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for record in records:
         metrics = record.get("metrics") or {}
         if record.get("status") != "completed" or record.get("task") != "evaluate" or "source_model" not in metrics:
             continue
         pair = (network_label(metrics["source_model"]), network_label(metrics["target_model"]))
+        targets.setdefault((pair[1], hashable(record.get("seed"))), []).append(record)
         value = metric(record, METRIC)
         if value is not None:
             cells.setdefault(_kind(record), {}).setdefault(pair, []).append(value)
     if not cells:
         raise NoRecords("--kind transfer: no completed task=evaluate records of stored perturbations")
+    for (target, seed), group in targets.items():
+        mismatch = first_mismatch(group)
+        if mismatch:
+            what, one, other = mismatch
+            raise ValueError(f"--kind transfer: {location(one)} and {location(other)} evaluated on {target} (seed "
+                             f"{seed}) with different {what}; a cell compares one network")
     return cells
 
 
