@@ -527,8 +527,8 @@ def test_the_transfer_matrix_puts_crafted_on_rows_and_evaluated_on_columns(tmp_p
     first, again = (evaluated("torchvision:vgg16", cached, rate) for rate in (0.3, 0.5))
     first["provenance"]["model"], again["provenance"]["model"] = {"weights_fingerprint": "w"}, {"weights_fingerprint": "v"}
     first["_dir"], again["_dir"] = "vgg16_on_resnet20", "vgg16_on_resnet20_again"
-    with pytest.raises(ValueError, match="vgg16_on_resnet20 and vgg16_on_resnet20_again evaluated on "
-                                         "x-resnet20-natural-ab12 .seed 0. with different weights"):
+    with pytest.raises(ValueError, match="evaluated on x-resnet20-natural-ab12, seed 0: vgg16_on_resnet20 and "
+                                         "vgg16_on_resnet20_again used different weights"):
         transfer_cells([first, again])
     again["provenance"]["model"] = {"weights_fingerprint": "w"}
     assert transfer_cells([first, again])["uap linf ε=0.04"][("torchvision:vgg16", "x-resnet20-natural-ab12")] == [0.3, 0.5]

@@ -106,17 +106,23 @@ def unproven(records: Sequence[Mapping[str, Any]]) -> str:
             f"{f'; {missing} runs measured none' if missing and accuracy else ''}), which is not a proof.")
 
 
+def check_groups(groups: Mapping[str, Sequence[Mapping[str, Any]]], why: str) -> None:
+    """ValueError naming two runs of one group (its key says which) that used different networks, weights or data;
+    `why` ends the message."""
+    for label, group in groups.items():
+        mismatch = first_mismatch(group)
+        if mismatch:
+            what, one, other = mismatch
+            raise ValueError(f"{label}: {location(one)} and {location(other)} used different {what}; {why}")
+
+
 def check_paired_networks(a: Mapping[str, Any], b: Mapping[str, Any]) -> None:
     """ValueError when, for a seed both table rows hold, their runs attacked different networks, weights or data: a
     paired difference compares two attacks on one network, seed by seed."""
-    by_seed: dict[Any, list[Mapping[str, Any]]] = {}
+    by_seed: dict[str, list[Mapping[str, Any]]] = {}
     for row in (a, b):
         for record in row.get("_records", ()):
             if record.get("seed") is not None:
-                by_seed.setdefault(hashable(record["seed"]), []).append(record)
-    for seed, records in sorted(by_seed.items(), key=lambda item: str(item[0])):
-        mismatch = first_mismatch(records)
-        if mismatch:
-            what, one, other = mismatch
-            raise ValueError(f"seed {seed}: {location(one)} and {location(other)} attacked different {what}; a "
-                             f"paired difference compares attacks on one network (run them again on one)")
+                by_seed.setdefault(f"seed {hashable(record['seed'])}", []).append(record)
+    check_groups(dict(sorted(by_seed.items())), "a paired difference compares attacks on one network (run them "
+                                                "again on one)")

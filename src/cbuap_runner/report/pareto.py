@@ -20,8 +20,8 @@ from .claims import Thresholds
 from .figures import pyplot, save_figure
 from .formats import fmt_number
 from .frontier import front_indices, front_stable, hypervolume_history, last_quarter_change
-from .networks import first_mismatch, unproven
-from .records import NoRecords, location, metric
+from .networks import check_groups, unproven
+from .records import NoRecords, metric
 from .rows import choose_balanced
 
 OBJECTIVES = ("val_fooling_rate", "val_fooled_label_entropy")  # a study's, maximised (perturbations.VAL_METRICS)
@@ -105,11 +105,7 @@ def check_one_network(records: Sequence[Mapping[str, Any]]) -> None:
     """ValueError when the study's runs used more than one network, set of weights or data (networks.py says how
     they are compared): a front compares settings on one model, and a relaunch that trained it anew, or with another
     seed, must not join the earlier trials."""
-    mismatch = first_mismatch(records)
-    if mismatch:
-        what, one, other = mismatch
-        raise ValueError(f"--kind pareto: the study's runs used different {what} (e.g. {location(one)} and "
-                         f"{location(other)}); a front compares settings on one")
+    check_groups({"--kind pareto: the study's runs": records}, "a front compares settings on one")
 
 
 def pareto_front(records: Sequence[Mapping[str, Any]], bar: Thresholds) -> Front:

@@ -27,7 +27,7 @@ from ..io import write_text
 from .claims import UAT_FAMILY
 from .figures import pyplot, save_figure
 from .formats import format_cell
-from .networks import first_mismatch
+from .networks import check_groups
 from .records import NoRecords, hashable, location, metric, settings
 from .rows import mean_std
 from .significance import Paired, interval
@@ -91,12 +91,8 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
     if not out:
         raise NoRecords("--kind strength: no completed records of a strength check (table/strength=standard, "
                         "budget4x or transfer)")
-    for (defence, seed), group in runs.items():
-        mismatch = first_mismatch(group)
-        if mismatch:
-            what, one, other = mismatch
-            raise ValueError(f"{location(one)} and {location(other)}: training={defence} seed={seed}: the strength "
-                             f"records attacked different {what}; check one model at a time")
+    check_groups({f"training={defence} seed={seed}": group for (defence, seed), group in runs.items()},
+                 "a strength check compares attacks on one model")
     return out
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from ..io import write_text
 from .figures import pyplot, save_figure
 from .formats import format_cell
-from .networks import first_mismatch
-from .records import NoRecords, hashable, location, metric
+from .networks import check_groups
+from .records import NoRecords, hashable, metric
 from .rows import mean_std
 
 METRIC = "fooling_rate"
@@ -49,12 +49,8 @@ def transfer_cells(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple
             cells.setdefault(_kind(record), {}).setdefault(pair, []).append(value)
     if not cells:
         raise NoRecords("--kind transfer: no completed task=evaluate records of stored perturbations")
-    for (target, seed), group in targets.items():
-        mismatch = first_mismatch(group)
-        if mismatch:
-            what, one, other = mismatch
-            raise ValueError(f"--kind transfer: {location(one)} and {location(other)} evaluated on {target} (seed "
-                             f"{seed}) with different {what}; a cell compares one network")
+    check_groups({f"--kind transfer: evaluated on {target}, seed {seed}": group
+                  for (target, seed), group in targets.items()}, "a cell compares one network")
     return cells
 
 
