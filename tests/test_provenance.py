@@ -149,6 +149,7 @@ def test_model_file_and_record_name_what_trained_and_what_was_used(cli):
     assert proc.returncode == 0, proc.stderr
     pert = json.loads((evaluated / "run_summary.json").read_text())["provenance"]["perturbation"]
     assert pert["attack"] == "cb_uap" and pert["eps"] == summary["config"]["attack"]["eps"] and pert["identity"]
+    assert pert["crafted_on_weights"] == prov["model"]["weights_fingerprint"]  # the weights it was crafted on
 
 
 @pytest.mark.e2e

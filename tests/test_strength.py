@@ -101,6 +101,20 @@ def test_records_of_one_defence_and_seed_trained_again_into_other_weights_are_re
         rows(same + again)
 
 
+def test_a_perturbation_crafted_on_a_source_network_trained_again_is_refused():
+    records = defence("natural", seeds=(0,)) + defence("uat", seeds=(0,))
+    for r in records:
+        if r["training"] == "natural":
+            r["provenance"]["model"]["weights_fingerprint"] = "n"
+    transferred = [r for r in records if "+table/strength=transfer" in r["overrides"] and r["training"] == "uat"]
+    for r in transferred:
+        r["provenance"]["perturbation"]["crafted_on_weights"] = "n"
+    assert by_defence(records)["uat"].verdict == "consistent"
+    transferred[0]["provenance"]["perturbation"]["crafted_on_weights"] = "m"
+    with pytest.raises(ValueError, match="crafted on other weights than its source network's records attacked"):
+        rows(records)
+
+
 def test_make_tables_writes_the_table_the_curve_and_the_figure(tmp_path):
     for i, rec in enumerate(defence("natural") + defence("uat", budget=0.4)):
         (tmp_path / "records" / str(i)).mkdir(parents=True)

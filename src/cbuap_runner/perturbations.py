@@ -197,7 +197,8 @@ def save_perturbation(ctx: Context, delta: torch.Tensor, attack: AttackConfig, m
                 "dataset": ctx.cfg.dataset.name, "model_checkpoint": model_path,
                 "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                 "config": to_plain(attack),
-                "provenance": {"identity": identity(crafted), "crafted": crafted, "code": git_commit()}},
+                "provenance": {"identity": identity(crafted), "crafted": crafted, "code": git_commit(),
+                               "crafted_on_weights": ctx.provenance["model"].get("weights_fingerprint")}},
                run_dir / f"{stem}.pt")
     test = eval_split(ctx, data)
     examples = test.subset(balanced_subset(test.y, min(8, len(test)), ctx.cfg.seed)).resident()
@@ -258,7 +259,7 @@ def perturbation_provenance(path: str, blob: dict[str, Any]) -> dict[str, Any]:
     sha = file_sha256(Path(path).expanduser())
     stored = blob.get("provenance") or {}
     return {"identity": stored.get("identity") or f"sha256:{sha}", "sha256": sha, "path": str(path),
-            "crafted_on": (stored.get("crafted") or {}).get("model"),
+            "crafted_on": (stored.get("crafted") or {}).get("model"), "crafted_on_weights": stored.get("crafted_on_weights"),
             "attack": blob.get("attack"), "eps": blob.get("eps"), "norm": blob.get("norm"),
             "class_wise": stored_class_wise(blob), "crafted_by": stored.get("code"),
             "imported_from": stored.get("imported_from")}

@@ -93,7 +93,27 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
                         "budget4x or transfer)")
     check_groups({f"training={defence} seed={seed}": group for (defence, seed), group in runs.items()},
                  "a strength check compares attacks on one model")
+    check_transfer_sources(records)
     return out
+
+
+def check_transfer_sources(records: Sequence[Mapping[str, Any]]) -> None:
+    """ValueError when a transferred perturbation was crafted on other weights than those the records of its source
+    network (the same experiment and seed) attacked: that network was trained again in between."""
+    weights: dict[tuple[str, str], dict[str, str]] = {}
+    for record in records:
+        model = (record.get("provenance") or {}).get("model") or {}
+        if record.get("status") == "completed" and model.get("weights_fingerprint"):
+            key = (str(model.get("identity")), hashable(record.get("seed")))
+            weights.setdefault(key, {}).setdefault(model["weights_fingerprint"], location(record))
+    for record in records:
+        stored = (record.get("provenance") or {}).get("perturbation") or {}
+        crafted = stored.get("crafted_on_weights")
+        known = weights.get((str(stored.get("crafted_on")), hashable(record.get("seed"))), {})
+        if record.get("status") == "completed" and crafted and known and crafted not in known:
+            raise ValueError(f"{location(record)}: its perturbation was crafted on other weights than its source "
+                             f"network's records attacked (e.g. {next(iter(known.values()))}); transfer from the "
+                             "network the other checks met")
 
 
 def _classes(record: Mapping[str, Any]) -> int | None:
