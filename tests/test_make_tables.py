@@ -525,13 +525,15 @@ def test_the_transfer_matrix_puts_crafted_on_rows_and_evaluated_on_columns(tmp_p
     # the cached network of one seed trained again into other weights: the diagonal would mix two networks
     cached = "outputs/cache/models/x-resnet20-natural-ab12/model.pt"
     first, again = (evaluated("torchvision:vgg16", cached, rate) for rate in (0.3, 0.5))
-    first["provenance"]["model"], again["provenance"]["model"] = {"weights_fingerprint": "w"}, {"weights_fingerprint": "v"}
+    first["provenance"]["model"] = {"weights_fingerprint": "w"}
+    again["provenance"]["model"] = {"weights_fingerprint": "v"}
     first["_dir"], again["_dir"] = "vgg16_on_resnet20", "vgg16_on_resnet20_again"
     with pytest.raises(ValueError, match="evaluated on x-resnet20-natural-ab12, seed 0: vgg16_on_resnet20 and "
                                          "vgg16_on_resnet20_again used different weights"):
         transfer_cells([first, again])
     again["provenance"]["model"] = {"weights_fingerprint": "w"}
-    assert transfer_cells([first, again])["uap linf ε=0.04"][("torchvision:vgg16", "x-resnet20-natural-ab12")] == [0.3, 0.5]
+    cell = ("torchvision:vgg16", "x-resnet20-natural-ab12")
+    assert transfer_cells([first, again])["uap linf ε=0.04"][cell] == [0.3, 0.5]
 
 
 def test_progress_says_where_each_run_stands_and_the_training_left(tmp_path, capsys):

@@ -73,8 +73,9 @@ def test_claim_one_reads_the_seeds_both_rows_hold_when_a_run_failed():
 def test_claim_one_refuses_a_seed_whose_two_runs_attacked_different_networks():
     def on(r: dict, weights: str | None, sha: str, clean_acc: float = 0.9) -> dict:
         for record in r["_records"]:
-            model = {"digest": f"key-of-seed{record['seed']}", "weights_fingerprint": weights and f"{weights}{record['seed']}",
-                     "sha256": f"{sha}{record['seed']}"}
+            seed = record["seed"]
+            model = {"digest": f"key-of-seed{seed}", "weights_fingerprint": weights and f"{weights}{seed}",
+                     "sha256": f"{sha}{seed}"}
             record.update(_dir=f"{r['attack']}_seed{record['seed']}", provenance={"model": model})
             record["metrics"]["clean_acc"] = clean_acc
         return r

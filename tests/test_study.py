@@ -361,7 +361,8 @@ def test_the_front_refuses_runs_of_another_network(tmp_path):
     # does not, whether the older record hashes its weights or names another file and clean accuracy
     assert len(pareto_front([record(-1), record(0), record(1, sha="g")], BAR).trials) == 2
     unhashed = pareto_front([record(-1, weights=None), record(0, weights=None), record(1, sha="g")], BAR)
-    assert "The runs read 2 model files" in unhashed.network_note and "(clean accuracy: 0.9000)" in unhashed.network_note
+    note = unhashed.network_note
+    assert "The runs read 2 model files" in note and "(clean accuracy: 0.9000)" in note
     assert unhashed.network_note in to_markdown(unhashed)
     assert pareto_front([record(-1), record(0), record(1)], BAR).network_note == ""
     retrained = record(1, weights="v", sha="g", clean_acc=0.8)

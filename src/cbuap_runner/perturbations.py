@@ -259,7 +259,8 @@ def perturbation_provenance(path: str, blob: dict[str, Any]) -> dict[str, Any]:
     sha = file_sha256(Path(path).expanduser())
     stored = blob.get("provenance") or {}
     return {"identity": stored.get("identity") or f"sha256:{sha}", "sha256": sha, "path": str(path),
-            "crafted_on": (stored.get("crafted") or {}).get("model"), "crafted_on_weights": stored.get("crafted_on_weights"),
+            "crafted_on": (stored.get("crafted") or {}).get("model"),
+            "crafted_on_weights": stored.get("crafted_on_weights"),
             "attack": blob.get("attack"), "eps": blob.get("eps"), "norm": blob.get("norm"),
             "class_wise": stored_class_wise(blob), "crafted_by": stored.get("code"),
             "imported_from": stored.get("imported_from")}

@@ -35,7 +35,8 @@ def _kind(record: Mapping[str, Any]) -> str:
 
 def transfer_cells(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple[str, str], list[float]]]:
     """kind -> (source, target) -> the fooling rates of its completed evaluate records. ValueError when the records
-    of one target network and seed evaluated on different weights (a network trained again under its key: networks.py)."""
+    of one target network and seed evaluated on different weights (a network trained again under its key:
+    networks.py)."""
     cells: dict[str, dict[tuple[str, str], list[float]]] = {}
     targets: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for record in records:
