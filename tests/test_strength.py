@@ -80,6 +80,19 @@ def test_a_missing_check_is_named_not_passed_and_the_source_of_the_transfers_has
     assert by_defence(records)["uat"].verdict == "consistent (not checked: accuracy against eps)"
 
 
+def test_a_check_not_yet_run_on_every_seed_says_over_how_many_it_is():
+    from cbuap_runner.report.strength import claim_two_text, to_markdown
+
+    records = [r for r in defence("uat") + defence("cb_uat", standard=0.6) + defence("cw_uat")
+               if r["seed"] == 0 or "+table/strength=budget4x" not in r["overrides"]]  # seed 1: no 4x budget yet
+    eps, table, nets = rows(records)
+    uat = {row.defence: row for row in table}["uat"]
+    assert uat.n == 2 and uat.budget[2] == 1 and uat.strongest[2] == 1  # seed 1's strongest would read fewer checks
+    line = next(line for line in to_markdown(eps, table, nets).splitlines() if line.startswith("| uat |"))
+    assert "| 0.490 (n=1) |" in line and line.count("(n=1)") == 2
+    assert claim_two_text(eps, table).startswith("CB-UAT's accuracy (n = 1) stands")
+
+
 def test_records_of_two_networks_for_one_defence_and_seed_are_refused():
     records = defence("uat", seeds=(0,)) + [record("uat", 0, "budget4x", "sgd_uap", 0.2, 0.1, network="weights:other")]
     with pytest.raises(ValueError, match="training=uat seed=0: the strength records come from 2 networks"):

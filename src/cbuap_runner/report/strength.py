@@ -132,25 +132,32 @@ def reference_eps(nets: Mapping[str, Mapping[Any, Network]]) -> float:
     return min(eps for seeds in nets.values() for net in seeds.values() for eps in net.acc.get(STANDARD, {}))
 
 
+Stat = tuple[float | None, float | None, int]  # mean, std and the number of seeds they are over
+
+
+def _stat(values: Sequence[float]) -> Stat:
+    return (*mean_std(values), len(values))
+
+
 @dataclass(frozen=True)
 class Row:
     """One defence's line: its means over seeds, the paired differences and the verdict."""
 
     defence: str
     n: int
-    clean: tuple[float | None, float | None]
-    standard: tuple[float | None, float | None]
+    clean: Stat
+    standard: Stat
     standard_attack: str
-    budget: tuple[float | None, float | None]
+    budget: Stat
     budget_attacks: str
     budget_gap: Paired | None
-    transfer: tuple[float | None, float | None]
+    transfer: Stat
     transfer_gap: Paired | None
     floor_eps: float | None  # the smallest ε whose mean worst case is within FLOOR_TOLERANCE of the floor
     largest_eps: float | None
     verdict: str
     source: bool = False  # the network the transferred perturbations were crafted on
-    strongest: tuple[float | None, float | None] = (None, None)  # per seed the lowest of every check, mean ± std
+    strongest: Stat = (None, None, 0)  # per seed the lowest of every check
     seeds: Mapping[Any, Network] | None = None
 
 
@@ -167,8 +174,8 @@ def _gap(seeds: Mapping[Any, Network], check: str, eps: float) -> Paired | None:
 
 
 def budget_attacks(seeds: Mapping[Any, Network], eps: float) -> str:
-    """The attacks the larger budget ran on every seed of a defence ('–' for none)."""
-    sets = [net.attacks(BUDGET, eps) for net in seeds.values()]
+    """The attacks the larger budget ran on every seed of a defence that ran it ('–' for none)."""
+    sets = [found for net in seeds.values() if (found := net.attacks(BUDGET, eps))]
     common = set.intersection(*sets) if sets else set()
     return "/".join(sorted(common)) or "–"
 
@@ -200,12 +207,14 @@ def transfer_sources(records: Sequence[Mapping[str, Any]]) -> set[str]:
 
 
 def strongest_by_seed(seeds: Mapping[Any, Network], eps: float) -> dict[Any, float]:
-    """seed -> the lowest accuracy any check found at `eps` (the strongest attack known against that network)."""
+    """seed -> the lowest accuracy any check found at `eps` (the strongest attack known against that network), for
+    the seeds that ran every check some seed of the defence ran (a seed short of one would read a weaker attack)."""
+    checks = [c for c in (STANDARD, BUDGET, TRANSFER) if any(net.worst(c, eps) for net in seeds.values())]
     out = {}
     for seed, net in seeds.items():
-        found = [w[0] for check in (STANDARD, BUDGET, TRANSFER) if (w := net.worst(check, eps)) is not None]
-        if found:
-            out[seed] = min(found)
+        found = [net.worst(check, eps) for check in checks]
+        if found and all(w is not None for w in found):
+            out[seed] = min(w[0] for w in found)
     return out
 
 
@@ -217,13 +226,13 @@ def build_row(defence: str, seeds: Mapping[Any, Network], eps: float, sources: s
     reached = [e for e, acc in points.items() if acc is not None and acc <= floor + FLOOR_TOLERANCE]
     budget_gap, transfer_gap = _gap(seeds, BUDGET, eps), _gap(seeds, TRANSFER, eps)
     source = all(net.identity in sources for net in seeds.values())
-    return Row(defence, len(seeds), mean_std([net.clean for net in seeds.values() if net.clean is not None]),
-               mean_std(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
-               mean_std(_values(seeds, BUDGET, eps)), budget_attacks(seeds, eps), budget_gap,
-               mean_std(_values(seeds, TRANSFER, eps)),
+    return Row(defence, len(seeds), _stat([net.clean for net in seeds.values() if net.clean is not None]),
+               _stat(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
+               _stat(_values(seeds, BUDGET, eps)), budget_attacks(seeds, eps), budget_gap,
+               _stat(_values(seeds, TRANSFER, eps)),
                transfer_gap, min(reached) if reached else None, max(points) if points else None,
                verdict(budget_gap, transfer_gap, bool(reached), len(points) > 1, source), source,
-               mean_std(list(strongest_by_seed(seeds, eps).values())), seeds)
+               _stat(list(strongest_by_seed(seeds, eps).values())), seeds)
 
 
 def verdict(budget_gap: Paired | None, transfer_gap: Paired | None, reached: bool, has_curve: bool,
@@ -254,8 +263,9 @@ def rows(records: Sequence[Mapping[str, Any]]) -> tuple[float, list[Row], dict[s
     return eps, [build_row(defence, nets[defence], eps, sources) for defence in sorted(nets)], nets
 
 
-def _cell(value: tuple[float | None, float | None], n: int) -> str:
-    return "–" if value[0] is None else format_cell((*value, n))
+def _cell(value: Stat, n: int) -> str:
+    """mean ± std, with "(n=k)" where it is over fewer seeds than the row's n (a check not yet run on them all)."""
+    return "–" if value[0] is None else format_cell(value) + (f" (n={value[2]})" if value[2] != n else "")
 
 
 def _gap_cell(gap: Paired | None) -> str:
@@ -306,8 +316,8 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
         wins &= gap is not None and gap.mean > 0 and clean is not None and clean.mean >= 0
         shown = "–" if gap is None else f"{gap.text(100, 1)} points"
         parts.append(f"against {other} {shown} (clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points)")
-    return (f"CB-UAT's accuracy (n = {cb.n}) stands {'; '.join(parts)}: the claim {'holds' if wins else 'does not hold'} "
-            "here.")
+    n = len(strongest_by_seed(cb.seeds, eps))
+    return f"CB-UAT's accuracy (n = {n}) stands {'; '.join(parts)}: the claim {'holds' if wins else 'does not hold'} here."
 
 
 def _floor_cell(row: Row) -> str:
@@ -336,7 +346,7 @@ def to_csv(table: Sequence[Row]) -> str:
     lines = [head]
     for r in table:
         gaps = [_gap_fields(r.budget_gap), _gap_fields(r.transfer_gap)]
-        fields = [r.defence, r.n, r.clean[0], *r.standard, r.standard_attack, r.budget[0], r.budget_attacks, *gaps[0],
+        fields = [r.defence, r.n, r.clean[0], *r.standard[:2], r.standard_attack, r.budget[0], r.budget_attacks, *gaps[0],
                   r.transfer[0],
                   *gaps[1], r.floor_eps, r.verdict]
         lines.append(",".join("" if v is None else str(v).replace(",", ";") for v in fields))
