@@ -88,17 +88,17 @@ def first_mismatch(records: Sequence[Mapping[str, Any]]) -> tuple[str, Mapping[s
 def unproven(records: Sequence[Mapping[str, Any]]) -> str:
     """'' when every completed run that read a model file hashed its weights, or all read one file; else a sentence
     saying which files they read and what, short of a proof, makes them one network."""
-    files: dict[str, list[Mapping[str, Any]]] = {}
+    files: dict[str, list[tuple[Mapping[str, Any], NetworkKeys]]] = {}
     for record in records:
         keys = network_keys(record)
         if keys.file and record.get("status") == "completed":
-            files.setdefault(keys.file, []).append(record)
-    runs = [r for group in files.values() for r in group]
-    if len(files) < 2 or all(network_keys(r).weights for r in runs):
+            files.setdefault(keys.file, []).append((record, keys))
+    runs = [keys for group in files.values() for _, keys in group]
+    if len(files) < 2 or all(keys.weights for keys in runs):
         return ""
-    accuracy = sorted({network_keys(r).clean_acc for r in runs} - {None})
-    missing = sum(network_keys(r).clean_acc is None for r in runs)
-    read = "; ".join(f"{len(group)} from {file.strip(chr(34))[:12]}… (first {location(group[0])})"
+    accuracy = sorted({keys.clean_acc for keys in runs} - {None})
+    missing = sum(keys.clean_acc is None for keys in runs)
+    read = "; ".join(f"{len(group)} from {file.strip(chr(34))[:12]}… (first {location(group[0][0])})"
                      for file, group in files.items())
     measured = ", ".join(f"{a:.4f}" for a in accuracy) or "none measured"
     return (f"The runs read {len(files)} model files of one weights key whose weights were not all hashed ({read}); "

@@ -43,7 +43,7 @@ FIGURE = "strength_eps.png"
 class Network:
     """The worst-case accuracies of one defence's model of one seed: {check: {ε: {attack: adv_acc}}}."""
 
-    identity: str | None = None  # the network's (collect refuses records of another)
+    identity: str | None = None  # the network's experiment (collect refuses records of two networks)
     clean: float | None = None  # its clean test accuracy (every record of one network reports the same)
     num_classes: int | None = None
     acc: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
@@ -79,11 +79,7 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
         if acc is None or not _universal(record):
             continue
         net = out.setdefault(str(run.get("training")), {}).setdefault(record.get("seed"), Network())
-        identity = str(((record.get("provenance") or {}).get("model") or {}).get("identity"))
-        if net.identity not in (None, identity):
-            raise ValueError(f"{location(record)}: training={run.get('training')} seed={record.get('seed')}: the "
-                             "strength records come from 2 networks; check one model at a time")
-        net.identity = identity
+        net.identity = str(((record.get("provenance") or {}).get("model") or {}).get("identity"))
         runs.setdefault((str(run.get("training")), hashable(record.get("seed"))), []).append(record)
         net.clean = net.clean if net.clean is not None else metric(record, "clean_acc")
         net.num_classes = net.num_classes or _classes(record)
