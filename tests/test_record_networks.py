@@ -43,3 +43,14 @@ def test_the_report_says_what_stands_in_for_a_proof():
     assert "which is not a proof" in note
     assert "clean accuracy: none measured" in unproven([run("a", clean_acc=None), run("b", sha="g", clean_acc=None)])
     assert unproven([run("a"), run("b", sha="g", status="failed")]) == ""  # a failed run is not one of the runs
+
+
+def test_runs_older_than_model_provenance_are_told_apart_by_clean_accuracy():
+    def bare(name: str, clean_acc: float, seed: int = 0) -> dict:
+        return {"_dir": name, "status": "completed", "seed": seed,
+                "metrics": {"clean_acc": clean_acc, "num_images": 10000}}
+
+    assert first_mismatch([bare("a", 0.9), bare("b", 0.9)]) is None
+    assert first_mismatch([bare("a", 0.9), bare("b", 0.8)])[0] == "weights"
+    assert first_mismatch([bare("a", 0.9), run("b", clean_acc=0.8)])[0] == "weights"
+    assert first_mismatch([bare("a", 0.9), bare("b", 0.8, seed=1)]) is None  # other test images

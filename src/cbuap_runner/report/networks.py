@@ -8,7 +8,8 @@ but other weights: only the weights tell the two apart. Two runs used the same w
 agree. Where either record predates that hash, one model file is one network; two files are not proof of two
 networks (a file records the code and the time that trained it, so the same weights trained twice make two files),
 but a different clean accuracy on the same test images (the same count, drawn with the same seed) is: such runs
-count as different weights. Runs whose files differ while nothing tells them apart count as one network that was
+count as different weights, and so do runs that name no file at all (records older than model provenance) when
+their clean accuracies differ that way. Runs whose files differ while nothing tells them apart count as one network that was
 not proven one (`unproven`), which a report says. Each key is compared only where both records name it (a run
 that failed before it loaded its model names none).
 """
@@ -51,9 +52,10 @@ def _differ(a: Any, b: Any) -> bool:
 
 
 def _told_apart(a: NetworkKeys, b: NetworkKeys) -> bool:
-    """Whether two runs of unhashed weights read different files and measured different clean accuracies on the
-    same test images."""
-    return _differ(a.file, b.file) and a.clean_on == b.clean_on and _differ(a.clean_acc, b.clean_acc)
+    """Whether two runs of unhashed weights, not known to have read one file, measured different clean accuracies
+    on the same test images."""
+    one_file = a.file is not None and a.file == b.file
+    return not one_file and a.clean_on == b.clean_on and _differ(a.clean_acc, b.clean_acc)
 
 
 def difference(a: NetworkKeys, b: NetworkKeys) -> str | None:
