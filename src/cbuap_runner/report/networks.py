@@ -9,9 +9,9 @@ agree. Where either record predates that hash, one model file is one network; tw
 networks (a file records the code and the time that trained it, so the same weights trained twice make two files),
 but a different clean accuracy on the same test images (the same count, drawn with the same seed) is: such runs
 count as different weights, and so do runs that name no file at all (records older than model provenance) when
-their clean accuracies differ that way. Runs whose files differ while nothing tells them apart count as one network that was
-not proven one (`unproven`), which a report says. Each key is compared only where both records name it (a run
-that failed before it loaded its model names none).
+their clean accuracies differ that way. Runs whose files differ while nothing tells them apart count as one network
+that was not proven one (`unproven`), which a report says. Each key is compared only where both records name it (a
+run that failed before it loaded its model names none).
 """
 
 from __future__ import annotations
