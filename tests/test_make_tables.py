@@ -451,6 +451,15 @@ def test_declared_rows_name_settings_of_the_runs_other_than_the_seed(sweep, rows
         build_rows(load_records(sweep), "attacks", declared=rows)
 
 
+def test_a_declared_row_that_the_records_own_sweep_names_is_kept_before_any_run_sets_it(sweep):
+    """A table whose later jobs add a config group (table/study_point) can be tabulated before they run."""
+    records = _declaring(sweep, {name: ["attack.name", "attack.eps", "table/study_point"] for name in "01234"})
+    keys, _, rows = build_rows(records, "attacks", declared=["attack.name", "attack.eps", "table/study_point"])
+    assert keys == ["attack", "attack.eps", "table/study_point"] and len(rows) == 4
+    with pytest.raises(ValueError, match="rows: table/tune: no run of this table has this setting"):
+        build_rows(records, "attacks", declared=["attack.name", "attack.eps", "table/tune"])
+
+
 def test_a_run_that_continued_its_crafting_shows_no_crafting_time():
     from cbuap_runner.report.records import metric
 

@@ -35,7 +35,7 @@ TUNING_FOOLING_MARGIN = 0.02
 def row_keys(records: Sequence[Mapping[str, Any]], declared: Sequence[str] | None = None) -> list[str]:
     """The settings that define a table row: `declared`, else the records' `rows`, else inferred; the clash guard's
     additions follow. ValueError for records that declare different rows (and nothing is declared), or a declared
-    key no run has."""
+    key that no run has and no record's own `rows` names."""
     runs = [settings(r) for r in records]
     recorded = None if declared else recorded_rows(records)
     if recorded is None and not declared:
@@ -43,7 +43,8 @@ def row_keys(records: Sequence[Mapping[str, Any]], declared: Sequence[str] | Non
         log.info("note: rows inferred from the runs' overrides (%s); declare them with `rows` (the table config's or a "
                  "manifest's) or --rows", ", ".join(keys))
         return keys
-    keys = _named(declared or recorded, runs, checked=bool(declared))
+    known = _recorded_keys(records) if declared else set()
+    keys = _named(declared or recorded, runs, checked=bool(declared), known=known)
     added = _clash_keys(runs, keys)
     if added:
         log.info("note: rows %s added: runs that share the declared rows differ in them", ", ".join(added))
@@ -72,15 +73,22 @@ def row_key(name: str) -> str:
     return group if leaf == "name" and group in IDENTITY_FIELDS else name
 
 
-def _named(names: Sequence[str], runs: Sequence[Mapping[str, Any]], checked: bool) -> list[str]:
-    """The row keys `names` declares, in order; `checked`: refuse a key no run has (a typo)."""
+def _recorded_keys(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The row keys some record's own `rows` names: its sweep declares them, even where no run of it sets one yet
+    (a config group its later jobs add)."""
+    return {row_key(k) for r in records if isinstance(r.get("rows"), list) for k in r["rows"] if isinstance(k, str)}
+
+
+def _named(names: Sequence[str], runs: Sequence[Mapping[str, Any]], checked: bool, known: set[str]) -> list[str]:
+    """The row keys `names` declares, in order; `checked`: refuse a key that no run has and `known` lacks (a
+    typo)."""
     if isinstance(names, str) or not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError(f"rows={names!r}: must be a list of config keys")
     keys = list(dict.fromkeys(row_key(n.strip()) for n in names))
     for key in keys:
         if key == "seed":
             raise ValueError("rows: seed: the seeds of one row are averaged; name the other keys")
-        if checked and not any(key in s for s in runs):
+        if checked and key not in known and not any(key in s for s in runs):
             raise ValueError(f"rows: {key}: no run of this table has this setting (a config key such as "
                              "attack.eps, or a config group such as table/tune)")
     return keys
