@@ -43,8 +43,7 @@ def row_keys(records: Sequence[Mapping[str, Any]], declared: Sequence[str] | Non
         log.info("note: rows inferred from the runs' overrides (%s); declare them with `rows` (the table config's or a "
                  "manifest's) or --rows", ", ".join(keys))
         return keys
-    known = _recorded_keys(records) if declared else set()
-    keys = _named(declared or recorded, runs, checked=bool(declared), known=known)
+    keys = _named(declared or recorded, runs, known=_recorded_keys(records) if declared else None)
     added = _clash_keys(runs, keys)
     if added:
         log.info("note: rows %s added: runs that share the declared rows differ in them", ", ".join(added))
@@ -79,16 +78,16 @@ def _recorded_keys(records: Sequence[Mapping[str, Any]]) -> set[str]:
     return {row_key(k) for r in records if isinstance(r.get("rows"), list) for k in r["rows"] if isinstance(k, str)}
 
 
-def _named(names: Sequence[str], runs: Sequence[Mapping[str, Any]], checked: bool, known: set[str]) -> list[str]:
-    """The row keys `names` declares, in order; `checked`: refuse a key that no run has and `known` lacks (a
-    typo)."""
+def _named(names: Sequence[str], runs: Sequence[Mapping[str, Any]], known: set[str] | None) -> list[str]:
+    """The row keys `names` declares, in order; unless `known` is None, refuse a key that no run has and `known`
+    lacks (a typo)."""
     if isinstance(names, str) or not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError(f"rows={names!r}: must be a list of config keys")
     keys = list(dict.fromkeys(row_key(n.strip()) for n in names))
     for key in keys:
         if key == "seed":
             raise ValueError("rows: seed: the seeds of one row are averaged; name the other keys")
-        if checked and key not in known and not any(key in s for s in runs):
+        if known is not None and key not in known and not any(key in s for s in runs):
             raise ValueError(f"rows: {key}: no run of this table has this setting (a config key such as "
                              "attack.eps, or a config group such as table/tune)")
     return keys
