@@ -66,7 +66,9 @@ def test_claim_one_reads_the_seeds_both_rows_hold_when_a_run_failed():
     cb = row("cb_uap", {0: 0.22, 1: 0.22}, {0: 0.90, 1: 0.90})  # seed 2's run failed
     sgd["seeds"], cb["seeds"] = [0, 1, 2], [0, 1]
     said = claim_balance("x", [sgd, cb], BAR)  # the row means differ by 0.153, the shared seeds by 0.120
-    assert "raises the test fooled-label entropy by 0.120 (the differences over the seeds both rows hold: 0, 1)" in said
+    assert ("raises the test fooled-label entropy by 0.120 (the differences and values over the seeds both rows "
+            "hold: 0, 1) (0.100 ± 0.000 → 0.220 ± 0.000;") in said  # seed 2's 0.00 is left out of the values too
+    assert "(n = 2, 2;" in said
     assert said.endswith("does not hold.")
 
 

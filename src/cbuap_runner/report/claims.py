@@ -25,6 +25,8 @@ from .bootstrap import (
 )
 from .formats import format_cell
 from .networks import check_paired_networks
+from .records import hashable, metric
+from .rows import mean_std
 from .significance import paired
 
 VERDICT_ENTROPY = "fooled_label_entropy"
@@ -112,19 +114,46 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> float
     return None if left is None or right is None else right - left
 
 
-def _shared_seeds_note(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """' (the differences over the seeds both rows hold: …)' where the rows' seeds differ, else ''."""
+def _shared_seeds_note(a: Mapping[str, Any], b: Mapping[str, Any], what: str = "the differences") -> str:
+    """' (`what` over the seeds both rows hold: …)' where the rows' seeds differ, else ''."""
     if "seeds" not in a or "seeds" not in b or a["seeds"] == b["seeds"]:
         return ""
     shared = [s for s in a["seeds"] if s in b["seeds"]]
-    return f" (the differences over the seeds both rows hold: {', '.join(map(str, shared)) or 'none'})"
+    return f" ({what} over the seeds both rows hold: {', '.join(map(str, shared)) or 'none'})"
+
+
+BALANCE_METRICS = (VERDICT_ENTROPY, "label_entropy", "fooling_rate", "min_class_attack_success_rate")
+
+
+def _on_seeds(row: Mapping[str, Any], seeds: set[str]) -> Mapping[str, Any]:
+    """The row with its runs, n and claim-1 cells narrowed to `seeds` (hashable); the row itself where it holds no
+    others."""
+    runs = [r for r in row["_records"] if hashable(r.get("seed")) in seeds]
+    if len(runs) == len(row["_records"]):
+        return row
+    narrowed = {**row, "_records": runs, "n": len(runs), "seeds": [r.get("seed") for r in runs]}
+    for name in BALANCE_METRICS:
+        values = [v for v in (metric(r, name) for r in runs) if v is not None]
+        narrowed[name] = (*mean_std(values), len(values))
+    return narrowed
+
+
+def _shared_seed_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """Both rows narrowed to the seeds both hold, so that a sentence's values are those its differences compare
+    (the rows unchanged where they carry no runs or share no seed)."""
+    if "_records" not in a or "_records" not in b:
+        return a, b
+    seeds = ({hashable(r.get("seed")) for r in a["_records"]} & {hashable(r.get("seed")) for r in b["_records"]})
+    return (a, b) if not seeds else (_on_seeds(a, seeds), _on_seeds(b, seeds))
 
 
 def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, bar: Thresholds) -> str:
     """`name` against SGD-UAP on test: fooled-label entropy gained (the verdict's), label entropy gained, fooling
-    rate lost, minimum per-class success, the verdict. ValueError when a seed's two runs attacked different
-    networks."""
+    rate lost, minimum per-class success, the verdict; values and n over the seeds both rows hold. ValueError
+    when a seed's two runs attacked different networks."""
     check_paired_networks(sgd, cb)
+    note = _shared_seeds_note(sgd, cb, "the differences and values")
+    sgd, cb = _shared_seed_rows(sgd, cb)
     d_fooled, d_fr = difference(sgd, cb, VERDICT_ENTROPY), difference(sgd, cb, "fooling_rate")
     if d_fooled is None or d_fr is None:
         return "not answered (no seed in both rows reports the fooled-label entropy and the fooling rate)."
@@ -132,7 +161,7 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
     holds = d_fooled >= bar.fooled_entropy_gain and d_fr >= -bar.fooling_rate_loss
     cell = format_cell
     return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f}"
-            f"{_shared_seeds_note(sgd, cb)} ({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label "
+            f"{note} ({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label "
             f"entropy {'–' if d_ent is None else f'{d_ent:+.3f}'}, "
             f"{cell(sgd['label_entropy'])} → {cell(cb['label_entropy'])}) with the test fooling rate "
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
