@@ -25,8 +25,8 @@ from .bootstrap import (
 )
 from .formats import format_cell
 from .networks import check_paired_networks
-from .records import hashable, metric
-from .rows import mean_std
+from .records import hashable
+from .rows import metric_cells
 from .significance import paired
 
 VERDICT_ENTROPY = "fooled_label_entropy"
@@ -131,11 +131,8 @@ def _on_seeds(row: Mapping[str, Any], seeds: set[str]) -> Mapping[str, Any]:
     runs = [r for r in row["_records"] if hashable(r.get("seed")) in seeds]
     if len(runs) == len(row["_records"]):
         return row
-    narrowed = {**row, "_records": runs, "n": len(runs), "seeds": [r.get("seed") for r in runs]}
-    for name in BALANCE_METRICS:
-        values = [v for v in (metric(r, name) for r in runs) if v is not None]
-        narrowed[name] = (*mean_std(values), len(values))
-    return narrowed
+    return {**row, "_records": runs, "n": len(runs), "seeds": [r.get("seed") for r in runs],
+            **metric_cells(runs, BALANCE_METRICS)}
 
 
 def _shared_seed_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:

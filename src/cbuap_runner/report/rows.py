@@ -189,10 +189,17 @@ def _aggregate(group: Mapping[str, Any], columns: Sequence[str]) -> dict[str, An
     row["dirs"] = [r.get("_dir") for r in recs]
     row["error"] = "; ".join(str(r.get("error") or "").splitlines()[0] for r in recs if r.get("error")) or None
     row["_records"] = recs
-    for m in columns:
-        values = [v for v in (metric(r, m) for r in recs) if v is not None] if done else []
-        row[m] = (*mean_std(values), len(values))
+    row.update(metric_cells(recs if done else [], columns))
     return row
+
+
+def metric_cells(runs: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, tuple]:
+    """`<metric>: (mean, std, n)` over the runs that report each metric."""
+    cells = {}
+    for m in columns:
+        values = [v for v in (metric(r, m) for r in runs) if v is not None]
+        cells[m] = (*mean_std(values), len(values))
+    return cells
 
 
 def _check_seeds_unique(row_settings: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> None:
