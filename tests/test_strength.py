@@ -178,3 +178,16 @@ def test_claim_two_compares_clean_accuracy_over_the_seeds_both_defences_hold():
     text = claim_two_text(eps, table)
     assert "against uat +9.0 [+9.0, +9.0] points (clean -2.0 points)" in text  # not +11.3 against uat's 3-seed mean
     assert text.endswith("the claim does not hold here.")
+
+
+def test_budgets_in_255ths_read_as_255ths_in_the_table_and_its_curve():
+    from cbuap_runner.report.formats import fmt_eps
+    from cbuap_runner.report.strength import to_markdown
+
+    assert [fmt_eps(e) for e in (8 / 255, 48 / 255, 0.2, 0.05, 1.0)] == ["8/255", "48/255", "0.2", "0.05", "1"]
+    records = [{**r, "config": {**r["config"], "attack": {**r["config"]["attack"],
+                                                          "eps": 8 / 255 if r["config"]["attack"]["eps"] == 0.2
+                                                          else r["config"]["attack"]["eps"]}}}
+               for r in defence("uat")]
+    text = to_markdown(*rows(records))
+    assert "at eps 8/255 (accuracy" in text and "| eps 8/255 | eps 0.4 | eps 0.8 |" in text

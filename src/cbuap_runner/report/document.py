@@ -22,7 +22,7 @@ from ..io import write_text
 from . import pareto, strength
 from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
-from .formats import format_cell, provenance_line, row_label, to_markdown, varying_keys
+from .formats import fmt_eps, format_cell, provenance_line, row_label, to_markdown, varying_keys
 from .kinds import PARETO, STRENGTH
 from .records import NoRecords, epoch_rows, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
@@ -91,7 +91,7 @@ def _strength_claim_lines(build: _Build, spec: Mapping[str, Any]) -> list[str]:
     for claim in spec["claims"].get("strength", []):
         eps, table, _ = strength.rows(_section_records(build, sections[claim["section"]]))
         text = strength.claim_two_text(eps, table) or "not answered (the section lacks CB-UAT, UAT or CW-UAT)."
-        lines.append(f"- {claim['label']} (the lowest accuracy of its strength checks at ε = {eps:g}): {text}")
+        lines.append(f"- {claim['label']} (the lowest accuracy of its strength checks at ε = {fmt_eps(eps)}): {text}")
     return lines
 
 

@@ -19,6 +19,15 @@ def fmt_number(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
 
 
+def fmt_eps(eps: float) -> str:
+    """A perturbation budget as it is spoken of: `8/255` where it is a whole number of 255ths that no three-decimal
+    figure states exactly, else the number (`0.2`)."""
+    steps = eps * 255
+    if round(eps, 3) != eps and abs(steps - round(steps)) < 1e-6:
+        return f"{round(steps)}/255"
+    return f"{eps:g}"
+
+
 def fmt_duration(seconds: float) -> str:
     """`45 s`, `12 min`, `3.4 h`."""
     if seconds < 60:

@@ -26,7 +26,7 @@ from typing import Any
 from ..io import write_text
 from .claims import UAT_FAMILY
 from .figures import pyplot, save_figure
-from .formats import format_cell
+from .formats import fmt_eps, format_cell
 from .networks import check_groups
 from .records import NoRecords, hashable, location, metric, settings
 from .rows import mean_std
@@ -275,7 +275,7 @@ COLUMNS = ("defence", "n", "clean_acc", "white-box worst (standard)", "worst att
 
 def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any, Network]]) -> str:
     """The strength table with what it compares, and the accuracy-against-ε table under it."""
-    lines = [f"Worst case over the universal attacks at eps {eps:g} (accuracy under attack, mean ± std over n seeds); "
+    lines = [f"Worst case over the universal attacks at eps {fmt_eps(eps)} (accuracy under attack, mean ± std over n seeds); "
              f"a check fails when it lowers accuracy by more than {STRENGTH_MARGIN} or the curve never comes within "
              f"{FLOOR_TOLERANCE} of the one-class floor.", "",
              "| " + " | ".join(COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
@@ -292,7 +292,7 @@ def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
     """The claim-2 line under the strength table (none without CB-UAT, UAT and CW-UAT)."""
     text = claim_two_text(eps, table)
     return [] if text is None else [f"Claim 2 against the strongest attack found (the lowest accuracy of the three "
-                                    f"checks at eps {eps:g}): {text}", ""]
+                                    f"checks at eps {fmt_eps(eps)}): {text}", ""]
 
 
 def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
@@ -318,8 +318,8 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
 
 def _floor_cell(row: Row) -> str:
     if row.floor_eps is not None:
-        return f"{row.floor_eps:g}"
-    return "–" if row.largest_eps is None else f"not by {row.largest_eps:g}"
+        return fmt_eps(row.floor_eps)
+    return "–" if row.largest_eps is None else f"not by {fmt_eps(row.largest_eps)}"
 
 
 def curve_markdown(nets: Mapping[str, Mapping[Any, Network]]) -> list[str]:
@@ -327,7 +327,7 @@ def curve_markdown(nets: Mapping[str, Mapping[Any, Network]]) -> list[str]:
     curves = {defence: curve(seeds) for defence, seeds in sorted(nets.items())}
     eps_values = sorted({eps for c in curves.values() for eps in c})
     lines = ["Accuracy against eps (standard budget, worst case over the universal attacks, mean ± std (n)):", "",
-             "| defence | " + " | ".join(f"eps {e:g}" for e in eps_values) + " |", "|---" * (len(eps_values) + 1) + "|"]
+             "| defence | " + " | ".join(f"eps {fmt_eps(e)}" for e in eps_values) + " |", "|---" * (len(eps_values) + 1) + "|"]
     for defence, points in curves.items():
         cells = [f"{format_cell((*mean_std(points[e]), len(points[e])))} ({len(points[e])})" if points.get(e) else "–"
                  for e in eps_values]
@@ -371,7 +371,7 @@ def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Pa
     ax.set_xlabel("eps (L-inf)")
     ax.set_ylabel("accuracy under the worst universal attack")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Accuracy against eps (x: 4x budget with restarts at {eps:g})")
+    ax.set_title(f"Accuracy against eps (x: 4x budget with restarts at {fmt_eps(eps)})")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
