@@ -113,7 +113,9 @@ def test_claim_two_reads_the_seeds_both_rows_hold():
     uat = defence("uat", {0: 0.50, 1: 0.50, 2: 0.20})
     cb = defence("cb_uat", {0: 0.45, 1: 0.45})  # below UAT on every seed both hold; above UAT's mean of three
     said = claim_defence("x", [uat, cb, defence("cw_uat", {0: 0.3, 1: 0.3, 2: 0.3})])
-    assert "against uat worst-case -5.0 points" in said and said.endswith("does not hold.")
+    assert "against uat worst-case -5.0 points (paired over 2 seeds: " in said and said.endswith("does not hold.")
+    one = claim_defence("x", [defence("uat", {0: 0.5}), defence("cb_uat", {0: 0.45}), defence("cw_uat", {0: 0.3})])
+    assert "(paired over 1 seed: -5.0 (one seed: no interval))" in one
 
 
 # ----------------------------------------------------------------------------- bootstrap over test images

@@ -263,7 +263,7 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
             return f"{label}: not answered (no seed in both the cb_uat and the {other} row)."
         wins &= worst > 0 and clean >= 0
         pair = paired(row, cb, "worst_adv_acc")
-        within = "" if pair is None else f" (paired over {pair.n} seeds: {pair.text(100, 1)})"
+        within = "" if pair is None else f" (paired over {pair.n} seed{'s' if pair.n > 1 else ''}: {pair.text(100, 1)})"
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
                      f"points{_shared_seeds_note(row, cb)}{_bootstrap_defence(row, cb)}")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
