@@ -25,7 +25,7 @@ from .bootstrap import (
 )
 from .formats import format_cell
 from .networks import check_paired_networks
-from .records import hashable
+from .records import counted, hashable
 from .rows import metric_cells
 from .significance import paired
 
@@ -175,7 +175,7 @@ def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Threshol
     entropy, fooling = paired(sgd, cb, VERDICT_ENTROPY), paired(sgd, cb, "fooling_rate")
     if entropy is None or fooling is None:
         return "" if "_records" not in sgd else "; no seed in both rows, so no paired difference"
-    text = (f"; paired over {entropy.n} seed{'s' if entropy.n > 1 else ''} (95 % t-intervals): fooled-label entropy "
+    text = (f"; paired over {counted(entropy.n, 'seed')} (95 % t-intervals): fooled-label entropy "
             f"{entropy.text()}, fooling rate {fooling.text(100, 1)} points")
     if entropy.low is None:
         return text
@@ -263,7 +263,7 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
             return f"{label}: not answered (no seed in both the cb_uat and the {other} row)."
         wins &= worst > 0 and clean >= 0
         pair = paired(row, cb, "worst_adv_acc")
-        within = "" if pair is None else f" (paired over {pair.n} seed{'s' if pair.n > 1 else ''}: {pair.text(100, 1)})"
+        within = "" if pair is None else f" (paired over {counted(pair.n, 'seed')}: {pair.text(100, 1)})"
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
                      f"points{_shared_seeds_note(row, cb)}{_bootstrap_defence(row, cb)}")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)

@@ -7,7 +7,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .records import commit_counts, commits_text, hashable, measured_in_part, metric
+from .records import commit_counts, commits_text, counted, hashable, measured_in_part, metric
 
 MIXED_CODE = "†"  # after a row's n: its runs come from more than one code version
 ERROR_WIDTH = 100  # characters of a failed row's error shown in a table
@@ -38,20 +38,16 @@ def fmt_duration(seconds: float) -> str:
 def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
     """The commits the records come from and the sum of their runs' wall time (what the section cost to run)."""
     seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
-    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {_runs(len(seconds))}" if seconds else ""
+    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {counted(len(seconds), 'run')}" if seconds else ""
     partial = sum(measured_in_part(r, "wall_seconds") for r in records)
     if partial:
-        cost += (f"{',' if seconds else ';'} leaving out the wall time of {_runs(partial)} continued from an "
+        cost += (f"{',' if seconds else ';'} leaving out the wall time of {counted(partial, 'run')} continued from an "
                  "earlier attempt (it counts the last attempt only)")
     continued = sum(bool(r.get("continued_code")) for r in records)
     if continued:
-        cost += (f"; {_runs(continued)} continued a training or crafting state another code version wrote (counted "
+        cost += (f"; {counted(continued, 'run')} continued a training or crafting state another code version wrote (counted "
                  "under both)")
     return f"Records from commits: {commits_text(commit_counts(records))}{cost}."
-
-
-def _runs(n: int) -> str:
-    return f"{n} run{'s' if n != 1 else ''}"
 
 
 def format_cell(cell: tuple[float | None, float | None, int], pm: str = "±") -> str:

@@ -212,6 +212,11 @@ def commit_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 seed`, `3 seeds`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def commits_text(counts: Mapping[str, int]) -> str:
     """`abc1234 (2 runs), def5678 (1 run)`."""
-    return ", ".join(f"{short_commit(c)} ({k} run{'s' if k != 1 else ''})" for c, k in counts.items())
+    return ", ".join(f"{short_commit(c)} ({counted(k, 'run')})" for c, k in counts.items())
