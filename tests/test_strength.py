@@ -90,7 +90,7 @@ def test_a_check_not_yet_run_on_every_seed_says_over_how_many_it_is():
     assert uat.n == 2 and uat.budget[2] == 1 and uat.strongest[2] == 1  # seed 1's strongest would read fewer checks
     line = next(line for line in to_markdown(eps, table, nets).splitlines() if line.startswith("| uat |"))
     assert "| 0.490 (n=1) |" in line and line.count("(n=1)") == 2
-    assert claim_two_text(eps, table).startswith("CB-UAT's accuracy (n = 1) stands")
+    assert "against uat +0.0 (one seed: no interval) points over 1 seed" in claim_two_text(eps, table)
 
 
 def test_records_of_two_networks_for_one_defence_and_seed_are_refused():
@@ -158,8 +158,9 @@ def test_claim_two_is_read_with_the_strongest_attack_found():
     eps, table, _ = rows(records)
     line = claim_two_lines(eps, table)[0]
     # the strongest found is each model's 4x budget: CB-UAT 0.45 (0.46 on seed 1), UAT 0.49, CW-UAT 0.44
-    assert "against uat -4.0 [-4.0, -4.0] points (clean +0.0 points)" in line
+    assert "against uat -4.0 [-4.0, -4.0] points over 2 seeds (clean +0.0 points)" in line
     assert "against cw_uat +1.0 [+1.0, +1.0] points" in line and line.endswith("the claim does not hold here.")
+    assert "read over the checks both defences ran (standard budget, 4x budget with restarts, transfer)" in line
     assert claim_two_lines(eps, [r for r in table if r.defence != "uat"]) == []
 
 
@@ -176,8 +177,28 @@ def test_claim_two_compares_clean_accuracy_over_the_seeds_both_defences_hold():
     cw = with_clean(defence("cw_uat", seeds=(0, 1, 2)), {0: 0.85, 1: 0.85, 2: 0.85})
     eps, table, _ = rows(cb + uat + cw)
     text = claim_two_text(eps, table)
-    assert "against uat +9.0 [+9.0, +9.0] points (clean -2.0 points)" in text  # not +11.3 against uat's 3-seed mean
+    assert "against uat +9.0 [+9.0, +9.0] points over 2 seeds (clean -2.0 points)" in text  # not +11.3 (3 seeds)
     assert text.endswith("the claim does not hold here.")
+
+
+def test_claim_two_reads_cb_uat_and_a_rival_over_the_checks_and_attacks_both_ran():
+    from cbuap_runner.report.strength import claim_two_text
+
+    rivals = defence("uat", standard=0.55) + defence("cw_uat", standard=0.55)
+    ahead = defence("cb_uat", standard=0.6, budget=0.4)  # its 4x budget has run; the rivals' has not
+    behind = [r for r in rivals if "+table/strength=budget4x" not in r["overrides"]]
+    text = claim_two_text(*rows(ahead + behind)[:2])
+    assert "against uat – (no seed where both ran the same checks)" in text and text.endswith("not answered yet.")
+    lone = [r for r in defence("cb_uat", standard=0.6) if not (r["attack"] == "uap" and r["overrides"][0].endswith("standard"))]
+    lone.append(record("cb_uat", 0, "standard", "uap", 0.2, 0.1))  # DeepFool UAP, which no rival met yet
+    rivals = [r for r in rivals if not (r["attack"] == "uap" and r["overrides"][0].endswith("standard") and r["seed"] == 0)]
+    text = claim_two_text(*rows(lone + rivals)[:2])
+    assert "against uat +0.0 [+0.0, +0.0] points over 2 seeds" in text  # 4x budgets: 0.49 against 0.49, not 0.1
+
+
+def test_a_defence_with_no_stronger_check_yet_is_not_called_consistent():
+    records = [r for r in defence("uat") if "+table/strength=standard" in r["overrides"] and r["config"]["attack"]["eps"] == 0.2]
+    assert by_defence(records)["uat"].verdict == "not checked: 4x budget with restarts, transfer, accuracy against eps"
 
 
 def test_budgets_in_255ths_read_as_255ths_in_the_table_and_its_curve():
