@@ -196,6 +196,37 @@ def test_claim_two_reads_cb_uat_and_a_rival_over_the_checks_and_attacks_both_ran
     assert "against uat +0.0 [+0.0, +0.0] points over 2 seeds" in text  # 4x budgets: 0.49 against 0.49, not 0.1
 
 
+def with_predictions(records: list[dict], folder, images: int = 200) -> list[dict]:
+    """The records with the per-image predictions their runs saved: each image's adversarial label right for the
+    first adv_acc share of the test images, every clean prediction right."""
+    import numpy as np
+
+    label = np.arange(images) % K
+    for i, r in enumerate(records):
+        adv = label.copy()
+        adv[round(r["metrics"]["adv_acc"] * images):] += 1
+        r["metrics"]["adv_acc"] = round(r["metrics"]["adv_acc"] * images) / images
+        (folder / str(i)).mkdir()
+        np.savez(folder / str(i) / "predictions.npz", label=label, clean=label, adv=adv % K)
+        r.update(_path=str(folder / str(i)))
+        r["metrics"]["predictions_file"] = "predictions.npz"
+    return records
+
+
+def test_claim_two_read_with_the_strongest_attack_adds_a_bootstrap_over_the_test_images(tmp_path):
+    from cbuap_runner.report.strength import claim_two_text
+
+    records = (defence("cb_uat", seeds=(0,), standard=0.6, budget=0.45) + defence("uat", seeds=(0,), standard=0.55)
+               + defence("cw_uat", seeds=(0,), budget=0.44))
+    assert "bootstrap" not in claim_two_text(*rows(records)[:2])  # no predictions saved
+    text = claim_two_text(*rows(with_predictions(records, tmp_path))[:2])
+    # CB-UAT's strongest found 0.45 against UAT's 0.49 on the same 200 images: the difference of the 4x budgets
+    assert ("against uat -4.0 (one seed: no interval) points over 1 seed (clean +0.0 points; over the 200 test "
+            "images of seed 0, 2,000 paired bootstrap resamples, 95 % percentile intervals: strongest found -4.0 [") in text
+    low, high = (float(v) for v in text.split("strongest found -4.0 [")[1].split("]")[0].split(", "))
+    assert low < -4.0 < high
+
+
 def test_a_defence_with_no_stronger_check_yet_is_not_called_consistent():
     records = [r for r in defence("uat") if "+table/strength=standard" in r["overrides"] and r["config"]["attack"]["eps"] == 0.2]
     assert by_defence(records)["uat"].verdict == "not checked: 4x budget with restarts, transfer, accuracy against eps"

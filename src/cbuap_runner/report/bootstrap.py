@@ -136,6 +136,12 @@ def paired_defence_bootstrap(a: Mapping[str, Predictions], b: Mapping[str, Predi
     return worst, clean
 
 
+def bootstrap_clause(seed: Any, name: str, worst: Paired, clean: Paired) -> str:
+    """'over the N test images of seed s, … : <name> d [lo, hi], clean d [lo, hi] points' (accuracies in points)."""
+    return (f"over the {worst.n:,} test images of seed {seed}, {RESAMPLES:,} paired bootstrap resamples, 95 % "
+            f"percentile intervals: {name} {worst.text(100, 1)}, clean {clean.text(100, 1)} points")
+
+
 def _same_images(runs: list[Predictions]) -> None:
     if any(not np.array_equal(runs[0].label, p.label) for p in runs[1:]):
         raise ValueError("bootstrap: the two runs were not scored on the same test images in the same order")

@@ -18,6 +18,7 @@ from typing import Any
 from .bootstrap import (
     RESAMPLES,
     Predictions,
+    bootstrap_clause,
     load_defence_predictions,
     load_predictions,
     paired_bootstrap,
@@ -217,8 +218,7 @@ def _bootstrap_defence(other: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
         return ""
     seed = common[0]
     worst, clean = paired_defence_bootstrap(left[seed], right[seed])
-    return (f" (over the {worst.n:,} test images of seed {seed}, {RESAMPLES:,} paired bootstrap resamples, 95 % "
-            f"percentile intervals: worst case {worst.text(100, 1)}, clean {clean.text(100, 1)} points)")
+    return f" ({bootstrap_clause(seed, 'worst case', worst, clean)})"
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
+from .bootstrap import bootstrap_clause, load_predictions, paired_defence_bootstrap
 from .claims import UAT_FAMILY
 from .figures import pyplot, save_figure
 from .formats import fmt_eps, format_cell
@@ -49,6 +50,7 @@ class Network:
     clean: float | None = None  # its clean test accuracy (every record of one network reports the same)
     num_classes: int | None = None
     acc: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)
+    records: dict[tuple[str, float, str], Mapping[str, Any]] = field(default_factory=dict)  # (check, ε, attack)
 
     def worst(self, check: str, eps: float, among: set[str] | None = None) -> tuple[float, str] | None:
         """The lowest accuracy over the universal attacks of `check` at `eps` (those `among`, if given), and its
@@ -86,6 +88,7 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
         net.clean = net.clean if net.clean is not None else metric(record, "clean_acc")
         net.num_classes = net.num_classes or _classes(record)
         net.acc.setdefault(check, {}).setdefault(float(run["attack.eps"]), {})[str(run["attack"])] = acc
+        net.records[(check, float(run["attack.eps"]), str(run["attack"]))] = record
     if not out:
         raise NoRecords("--kind strength: no completed records of a strength check (table/strength=standard, "
                         "budget4x or transfer)")
@@ -302,7 +305,8 @@ def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
 def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
     """Claim 2 read with the strongest attack found against each model: does CB-UAT keep more accuracy than UAT
     and CW-UAT at equal or better clean accuracy? Each rival is paired with CB-UAT seed by seed over the checks and
-    attacks both ran (paired_strongest); None without the three."""
+    attacks both ran (paired_strongest), with a bootstrap over the test images of the first paired seed whose runs
+    saved their predictions; None without the three."""
     rows = {row.defence: row for row in table}
     if not all(name in rows for name in UAT_FAMILY):
         return None
@@ -319,10 +323,23 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
                           if cb.seeds[s].clean is not None and row.seeds[s].clean is not None])
         wins &= gap.mean > 0 and clean is not None and clean.mean >= 0
         parts.append(f"against {other} {gap.text(100, 1)} points over {counted(len(pairs), 'seed')} "
-                     f"(clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points)")
+                     f"(clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points"
+                     f"{_bootstrap(cb.seeds, row.seeds, pairs, eps)})")
     verdict = "not answered yet" if pending else f"the claim {'holds' if wins else 'does not hold'} here"
     return (f"CB-UAT's accuracy, read over the checks both defences ran ({', '.join(_checks_run(table, eps))}), "
             f"stands {'; '.join(parts)}: {verdict}.")
+
+
+def shared_checks(ours: Network, theirs: Network, checks: Sequence[str], eps: float
+                  ) -> list[tuple[str, set[str]]] | None:
+    """Each of `checks` with the attacks both networks ran under it at `eps`; None unless both ran every one."""
+    shared = [(check, ours.attacks(check, eps) & theirs.attacks(check, eps)) for check in checks]
+    return shared if checks and all(among for _, among in shared) else None
+
+
+def _checks_of(seeds: Sequence[Mapping[Any, Network]], eps: float) -> list[str]:
+    """The checks some network of these defences ran at `eps`."""
+    return [c for c in CHECKS if any(net.worst(c, eps) for nets in seeds for net in nets.values())]
 
 
 def paired_strongest(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float
@@ -330,21 +347,35 @@ def paired_strongest(ours: Mapping[Any, Network], theirs: Mapping[Any, Network],
     """seed -> the lowest accuracy of each of two defences' networks over the same checks and attacks at `eps`
     (like with like: a model read with a check or attack its rival has not met yet would look weaker). The checks
     are those either defence ran on any seed; a seed counts only where both networks ran every one of them, each
-    check read over the attacks both ran."""
-    checks = [c for c in CHECKS if any(net.worst(c, eps) for net in (*ours.values(), *theirs.values()))]
+    check read over the attacks both ran (shared_checks)."""
+    checks = _checks_of([ours, theirs], eps)
     out = {}
     for seed in sorted(ours.keys() & theirs.keys(), key=str):
-        shared = [(check, ours[seed].attacks(check, eps) & theirs[seed].attacks(check, eps)) for check in checks]
-        if checks and all(among for _, among in shared):
+        shared = shared_checks(ours[seed], theirs[seed], checks, eps)
+        if shared:
             out[seed] = tuple(min(net.worst(check, eps, among)[0] for check, among in shared)
                               for net in (ours[seed], theirs[seed]))
     return out
 
 
+def _bootstrap(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], pairs: Mapping[Any, Any],
+               eps: float) -> str:
+    """'; over the test images of seed s …': ours − theirs in the strongest found and in clean accuracy on the first
+    paired seed whose runs saved their predictions under every check and attack the pair reads ('' where none)."""
+    checks = _checks_of([ours, theirs], eps)
+    for seed in pairs:
+        shared = shared_checks(ours[seed], theirs[seed], checks, eps)
+        runs = [{f"{check} {attack}": load_predictions(net.records[(check, eps, attack)])
+                 for check, among in shared for attack in among} for net in (ours[seed], theirs[seed])]
+        if all(p is not None for run in runs for p in run.values()):
+            strongest, clean = paired_defence_bootstrap(runs[1], runs[0])
+            return "; " + bootstrap_clause(seed, "strongest found", strongest, clean)
+    return ""
+
+
 def _checks_run(table: Sequence[Row], eps: float) -> list[str]:
     """The names of the checks some network of the UAT family ran at `eps`."""
-    nets = [net for row in table if row.defence in UAT_FAMILY for net in row.seeds.values()]
-    return [CHECK_NAMES[c] for c in CHECKS if any(net.worst(c, eps) for net in nets)]
+    return [CHECK_NAMES[c] for c in _checks_of([row.seeds for row in table if row.defence in UAT_FAMILY], eps)]
 
 
 def _floor_cell(row: Row) -> str:
