@@ -89,7 +89,7 @@ def _strength_claim_lines(build: _Build, spec: Mapping[str, Any]) -> list[str]:
     sections = {section["name"]: section for section in spec["sections"]}
     lines = []
     for claim in spec["claims"].get("strength", []):
-        eps, table, _ = strength.rows(_section_records(build, sections[claim["section"]]))
+        eps, table, _ = strength.rows(_section_records(build, sections[claim["section"]], paths=True))
         text = strength.claim_two_text(eps, table) or "not answered (the section lacks CB-UAT, UAT or CW-UAT)."
         lines.append(f"- {claim['label']} (the lowest accuracy of its strength checks at ε = {fmt_eps(eps)}): {text}")
     return lines
@@ -119,8 +119,11 @@ def _labelled(keys: Sequence[str], rows: list[dict[str, Any]]) -> list[dict[str,
     return rows
 
 
-def _section_records(build: _Build, section: Mapping[str, Any]) -> list[dict[str, Any]]:
-    records = [r for folder in section["records"] for r in load_records(build.base / folder)]
+def _section_records(build: _Build, section: Mapping[str, Any], paths: bool = False) -> list[dict[str, Any]]:
+    """The section's records; with `paths`, each with `_path`, where the files beside it are read (the strength
+    checks' predictions)."""
+    records = [{**r, "_path": str(build.base / folder / r["_dir"])} if paths else r
+               for folder in section["records"] for r in load_records(build.base / folder)]
     if not records:
         raise NoRecords(f"section {section['name']}: no records under {', '.join(section['records'])}")
     return records
@@ -138,7 +141,7 @@ def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     folder = build.base / section["name"]
     records = _section_records(build, section)
     if section["kind"] == STRENGTH:
-        written = strength.write_strength(records, folder, build.figures)
+        written = strength.write_strength(_section_records(build, section, paths=True), folder, build.figures)
     else:
         written = pareto.write_pareto(records, folder, build.bar, build.figures)
     table, *others = [folder / p.name for p in written]
