@@ -139,9 +139,9 @@ FIGURE = {STRENGTH: strength.FIGURE, PARETO: pareto.FIGURE}  # the figure each s
 def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     """A section whose kind writes its own files (strength checks, a study's front): its table, links and figure."""
     folder = build.base / section["name"]
-    records = _section_records(build, section)
+    records = _section_records(build, section, paths=section["kind"] == STRENGTH)
     if section["kind"] == STRENGTH:
-        written = strength.write_strength(_section_records(build, section, paths=True), folder, build.figures)
+        written = strength.write_strength(records, folder, build.figures)
     else:
         written = pareto.write_pareto(records, folder, build.bar, build.figures)
     table, *others = [folder / p.name for p in written]

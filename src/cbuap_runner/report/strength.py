@@ -305,7 +305,7 @@ def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
 def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
     """Claim 2 read with the strongest attack found against each model: does CB-UAT keep more accuracy than UAT
     and CW-UAT at equal or better clean accuracy? Each rival is paired with CB-UAT seed by seed over the checks and
-    attacks both ran (paired_strongest), with a bootstrap over the test images of the first paired seed whose runs
+    attacks both ran (shared_checks), with a bootstrap over the test images of the first paired seed whose runs
     saved their predictions; None without the three."""
     rows = {row.defence: row for row in table}
     if not all(name in rows for name in UAT_FAMILY):
@@ -313,7 +313,8 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
     cb, parts, wins, pending = rows["cb_uat"], [], True, False
     for other in UAT_FAMILY[1:]:
         row = rows[other]
-        pairs = paired_strongest(cb.seeds, row.seeds, eps)
+        shared = shared_checks(cb.seeds, row.seeds, eps)
+        pairs = paired_strongest(cb.seeds, row.seeds, eps, shared)
         if not pairs:
             pending = True
             parts.append(f"against {other} – (no seed where both ran the same checks)")
@@ -324,17 +325,24 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
         wins &= gap.mean > 0 and clean is not None and clean.mean >= 0
         parts.append(f"against {other} {gap.text(100, 1)} points over {counted(len(pairs), 'seed')} "
                      f"(clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points"
-                     f"{_bootstrap(cb.seeds, row.seeds, pairs, eps)})")
+                     f"{_bootstrap(cb.seeds, row.seeds, eps, shared)})")
     verdict = "not answered yet" if pending else f"the claim {'holds' if wins else 'does not hold'} here"
     return (f"CB-UAT's accuracy, read over the checks both defences ran ({', '.join(_checks_run(table, eps))}), "
             f"stands {'; '.join(parts)}: {verdict}.")
 
 
-def shared_checks(ours: Network, theirs: Network, checks: Sequence[str], eps: float
-                  ) -> list[tuple[str, set[str]]] | None:
-    """Each of `checks` with the attacks both networks ran under it at `eps`; None unless both ran every one."""
-    shared = [(check, ours.attacks(check, eps) & theirs.attacks(check, eps)) for check in checks]
-    return shared if checks and all(among for _, among in shared) else None
+def shared_checks(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float
+                  ) -> dict[Any, list[tuple[str, set[str]]]]:
+    """seed -> each check either defence ran at `eps` (on any seed) with the attacks both of that seed's networks
+    ran under it, for the seeds where both networks ran every one of those checks (like with like: a model read
+    with a check or attack its rival has not met yet would look weaker)."""
+    checks = _checks_of([ours, theirs], eps)
+    out = {}
+    for seed in sorted(ours.keys() & theirs.keys(), key=str):
+        shared = [(check, ours[seed].attacks(check, eps) & theirs[seed].attacks(check, eps)) for check in checks]
+        if checks and all(among for _, among in shared):
+            out[seed] = shared
+    return out
 
 
 def _checks_of(seeds: Sequence[Mapping[Any, Network]], eps: float) -> list[str]:
@@ -342,31 +350,20 @@ def _checks_of(seeds: Sequence[Mapping[Any, Network]], eps: float) -> list[str]:
     return [c for c in CHECKS if any(net.worst(c, eps) for nets in seeds for net in nets.values())]
 
 
-def paired_strongest(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float
-                     ) -> dict[Any, tuple[float, float]]:
-    """seed -> the lowest accuracy of each of two defences' networks over the same checks and attacks at `eps`
-    (like with like: a model read with a check or attack its rival has not met yet would look weaker). The checks
-    are those either defence ran on any seed; a seed counts only where both networks ran every one of them, each
-    check read over the attacks both ran (shared_checks)."""
-    checks = _checks_of([ours, theirs], eps)
-    out = {}
-    for seed in sorted(ours.keys() & theirs.keys(), key=str):
-        shared = shared_checks(ours[seed], theirs[seed], checks, eps)
-        if shared:
-            out[seed] = tuple(min(net.worst(check, eps, among)[0] for check, among in shared)
-                              for net in (ours[seed], theirs[seed]))
-    return out
+def paired_strongest(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float,
+                     shared: Mapping[Any, list[tuple[str, set[str]]]]) -> dict[Any, tuple[float, float]]:
+    """seed -> the lowest accuracy of each of the two networks over the checks and attacks they share (shared_checks)."""
+    return {seed: tuple(min(net.worst(check, eps, among)[0] for check, among in checks)
+                        for net in (ours[seed], theirs[seed])) for seed, checks in shared.items()}
 
 
-def _bootstrap(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], pairs: Mapping[Any, Any],
-               eps: float) -> str:
+def _bootstrap(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float,
+               shared: Mapping[Any, list[tuple[str, set[str]]]]) -> str:
     """'; over the test images of seed s …': ours − theirs in the strongest found and in clean accuracy on the first
     paired seed whose runs saved their predictions under every check and attack the pair reads ('' where none)."""
-    checks = _checks_of([ours, theirs], eps)
-    for seed in pairs:
-        shared = shared_checks(ours[seed], theirs[seed], checks, eps)
+    for seed, checks in shared.items():
         runs = [{f"{check} {attack}": load_predictions(net.records[(check, eps, attack)])
-                 for check, among in shared for attack in among} for net in (ours[seed], theirs[seed])]
+                 for check, among in checks for attack in among} for net in (ours[seed], theirs[seed])]
         if all(p is not None for run in runs for p in run.values()):
             strongest, clean = paired_defence_bootstrap(runs[1], runs[0])
             return "; " + bootstrap_clause(seed, "strongest found", strongest, clean)
