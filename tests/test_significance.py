@@ -102,6 +102,25 @@ def test_claim_one_refuses_a_seed_whose_two_runs_attacked_different_networks():
         claim_balance("x", [on(sgd(), "w", "f"), on(cb(), "v", "f")], BAR)
 
 
+def test_what_the_intervals_say_of_their_margins():
+    from cbuap_runner.report.claims import claim_two_note
+    from cbuap_runner.report.significance import CLEAR, SHORT, UNSURE, Paired, settles
+
+    above, straddling, below = Paired(0.02, 0.01, 0.03, 3), Paired(-0.001, -0.005, 0.003, 3), Paired(-0.02, -0.03, -0.01, 3)
+    one_seed = Paired(0.02, None, None, 1)
+    assert settles([(above, 0.0), (straddling, -0.01)]) == CLEAR  # each interval against its own margin
+    assert settles([(above, 0.0), (straddling, 0.0)]) == UNSURE
+    assert settles([(straddling, 0.0), (below, 0.0)]) == SHORT  # one wholly short settles it, whatever the other
+    assert settles([(above, 0.0), (one_seed, 0.0)]) is None
+    assert claim_two_note((above, straddling)) == ", an interval straddles zero: these seeds cannot settle it"
+    # one seed: its test images (the bootstrap) speak where the seeds cannot, and say so
+    assert claim_two_note((one_seed, one_seed), (above, straddling)) == (
+        ", an interval straddles zero: one seed's test images cannot settle it")
+    assert claim_two_note((one_seed, one_seed), (above, above)) == ", both intervals clear zero"
+    assert claim_two_note((one_seed, one_seed)) == ""
+    assert claim_two_note((below, above), (above, above)) == ", an interval lies wholly below zero"  # seeds first
+
+
 def test_claim_two_reads_the_seeds_both_rows_hold():
     from cbuap_runner.report.claims import claim_defence
 
@@ -114,6 +133,8 @@ def test_claim_two_reads_the_seeds_both_rows_hold():
     cb = defence("cb_uat", {0: 0.45, 1: 0.45})  # below UAT on every seed both hold; above UAT's mean of three
     said = claim_defence("x", [uat, cb, defence("cw_uat", {0: 0.3, 1: 0.3, 2: 0.3})])
     assert "against uat worst-case -5.0 points (paired over 2 seeds: " in said and said.endswith("does not hold.")
+    assert ("clean +0.0 points (paired: +0.0 [+0.0, +0.0]) (the differences over the seeds both rows hold: 0, 1), an "
+            "interval lies wholly below zero; against cw_uat") in said
     one = claim_defence("x", [defence("uat", {0: 0.5}), defence("cb_uat", {0: 0.45}), defence("cw_uat", {0: 0.3})])
     assert "(paired over 1 seed: -5.0 (one seed: no interval))" in one
 
@@ -165,18 +186,26 @@ def test_paired_bootstrap_interval():
 def test_claim_one_adds_the_bootstrap_of_a_seed_whose_runs_saved_predictions(tmp_path):
     import numpy as np
 
-    sgd, cb = row("sgd_uap", {0: 0.1, 1: 0.2}, {0: 0.9, 1: 0.9}), row("cb_uap", {0: 0.3, 1: 0.4}, {0: 0.8, 1: 0.8})
-    for r, fool in ((sgd, 0.9), (cb, 0.6)):
-        p = predictions(1, fool=fool)
-        folder = tmp_path / r["attack"]
-        folder.mkdir()
-        np.savez_compressed(folder / "predictions.npz", label=p.label, clean=p.clean, adv=p.adv)
-        r["_records"][1].update(_path=str(folder))
-        r["_records"][1]["metrics"].update(predictions_file="predictions.npz", label_hist=[0.2] * 5)
+    def saved(sgd: dict, cb: dict) -> tuple[dict, dict]:
+        """The rows with seed 1's predictions saved (the last record of each)."""
+        for r, fool in ((sgd, 0.9), (cb, 0.6)):
+            p = predictions(1, fool=fool)
+            folder = tmp_path / f"{r['attack']}{r['n']}"
+            folder.mkdir()
+            np.savez_compressed(folder / "predictions.npz", label=p.label, clean=p.clean, adv=p.adv)
+            r["_records"][-1].update(_path=str(folder))
+            r["_records"][-1]["metrics"].update(predictions_file="predictions.npz", label_hist=[0.2] * 5)
+        return sgd, cb
+
+    sgd, cb = saved(row("sgd_uap", {0: 0.1, 1: 0.2}, {0: 0.9, 1: 0.9}), row("cb_uap", {0: 0.3, 1: 0.4}, {0: 0.8, 1: 0.8}))
     text = claim_balance("FMNIST", [sgd, cb], BAR)
     assert "over the 400 test images of seed 1 (2,000 paired bootstrap resamples, 95 % percentile intervals): " \
            "fooled-label entropy " in text
     assert "fooling rate -" in text.split("bootstrap")[1]
+    assert "test images cannot" not in text and "margin" not in text.split("bootstrap")[1]  # two seeds speak
+    # one seed gives no t-interval: the margins are read over its test images (fooling rate ~30 points lower)
+    one = claim_balance("FMNIST", list(saved(row("sgd_uap", {1: 0.2}, {1: 0.9}), row("cb_uap", {1: 0.4}, {1: 0.8}))), BAR)
+    assert "points, an interval lies wholly short of its margin): the claim" in one
 
 
 @pytest.mark.parametrize("content", [b"PK\x03\x04 cut short", b"not an array file", b""])

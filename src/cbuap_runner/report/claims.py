@@ -3,7 +3,8 @@
 Claim 1: CB-UAP spreads the labels of the images it fools (fooled-label entropy) over SGD-UAP's by a margin
 without losing fooling rate beyond another. Claim 2: CB-UAT beats UAT and CW-UAT on worst-case white-box UAP
 accuracy at equal or better clean accuracy. The margins are research policy: the document manifest's `claims`
-block sets them (Thresholds).
+block sets them (Thresholds). A verdict reads the means; beside it each sentence says what the 95 % intervals say
+of the margins (significance.settles): over the seeds where there are two or more, else over one seed's test images.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ from .formats import format_cell
 from .networks import check_paired_networks
 from .records import counted, hashable
 from .rows import metric_cells
-from .significance import paired
+from .significance import CLEAR, SHORT, UNSURE, Paired, paired, settles
 
 VERDICT_ENTROPY = "fooled_label_entropy"
 VERDICT_REASON = ("Claim 1's verdict reads the fooled-label entropy, the entropy of the labels the attack gives the "
                   "images it fools: that is where a class-balanced attack spreads its victims, while the label entropy "
                   "also counts the images left unfooled, so a weaker attack would gain it for free.")
 UAT_FAMILY = ("cb_uat", "uat", "cw_uat")  # claim 2: CB-UAT against the other two
+# what 95 % intervals say of claim 1's margins, and of claim 2's (zero: above the rival, clean accuracy not below)
+_MARGIN_NOTES = {CLEAR: "both intervals clear their margins", SHORT: "an interval lies wholly short of its margin",
+                 UNSURE: "an interval straddles its margin: {who} cannot settle it"}
+_ZERO_NOTES = {CLEAR: "both intervals clear zero", SHORT: "an interval lies wholly below zero",
+               UNSURE: "an interval straddles zero: {who} cannot settle it"}
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,7 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
-            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}{_bootstrap_balance(sgd, cb)}): the claim "
+            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}{_bootstrap_balance(sgd, cb, bar)}): the claim "
             f"(fooled-label entropy ≥ {bar.fooled_entropy_gain} higher with at most "
             f"{bar.fooling_rate_loss * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
 
@@ -178,14 +184,13 @@ def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Threshol
         return "" if "_records" not in sgd else "; no seed in both rows, so no paired difference"
     text = (f"; paired over {counted(entropy.n, 'seed')} (95 % t-intervals): fooled-label entropy "
             f"{entropy.text()}, fooling rate {fooling.text(100, 1)} points")
-    if entropy.low is None:
-        return text
-    gain, loss = bar.fooled_entropy_gain, -bar.fooling_rate_loss
-    if entropy.low >= gain and fooling.low >= loss:
-        return f"{text}, both intervals clear their margins"
-    if entropy.high < gain or fooling.high < loss:
-        return f"{text}, an interval lies wholly short of its margin"
-    return f"{text}, an interval straddles its margin: these seeds cannot settle it"
+    return text + _balance_note(entropy, fooling, bar, "these seeds")
+
+
+def _balance_note(entropy: Paired, fooling: Paired, bar: Thresholds, who: str) -> str:
+    """', <what the intervals say of claim 1's margins>' ('' where the differences have no interval)."""
+    said = settles([(entropy, bar.fooled_entropy_gain), (fooling, -bar.fooling_rate_loss)])
+    return "" if said is None else ", " + _MARGIN_NOTES[said].format(who=who)
 
 
 def _predictions_by_seed(row: Mapping[str, Any]) -> dict[Any, Predictions]:
@@ -193,9 +198,10 @@ def _predictions_by_seed(row: Mapping[str, Any]) -> dict[Any, Predictions]:
     return {seed: p for seed, p in found.items() if p is not None}
 
 
-def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
+def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thresholds) -> str:
     """'; over the test images of seed s …' for claim 1: the two differences on the first seed whose runs of both
-    rows saved their predictions, with paired bootstrap intervals over the test images ('' where none did)."""
+    rows saved their predictions, with paired bootstrap intervals over the test images ('' where none did), and
+    what they say of the margins where the seeds give no interval."""
     left, right = _predictions_by_seed(sgd), _predictions_by_seed(cb)
     common = sorted(left.keys() & right.keys(), key=str)
     if not common:
@@ -203,22 +209,35 @@ def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
     seed = common[0]
     entropy = paired_bootstrap(left[seed], right[seed], VERDICT_ENTROPY)
     fooling = paired_bootstrap(left[seed], right[seed], "fooling_rate")
+    over_seeds = paired(sgd, cb, VERDICT_ENTROPY)
+    note = "" if over_seeds and over_seeds.low is not None else _balance_note(
+        entropy, fooling, bar, "one seed's test images")
     return (f"; over the {entropy.n:,} test images of seed {seed} ({RESAMPLES:,} paired bootstrap resamples, 95 % "
-            f"percentile intervals): fooled-label entropy {entropy.text()}, fooling rate {fooling.text(100, 1)} points")
+            f"percentile intervals): fooled-label entropy {entropy.text()}, fooling rate {fooling.text(100, 1)} points"
+            f"{note}")
 
 
-def _bootstrap_defence(other: Mapping[str, Any], cb: Mapping[str, Any]) -> str:
-    """' (over the test images of seed s …)' for claim 2: CB-UAT − the other defence in worst-case and clean
-    accuracy on the first seed whose runs of both rows saved their predictions under every attack ('' where none
-    did)."""
+def _bootstrap_defence(other: Mapping[str, Any], cb: Mapping[str, Any]) -> tuple[Any, Paired, Paired] | None:
+    """For claim 2: (seed, worst case, clean) CB-UAT − the other defence with paired bootstrap intervals over the
+    test images of the first seed whose runs of both rows saved their predictions under every attack (None where
+    none did)."""
     left, right = ({r.get("seed"): load_defence_predictions(r) for r in row.get("_records", ())}
                    for row in (other, cb))
     common = sorted((s for s in left.keys() & right.keys() if left[s] and right[s]), key=str)
     if not common:
-        return ""
+        return None
     seed = common[0]
-    worst, clean = paired_defence_bootstrap(left[seed], right[seed])
-    return f" ({bootstrap_clause(seed, 'worst case', worst, clean)})"
+    return (seed, *paired_defence_bootstrap(left[seed], right[seed]))
+
+
+def claim_two_note(over_seeds: tuple[Paired | None, Paired | None],
+                   over_images: tuple[Paired, Paired] | None = None) -> str:
+    """', <what the intervals say of zero>' for claim 2's two differences (under attack, clean): read over the
+    seeds where they give intervals, else over one seed's test images (the bootstrap); '' where neither does."""
+    said, who = settles([(p, 0.0) for p in over_seeds]), "these seeds"
+    if said is None and over_images is not None:
+        said, who = settles([(p, 0.0) for p in over_images]), "one seed's test images"
+    return "" if said is None else ", " + _ZERO_NOTES[said].format(who=who)
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
@@ -262,10 +281,14 @@ def claim_defence(label: str, rows: Sequence[Mapping[str, Any]], cb_where: Mappi
         if worst is None or clean is None:
             return f"{label}: not answered (no seed in both the cb_uat and the {other} row)."
         wins &= worst > 0 and clean >= 0
-        pair = paired(row, cb, "worst_adv_acc")
+        pair, clean_pair = paired(row, cb, "worst_adv_acc"), paired(row, cb, "clean_acc")
         within = "" if pair is None else f" (paired over {counted(pair.n, 'seed')}: {pair.text(100, 1)})"
+        clean_within = "" if clean_pair is None or clean_pair.low is None else f" (paired: {clean_pair.text(100, 1)})"
+        boot = _bootstrap_defence(row, cb)
+        images = "" if boot is None else f" ({bootstrap_clause(boot[0], 'worst case', *boot[1:])})"
         parts.append(f"against {other} worst-case {worst * 100:+.1f} points{within} and clean {clean * 100:+.1f} "
-                     f"points{_shared_seeds_note(row, cb)}{_bootstrap_defence(row, cb)}")
+                     f"points{clean_within}{_shared_seeds_note(row, cb)}{images}"
+                     f"{claim_two_note((pair, clean_pair), None if boot is None else boot[1:])}")
     runs = ", ".join(f"{name} {found[name]['n']}" for name in UAT_FAMILY)
     return (f"{label}: CB-UAT (clean {format_cell(cb['clean_acc'])}, worst case "
             f"{format_cell(cb['worst_adv_acc'])}) stands {'; '.join(parts)} (runs: {runs}): the claim "

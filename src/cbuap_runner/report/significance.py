@@ -69,3 +69,19 @@ def interval(diffs: Sequence[float]) -> Paired | None:
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = t975(n - 1) * sd / math.sqrt(n)
     return Paired(mean, mean - half, mean + half, n)
+
+
+CLEAR, SHORT, UNSURE = "clear", "short", "unsure"
+
+
+def settles(intervals: Sequence[tuple[Paired | None, float]]) -> str | None:
+    """Where 95 % intervals lie against the margins their differences must reach, each given as (difference,
+    margin): CLEAR (every interval at or above its margin), SHORT (one wholly below its margin) or UNSURE (one
+    straddles its margin); None where a difference has no interval (one seed)."""
+    if any(p is None or p.low is None for p, _ in intervals):
+        return None
+    if all(p.low >= margin for p, margin in intervals):
+        return CLEAR
+    if any(p.high < margin for p, margin in intervals):
+        return SHORT
+    return UNSURE

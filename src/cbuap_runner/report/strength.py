@@ -25,7 +25,7 @@ from typing import Any
 
 from ..io import write_text
 from .bootstrap import bootstrap_clause, load_predictions, paired_defence_bootstrap
-from .claims import UAT_FAMILY
+from .claims import UAT_FAMILY, claim_two_note
 from .figures import pyplot, save_figure
 from .formats import fmt_eps, format_cell
 from .networks import check_groups
@@ -323,9 +323,11 @@ def claim_two_text(eps: float, table: Sequence[Row]) -> str | None:
         clean = interval([cb.seeds[s].clean - row.seeds[s].clean for s in pairs
                           if cb.seeds[s].clean is not None and row.seeds[s].clean is not None])
         wins &= gap.mean > 0 and clean is not None and clean.mean >= 0
+        boot = _bootstrap(cb.seeds, row.seeds, eps, shared)
+        images = "" if boot is None else "; " + bootstrap_clause(boot[0], "strongest found", *boot[1:])
         parts.append(f"against {other} {gap.text(100, 1)} points over {counted(len(pairs), 'seed')} "
-                     f"(clean {'–' if clean is None else f'{clean.mean * 100:+.1f}'} points"
-                     f"{_bootstrap(cb.seeds, row.seeds, eps, shared)})")
+                     f"(clean {_clean_text(clean)} points{images}"
+                     f"{claim_two_note((gap, clean), None if boot is None else boot[1:])})")
     verdict = "not answered yet" if pending else f"the claim {'holds' if wins else 'does not hold'} here"
     return (f"CB-UAT's accuracy, read over the checks both defences ran ({', '.join(_checks_run(table, eps))}), "
             f"stands {'; '.join(parts)}: {verdict}.")
@@ -358,16 +360,22 @@ def paired_strongest(ours: Mapping[Any, Network], theirs: Mapping[Any, Network],
 
 
 def _bootstrap(ours: Mapping[Any, Network], theirs: Mapping[Any, Network], eps: float,
-               shared: Mapping[Any, list[tuple[str, set[str]]]]) -> str:
-    """'; over the test images of seed s …': ours − theirs in the strongest found and in clean accuracy on the first
-    paired seed whose runs saved their predictions under every check and attack the pair reads ('' where none)."""
+               shared: Mapping[Any, list[tuple[str, set[str]]]]) -> tuple[Any, Paired, Paired] | None:
+    """(seed, strongest found, clean): ours − theirs with paired bootstrap intervals over the test images of the first
+    paired seed whose runs saved their predictions under every check and attack the pair reads (None where none)."""
     for seed, checks in shared.items():
         runs = [{f"{check} {attack}": load_predictions(net.records[(check, eps, attack)])
                  for check, among in checks for attack in among} for net in (ours[seed], theirs[seed])]
         if all(p is not None for run in runs for p in run.values()):
-            strongest, clean = paired_defence_bootstrap(runs[1], runs[0])
-            return "; " + bootstrap_clause(seed, "strongest found", strongest, clean)
-    return ""
+            return (seed, *paired_defence_bootstrap(runs[1], runs[0]))
+    return None
+
+
+def _clean_text(clean: Paired | None) -> str:
+    """The clean difference in points, with its interval where the seeds give one."""
+    if clean is None:
+        return "–"
+    return f"{clean.mean * 100:+.1f}" if clean.low is None else clean.text(100, 1)
 
 
 def _checks_run(table: Sequence[Row], eps: float) -> list[str]:
