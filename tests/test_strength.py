@@ -247,3 +247,7 @@ def test_budgets_in_255ths_read_as_255ths_in_the_table_and_its_curve():
             r["config"]["attack"]["eps"] = 8 / 255
     text = to_markdown(*rows(records))
     assert "at eps 8/255 (accuracy" in text and "| eps 8/255 | eps 0.4 | eps 0.8 |" in text
+    from cbuap_runner.report.strength import eps_axis
+
+    assert eps_axis([4 / 255, 8 / 255, 48 / 255]) == (255.0, "eps (in 255ths, L-inf)")
+    assert eps_axis([8 / 255, 0.4]) == (1.0, "eps (L-inf)")  # a mixed axis keeps the plain numbers

@@ -420,25 +420,36 @@ def _gap_fields(gap: Paired | None) -> tuple[Any, Any, Any]:
     return (None, None, None) if gap is None else (gap.mean, gap.low, gap.high)
 
 
+def eps_axis(values: Sequence[float]) -> tuple[float, str]:
+    """The x scale and label of an ε axis: in 255ths where every value is a whole number of them (fmt_eps)."""
+    if values and all("/255" in fmt_eps(e) for e in values):
+        return 255.0, "eps (in 255ths, L-inf)"
+    return 1.0, "eps (L-inf)"
+
+
 def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Path) -> Path:
-    """Accuracy against ε per defence (mean ± std), the budget4x worst case at the reference ε as a cross, the
-    one-class floor dashed."""
+    """Accuracy against ε per defence (mean ± std); at the reference ε the budget4x worst case as a cross and the
+    transferred one as a triangle; the one-class floor dashed."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    scale, label = eps_axis(sorted({e for seeds in nets.values() for e in curve(seeds)} | {eps}))
     for defence, seeds in sorted(nets.items()):
         points = {e: mean_std(v) for e, v in curve(seeds).items() if v}
         xs = sorted(points)
-        line = ax.errorbar(xs, [points[e][0] for e in xs], yerr=[points[e][1] or 0 for e in xs], marker="o",
-                           capsize=3, label=defence)
-        budget = _values(seeds, BUDGET, eps)
-        if budget:
-            ax.plot([eps], [mean_std(budget)[0]], "x", markersize=9, color=line[0].get_color())
+        line = ax.errorbar([x * scale for x in xs], [points[e][0] for e in xs], yerr=[points[e][1] or 0 for e in xs],
+                           marker="o", capsize=3, label=defence)
+        for check, marker in ((BUDGET, "x"), (TRANSFER, "^")):
+            found = _values(seeds, check, eps)
+            if found:
+                ax.plot([eps * scale], [mean_std(found)[0]], marker, markersize=8, color=line[0].get_color(),
+                        fillstyle="none")
     floor = max(floor_of(seeds) for seeds in nets.values())
     ax.axhline(floor, linestyle="--", color="grey", linewidth=1, label="every image sent to one class (1/K)")
-    ax.set_xlabel("eps (L-inf)")
+    ax.set_xlabel(label)
     ax.set_ylabel("accuracy under the worst universal attack")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Accuracy against eps (x: 4x budget with restarts at {fmt_eps(eps)})")
+    ax.set_title(f"Accuracy against eps (at {fmt_eps(eps)}: x 4x budget with restarts, ^ transferred from natural)",
+                 fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
