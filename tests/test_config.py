@@ -70,6 +70,9 @@ def test_hydra_settings():
     ("device=tpu", "device"),
     ("eval.num_images=0", "eval.num_images"),
     ("attack.restarts=0", "attack.restarts"),
+    ("attack.start=delta.pt attack.restarts=2", "attack.start"),  # every restart would start from one δ
+    ("task=pipeline attack.start=delta.pt", "attack.start"),  # one file cannot start every attack of a pipeline
+    ("attack=sgd_uap attack.init=uniform attack.num_starts=2 attack.start=delta.pt", "attack.num_starts"),
     ("training=cb_uat training.adversary.restarts=2", "training.adversary.restarts"),
     ("resume=yes", "resume"),
     ("resume=0", "resume"),

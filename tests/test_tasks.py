@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cbuap_runner.context import Context
+from cbuap_runner.errors import UserError
 from cbuap_runner.perturbations import restart_generator
 from cbuap_runner.record import RunRecord
 from cbuap_runner.tasks import TASKS, worst_case
@@ -68,6 +69,34 @@ def test_restarts_keep_the_crafting_with_the_best_validation_fooling_rate(valida
     assert rates[0] == single["val_fooling_rate"]  # the first restart crafts as a run without restarts
     assert several["craft_images_processed"] == 3 * single["craft_images_processed"]
     assert "best_restart" not in single and single["craft_continued_from"] is None
+
+
+def test_a_crafting_starts_from_a_given_perturbation_and_its_record_names_the_file(validated, tmp_path):
+    from cbuap_runner.provenance import file_sha256
+
+    base = [*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=sgd_uap"]
+
+    def attack(*extra: str, name: str) -> tuple[dict, Context]:
+        ctx = Context(validated([*base, *extra]), RunRecord(tmp_path / name), torch.device("cpu"), RecordingTracker())
+        return TASKS["attack"].run(ctx), ctx
+
+    attack(name="source")
+    given = tmp_path / "source" / "perturbation.pt"
+    start_delta = torch.load(given, weights_only=False)["delta"]
+    half = float(start_delta.abs().max()) / 2
+    # steps too small to move δ: what is crafted is the given start, projected into this run's smaller ball
+    _, ctx = attack(f"attack.start={given}", f"attack.eps={half}", "attack.step_size=1e-9", name="started")
+    crafted = torch.load(tmp_path / "started" / "perturbation.pt", weights_only=False)["delta"]
+    assert float(start_delta.abs().max()) > half  # the projection has work to do
+    assert torch.allclose(crafted, start_delta.clamp(-half, half), atol=1e-6)
+    assert ctx.provenance["start"]["sha256"] == file_sha256(given) and ctx.provenance["start"]["attack"] == "sgd_uap"
+    _, plain = attack(f"attack.eps={half}", "attack.step_size=1e-9", name="plain")  # from zero it stays near zero
+    assert float(torch.load(tmp_path / "plain" / "perturbation.pt", weights_only=False)["delta"].abs().max()) < 1e-6
+    assert "start" not in plain.provenance
+    class_wise = validated([*TINY, "device=cpu", "progress=off", f"cache_dir={tmp_path / 'cache'}", "attack=cw_uap",
+                            f"attack.start={given}"])
+    with pytest.raises(UserError, match=r"^attack\.start=.*: holds one δ for every image; cw_uap crafts one δ per class"):
+        TASKS["attack"].run(Context(class_wise, RunRecord(tmp_path / "cw"), torch.device("cpu"), RecordingTracker()))
 
 
 def test_restart_streams_are_the_seed_then_independent_draws():

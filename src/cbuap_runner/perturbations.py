@@ -87,9 +87,12 @@ def select_start(model: nn.Module, data: DataBundle, starts: torch.Tensor, batch
 def crafting_checkpoint(ctx: Context, data: DataBundle, attack: AttackConfig, prefix: str,
                         restart: int = 0) -> CraftingCheckpoint:
     """Where `attack` keeps its crafting state in this run (one per restart), under the key of what it crafts: the
-    attack's settings, the network, the data and the seed (and the number of ranks that share the crafting)."""
+    attack's settings, the network, the data and the seed (and the number of ranks that share the crafting), and
+    the file its given start came from (attack.start), by content."""
     key = {"attack": to_plain(attack), "model": ctx.provenance["model"]["identity"], "data": data.fingerprint,
            "seed": ctx.cfg.seed, "world_size": dist.world_size(), "restart": restart}
+    if attack.start is not None:
+        key["start"] = ctx.provenance["start"]["sha256"]
     name = prefix.rstrip("/") or attack.name
     return ctx.record.crafting(name if attack.restarts == 1 else f"{name}.restart{restart}", key,
                                ctx.cfg.checkpoint_images)
@@ -116,17 +119,31 @@ class Attempt:
     continued_from: Any
 
 
+def given_start(ctx: Context, data: DataBundle, attack: AttackConfig) -> torch.Tensor | None:
+    """The δ of attack.start (None where it is not set), checked against the dataset and against the attack's kind
+    (one δ per class for a class-wise attack, one for every image otherwise); the record names its file."""
+    if attack.start is None:
+        return None
+    blob = load_perturbation(attack.start, data)
+    if stored_class_wise(blob) != ATTACKS[attack.name].class_wise:
+        kinds = ("one δ for every image", "one δ per class")
+        raise UserError(f"attack.start={attack.start!r}: holds {kinds[stored_class_wise(blob)]}; {attack.name} "
+                        f"crafts {kinds[ATTACKS[attack.name].class_wise]}")
+    ctx.provenance["start"] = perturbation_provenance(attack.start, blob)
+    return blob["delta"]
+
+
 def craft_once(ctx: Context, model: nn.Module, data: DataBundle, attack: AttackConfig, crafting: Split,
-               prefix: str, restart: int) -> Attempt:
-    """Craft `attack` once (restart `restart`), log its passes, pick its best start on the validation split and
-    score it there."""
+               prefix: str, restart: int, start: torch.Tensor | None = None) -> Attempt:
+    """Craft `attack` once (restart `restart`; from `start` where given, else from attack.init), log its passes,
+    pick its best start on the validation split and score it there."""
     rows = prefix if attack.restarts == 1 else f"{prefix}restart{restart}/"
     checkpoint = crafting_checkpoint(ctx, data, attack, prefix, restart) if ATTACKS[attack.name].resumable else None
     resumable = {} if checkpoint is None else {"checkpoint": checkpoint}
     t0 = time.perf_counter()
     result = craft(model, crafting.float_x(), crafting.y, attack, data.num_classes,
                    generator=restart_generator(ctx.cfg.seed, restart), progress=progress_enabled(),
-                   val=(data.val.float_x(), data.val.y), **resumable)
+                   val=(data.val.float_x(), data.val.y), init=start, **resumable)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -153,7 +170,8 @@ def craft_and_evaluate(ctx: Context, model: nn.Module, data: DataBundle, attack:
     crafting = crafting_split(attack, data, ctx.cfg.seed)
     if ATTACKS[attack.name].splits_over_ranks:  # each rank crafts on its shard; ∇δ is averaged
         crafting = crafting.subset(dist.shard(torch.arange(len(crafting))))
-    attempts = [craft_once(ctx, model, data, attack, crafting, prefix, r) for r in range(attack.restarts)]
+    start = given_start(ctx, data, attack)
+    attempts = [craft_once(ctx, model, data, attack, crafting, prefix, r, start) for r in range(attack.restarts)]
     best = max(range(len(attempts)), key=lambda r: attempts[r].val["fooling_rate"])  # the first among ties
     kept = attempts[best]
     metrics = evaluate_on(ctx, model, eval_split(ctx, data), data.num_classes, kept.delta,

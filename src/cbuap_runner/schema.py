@@ -181,6 +181,8 @@ class AttackConfig:
     fooling_target: Optional[float] = None  # stop once the validation fooling rate reaches this (null = never)
     restarts: int = 1  # craft this many times, each from its own seeded start and image order; the one with the
     # highest validation fooling rate is kept (the strength checks' restarts)
+    start: Optional[str] = None  # task=attack: a perturbation.pt (e.g. one crafted on another network) that the
+    # crafting starts from in place of `init`, projected into this eps-ball; the record names its sha256
 
     def check(self, prefix: str, num_classes: int) -> None:
         positive(f"{prefix}.eps", self.eps)
@@ -194,6 +196,8 @@ class AttackConfig:
         if self.fooling_target is not None:
             fraction(f"{prefix}.fooling_target", self.fooling_target, " (a validation fooling rate) or be null")
         non_negative(f"{prefix}.tol", self.tol)
+        if self.start is not None and self.restarts > 1:
+            fail(f"{prefix}.start", self.start, f"every restart would start from this one δ; set {prefix}.restarts=1")
 
 
 @dataclass
@@ -390,6 +394,8 @@ def validate(cfg: Config) -> None:
     cfg.attack.check("attack", num_classes)
     cfg.training.check(num_classes)
     _validate_pipeline(cfg)
+    if cfg.attack.start is not None and cfg.task != "attack":
+        fail("attack.start", cfg.attack.start, f"task={cfg.task} crafts from no given start; task=attack reads it")
     _validate_rows(cfg)
     non_negative("checkpoint_images", cfg.checkpoint_images)
     positive("eval.batch_size", cfg.eval.batch_size)

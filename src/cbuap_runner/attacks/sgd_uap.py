@@ -26,6 +26,8 @@ class SGDUAPConfig(AscentConfig):
         if self.num_starts > 1 and self.init == "zero":
             fail(f"{prefix}.num_starts", self.num_starts,
                  f"starts from zero are identical perturbations; set {prefix}.init=uniform")
+        if self.num_starts > 1 and self.start is not None:
+            fail(f"{prefix}.num_starts", self.num_starts, f"every start would be {prefix}.start; set it to 1")
         if self.target is not None and not (0 <= self.target < num_classes):
             fail(f"{prefix}.target", self.target, f"must be a class index in [0, {num_classes - 1}]")
 
