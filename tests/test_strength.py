@@ -20,11 +20,14 @@ def record(training: str, seed: int, check: str, attack: str, eps: float, adv_ac
     task = "evaluate" if check == "transfer" else "attack"
     metrics = {"adv_acc": adv_acc, "clean_acc": 0.9, "label_hist": [1 / K] * K}
     provenance = {"model": {"identity": network or f"weights:{training}{seed}"}}
+    given = {"identity": f"p-{attack}-{seed}", "attack": attack, "eps": eps, "norm": "linf", "class_wise": class_wise,
+             "crafted_on": f"weights:natural{seed}"}
     if task == "attack":
         metrics["class_wise"] = class_wise
+        if check == "transfer_start":  # white-box crafting from the transferred perturbation (attack.start)
+            provenance["start"] = given
     else:
-        provenance["perturbation"] = {"identity": f"p-{attack}-{seed}", "attack": attack, "eps": eps, "norm": "linf",
-                                      "class_wise": class_wise, "crafted_on": f"weights:natural{seed}"}
+        provenance["perturbation"] = given
     return {"status": "completed", "task": task, "dataset": "fashion_mnist", "model": "small_cnn", "attack": attack,
             "training": training, "seed": seed, "overrides": [f"+table/strength={check}", f"seed={seed}"],
             "config": {"attack": {"name": attack, "eps": eps}, "training": {"name": training}},
@@ -126,6 +129,37 @@ def test_a_perturbation_crafted_on_a_source_network_trained_again_is_refused():
     transferred[0]["provenance"]["perturbation"]["crafted_on_weights"] = "m"
     with pytest.raises(ValueError, match="crafted on other weights than its source network's records attacked"):
         rows(records)
+    start = started("uat", {"sgd_uap": 0.4}, seeds=(0,))  # a crafting's start is held to the same rule
+    transferred[0]["provenance"]["perturbation"]["crafted_on_weights"] = "n"
+    start[0]["provenance"]["start"]["crafted_on_weights"] = "m"
+    with pytest.raises(ValueError, match="crafted on other weights than its source network's records attacked"):
+        rows(records + start)
+
+
+def started(training: str, accs: dict[str, float], seeds=(0, 1)) -> list[dict]:
+    """White-box records of `training` crafted from the transferred perturbations: attack -> adv_acc."""
+    return [record(training, seed, "transfer_start", attack, 0.2, acc) for seed in seeds for attack, acc in accs.items()]
+
+
+def test_white_box_crafting_from_the_transferred_start_is_judged_where_it_ran_over_the_attacks_both_ran():
+    from cbuap_runner.report.strength import claim_two_text, to_markdown
+
+    # uat: standard sgd_uap 0.50 / cb_uap 0.55 / uap 0.60 (seed 0); from the transferred start only cb_uap, 0.30
+    got = by_defence(defence("uat") + started("uat", {"cb_uap": 0.3}))["uat"]
+    assert got.start_gap.mean == pytest.approx(-0.255)  # against cb_uap's 0.55/0.56, not the worst case's 0.50/0.51
+    assert got.verdict == "white-box overstates robustness: white-box from the transferred δ lowers accuracy by 0.255"
+    assert got.strongest[0] == pytest.approx(0.3)  # the strongest found reads it
+    # not run: not called unchecked for it (the three checks stand without it)
+    assert by_defence(defence("uat"))["uat"].verdict == "consistent"
+    records = (defence("natural") + defence("uat") + defence("cb_uat") + defence("cw_uat")
+               + started("uat", {"sgd_uap": 0.3}) + started("cb_uat", {"sgd_uap": 0.45}) + started("cw_uat", {"sgd_uap": 0.5}))
+    eps, table, nets = rows(records)
+    text = to_markdown(eps, table, nets)
+    assert "| white-box from the transferred δ | Δ its − standard, same attacks [95 %] |" in text
+    assert "| natural | 2 |" in text and text.split("| natural | 2 |")[1].count("(their source)") == 2
+    # claim 2 reads it where both defences ran it: CB-UAT 0.45 against UAT 0.30 over its shared checks
+    line = claim_two_text(eps, table)
+    assert "white-box from the transferred δ)" in line and "against uat +15.0 [+15.0, +15.0] points" in line
 
 
 def test_make_tables_writes_the_table_the_curve_and_the_figure(tmp_path):

@@ -7,7 +7,11 @@ of three checks, the records of `table=strength_fmnist` and its companions (`tab
 - `standard`: white-box under the standard budget, at every ε swept (the accuracy-against-ε curve);
 - `budget4x`: white-box under four times the crafting images with restarts, at the reference ε (that of the
   budget4x records), compared with the standard budget over the attacks both ran (like with like);
-- `transfer`: perturbations crafted on the naturally trained model of the same seed (task=evaluate).
+- `transfer`: perturbations crafted on the naturally trained model of the same seed (task=evaluate);
+- and, where it ran, `transfer_start`: white-box under the standard budget started from those perturbations
+  (attack.start), compared with the standard budget over the attacks both ran. It is the check a failed transfer
+  check calls for (does crafting on the defence itself go further from there?), so a defence it has not met is
+  not called unchecked for it.
 
 Each check passes when it finds no attack much stronger than the standard white-box one (within STRENGTH_MARGIN
 of accuracy, on the mean of the paired per-seed differences) and the curve falls to the floor of a universal
@@ -34,9 +38,11 @@ from .rows import mean_std
 from .significance import Paired, interval
 
 CHECK_KEY = "table/strength"
-STANDARD, BUDGET, TRANSFER = "standard", "budget4x", "transfer"
-CHECKS = (STANDARD, BUDGET, TRANSFER)
-CHECK_NAMES = {STANDARD: "standard budget", BUDGET: "4x budget with restarts", TRANSFER: "transfer"}
+STANDARD, BUDGET, TRANSFER, START = "standard", "budget4x", "transfer", "transfer_start"
+CHECKS = (STANDARD, BUDGET, TRANSFER, START)
+CHECK_NAMES = {STANDARD: "standard budget", BUDGET: "4x budget with restarts", TRANSFER: "transfer",
+               START: "white-box from the transferred δ"}
+LIKE_FOR_LIKE = (BUDGET, START)  # the white-box checks, compared with the standard budget over the attacks both ran
 STRENGTH_MARGIN = 0.02  # accuracy a stronger check may take off the standard white-box worst case
 FLOOR_TOLERANCE = 0.05  # how near the one-class floor the accuracy-against-ε curve must come
 FIGURE = "strength_eps.png"
@@ -90,8 +96,8 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
         net.acc.setdefault(check, {}).setdefault(float(run["attack.eps"]), {})[str(run["attack"])] = acc
         net.records[(check, float(run["attack.eps"]), str(run["attack"]))] = record
     if not out:
-        raise NoRecords("--kind strength: no completed records of a strength check (table/strength=standard, "
-                        "budget4x or transfer)")
+        raise NoRecords(f"--kind strength: no completed records of a strength check (table/strength="
+                        f"{', '.join(CHECKS)})")
     check_groups({f"training={defence} seed={seed}": group for (defence, seed), group in runs.items()},
                  "a strength check compares attacks on one model")
     check_transfer_sources(records)
@@ -99,8 +105,9 @@ def collect(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, Network
 
 
 def check_transfer_sources(records: Sequence[Mapping[str, Any]]) -> None:
-    """ValueError when a transferred perturbation was crafted on other weights than those the records of its source
-    network (the same experiment and seed) attacked: that network was trained again in between."""
+    """ValueError when a transferred perturbation (scored, or a crafting's start) was crafted on other weights than
+    those the records of its source network (the same experiment and seed) attacked: that network was trained again
+    in between."""
     weights: dict[tuple[str, str], dict[str, str]] = {}
     for record in records:
         model = (record.get("provenance") or {}).get("model") or {}
@@ -108,7 +115,7 @@ def check_transfer_sources(records: Sequence[Mapping[str, Any]]) -> None:
             key = (str(model.get("identity")), hashable(record.get("seed")))
             weights.setdefault(key, {}).setdefault(model["weights_fingerprint"], location(record))
     for record in records:
-        stored = (record.get("provenance") or {}).get("perturbation") or {}
+        stored = transferred(record)
         crafted = stored.get("crafted_on_weights")
         known = weights.get((str(stored.get("crafted_on")), hashable(record.get("seed"))), {})
         if record.get("status") == "completed" and crafted and known and crafted not in known:
@@ -154,6 +161,8 @@ class Row:
     budget_gap: Paired | None
     transfer: Stat
     transfer_gap: Paired | None
+    start: Stat
+    start_gap: Paired | None
     floor_eps: float | None  # the smallest ε whose mean worst case is within FLOOR_TOLERANCE of the floor
     largest_eps: float | None
     verdict: str
@@ -163,11 +172,11 @@ class Row:
 
 
 def _gap(seeds: Mapping[Any, Network], check: str, eps: float) -> Paired | None:
-    """check − standard, the worst cases paired seed by seed. A stronger budget is compared over the attacks both
+    """check − standard, the worst cases paired seed by seed. A white-box check is compared over the attacks both
     checks ran (like with like); transferred perturbations against the whole white-box worst case."""
     diffs = []
     for net in seeds.values():
-        among = net.attacks(STANDARD, eps) & net.attacks(check, eps) if check == BUDGET else None
+        among = net.attacks(STANDARD, eps) & net.attacks(check, eps) if check in LIKE_FOR_LIKE else None
         base, other = net.worst(STANDARD, eps, among), net.worst(check, eps, among)
         if base is not None and other is not None:
             diffs.append(other[0] - base[0])
@@ -197,11 +206,18 @@ def floor_of(seeds: Mapping[Any, Network]) -> float:
     return 1.0 / max(classes) if classes else 0.0
 
 
+def transferred(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a record says of the perturbation it took from elsewhere: the one it scored (task=evaluate) or the one
+    its crafting started from (attack.start); {} for neither."""
+    provenance = record.get("provenance") or {}
+    return provenance.get("perturbation") or provenance.get("start") or {}
+
+
 def transfer_sources(records: Sequence[Mapping[str, Any]]) -> set[str]:
     """The identities of the networks the transferred perturbations were crafted on."""
     found = set()
     for record in records:
-        stored = (record.get("provenance") or {}).get("perturbation") or {}
+        stored = transferred(record)
         if record.get("status") == "completed" and stored.get("crafted_on"):
             found.add(str(stored["crafted_on"]))
     return found
@@ -225,24 +241,27 @@ def build_row(defence: str, seeds: Mapping[Any, Network], eps: float, sources: s
     points = {e: mean_std(v)[0] for e, v in curve(seeds).items() if v}
     floor = floor_of(seeds)
     reached = [e for e, acc in points.items() if acc is not None and acc <= floor + FLOOR_TOLERANCE]
-    budget_gap, transfer_gap = _gap(seeds, BUDGET, eps), _gap(seeds, TRANSFER, eps)
+    gaps = {check: _gap(seeds, check, eps) for check in CHECKS[1:]}
     source = all(net.identity in sources for net in seeds.values())
     return Row(defence, len(seeds), _stat([net.clean for net in seeds.values() if net.clean is not None]),
                _stat(_values(seeds, STANDARD, eps)), "/".join(attacks) or "–",
-               _stat(_values(seeds, BUDGET, eps)), budget_attacks(seeds, eps), budget_gap,
-               _stat(_values(seeds, TRANSFER, eps)),
-               transfer_gap, min(reached) if reached else None, max(points) if points else None,
-               verdict(budget_gap, transfer_gap, bool(reached), len(points) > 1, source), source,
+               _stat(_values(seeds, BUDGET, eps)), budget_attacks(seeds, eps), gaps[BUDGET],
+               _stat(_values(seeds, TRANSFER, eps)), gaps[TRANSFER], _stat(_values(seeds, START, eps)), gaps[START],
+               min(reached) if reached else None, max(points) if points else None,
+               verdict(gaps, bool(reached), len(points) > 1, source), source,
                _stat(list(strongest_by_seed(seeds, eps).values())), seeds)
 
 
-def verdict(budget_gap: Paired | None, transfer_gap: Paired | None, reached: bool, has_curve: bool,
-            source: bool = False) -> str:
-    """`consistent`, or what the white-box numbers miss, or which checks are missing (`source`: the network the
-    transferred perturbations come from, which has no transfer check)."""
+def verdict(gaps: Mapping[str, Paired | None], reached: bool, has_curve: bool, source: bool = False) -> str:
+    """`consistent`, or what the white-box numbers miss, or which checks are missing, from each stronger check's
+    difference from the standard budget (`gaps`; `source`: the network the transferred perturbations come from,
+    which has no transfer checks). The check from the transferred start is judged where it ran, never missing."""
     failed, missing = [], []
-    checks = ((CHECK_NAMES[BUDGET], budget_gap),) + (() if source else ((CHECK_NAMES[TRANSFER], transfer_gap),))
-    for name, gap in checks:
+    checks = [(BUDGET, gaps.get(BUDGET))] + ([] if source else [(TRANSFER, gaps.get(TRANSFER))])
+    if not source and gaps.get(START) is not None:
+        checks.append((START, gaps[START]))
+    for check, gap in checks:
+        name = CHECK_NAMES[check]
         if gap is None:
             missing.append(name)
         elif gap.mean < -STRENGTH_MARGIN:
@@ -277,7 +296,8 @@ def _gap_cell(gap: Paired | None) -> str:
 
 COLUMNS = ("defence", "n", "clean_acc", "white-box worst (standard)", "worst attack", "4x budget + restarts",
            "its attacks", "Δ 4x − standard, same attacks [95 %]", "transfer from natural",
-           "Δ transfer − standard [95 %]", "floor reached at eps", "strongest found", "verdict")
+           "Δ transfer − standard [95 %]", "white-box from the transferred δ", "Δ its − standard, same attacks [95 %]",
+           "floor reached at eps", "strongest found", "verdict")
 
 
 def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any, Network]]) -> str:
@@ -290,6 +310,7 @@ def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any
         cells = [row.defence, str(row.n), _cell(row.clean, row.n), _cell(row.standard, row.n), row.standard_attack,
                  _cell(row.budget, row.n), row.budget_attacks, _gap_cell(row.budget_gap),
                  "(their source)" if row.source else _cell(row.transfer, row.n), _gap_cell(row.transfer_gap),
+                 "(their source)" if row.source else _cell(row.start, row.n), _gap_cell(row.start_gap),
                  _floor_cell(row), _cell(row.strongest, row.n), row.verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", *claim_two_lines(eps, table), *curve_markdown(nets)]) + "\n"
@@ -405,13 +426,13 @@ def curve_markdown(nets: Mapping[str, Mapping[Any, Network]]) -> list[str]:
 def to_csv(table: Sequence[Row]) -> str:
     head = ("defence,n,clean_acc_mean,standard_worst_mean,standard_worst_std,worst_attack,budget4x_worst_mean,"
             "budget4x_attacks,budget4x_gap_mean,budget4x_gap_low,budget4x_gap_high,transfer_worst_mean,transfer_gap_mean,"
-            "transfer_gap_low,transfer_gap_high,floor_eps,verdict")
+            "transfer_gap_low,transfer_gap_high,transfer_start_worst_mean,transfer_start_gap_mean,transfer_start_gap_low,"
+            "transfer_start_gap_high,floor_eps,verdict")
     lines = [head]
     for r in table:
-        gaps = [_gap_fields(r.budget_gap), _gap_fields(r.transfer_gap)]
-        fields = [r.defence, r.n, r.clean[0], *r.standard[:2], r.standard_attack, r.budget[0], r.budget_attacks, *gaps[0],
-                  r.transfer[0],
-                  *gaps[1], r.floor_eps, r.verdict]
+        fields = [r.defence, r.n, r.clean[0], *r.standard[:2], r.standard_attack, r.budget[0], r.budget_attacks,
+                  *_gap_fields(r.budget_gap), r.transfer[0], *_gap_fields(r.transfer_gap), r.start[0],
+                  *_gap_fields(r.start_gap), r.floor_eps, r.verdict]
         lines.append(",".join("" if v is None else str(v).replace(",", ";") for v in fields))
     return "\n".join(lines) + "\n"
 
@@ -428,8 +449,9 @@ def eps_axis(values: Sequence[float]) -> tuple[float, str]:
 
 
 def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Path) -> Path:
-    """Accuracy against ε per defence (mean ± std); at the reference ε the budget4x worst case as a cross and the
-    transferred one as a triangle; the one-class floor dashed."""
+    """Accuracy against ε per defence (mean ± std); at the reference ε the budget4x worst case as a cross, the
+    transferred one as a triangle and the white-box one from the transferred start as a square; the one-class floor
+    dashed."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     scale, label = eps_axis(sorted({e for seeds in nets.values() for e in curve(seeds)} | {eps}))
@@ -438,7 +460,7 @@ def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Pa
         xs = sorted(points)
         line = ax.errorbar([x * scale for x in xs], [points[e][0] for e in xs], yerr=[points[e][1] or 0 for e in xs],
                            marker="o", capsize=3, label=defence)
-        for check, marker in ((BUDGET, "x"), (TRANSFER, "^")):
+        for check, marker in ((BUDGET, "x"), (TRANSFER, "^"), (START, "s")):
             found = _values(seeds, check, eps)
             if found:
                 ax.plot([eps * scale], [mean_std(found)[0]], marker, markersize=8, color=line[0].get_color(),
@@ -448,8 +470,8 @@ def curve_figure(eps: float, nets: Mapping[str, Mapping[Any, Network]], path: Pa
     ax.set_xlabel(label)
     ax.set_ylabel("accuracy under the worst universal attack")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Accuracy against eps (at {fmt_eps(eps)}: x 4x budget with restarts, ^ transferred from natural)",
-                 fontsize=9)
+    ax.set_title(f"Accuracy against eps (at {fmt_eps(eps)}: x 4x budget with restarts, ^ transferred from natural,\n"
+                 "square: white-box from the transferred δ)", fontsize=9)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
