@@ -2,7 +2,7 @@
 
 A defence that looks robust to the crafting budget may only mask its gradients. Per defence and seed it reads, on
 one network, the worst case over the universal attacks (one δ for every image; the class-wise attack is not in it)
-of three checks, the records of `table=strength_fmnist` and its companions (`table/strength` names the check):
+of its checks, the records of `table=strength_fmnist` and its companions (`table/strength` names the check):
 
 - `standard`: white-box under the standard budget, at every ε swept (the accuracy-against-ε curve);
 - `budget4x`: white-box under four times the crafting images with restarts, at the reference ε (that of the
@@ -319,7 +319,7 @@ def to_markdown(eps: float, table: Sequence[Row], nets: Mapping[str, Mapping[Any
 def claim_two_lines(eps: float, table: Sequence[Row]) -> list[str]:
     """The claim-2 line under the strength table (none without CB-UAT, UAT and CW-UAT)."""
     text = claim_two_text(eps, table)
-    return [] if text is None else [f"Claim 2 against the strongest attack found (the lowest accuracy of the three "
+    return [] if text is None else [f"Claim 2 against the strongest attack found (the lowest accuracy of its "
                                     f"checks at eps {fmt_eps(eps)}): {text}", ""]
 
 
