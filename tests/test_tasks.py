@@ -97,6 +97,8 @@ def test_a_crafting_starts_from_a_given_perturbation_and_its_record_names_the_fi
                             f"attack.start={given}"])
     with pytest.raises(UserError, match=r"^attack\.start=.*: holds one δ for every image; cw_uap crafts one δ per class"):
         TASKS["attack"].run(Context(class_wise, RunRecord(tmp_path / "cw"), torch.device("cpu"), RecordingTracker()))
+    with pytest.raises(UserError, match=r"^attack\.start='.*missing\.pt': no such file"):  # the key that named it
+        attack(f"attack.start={tmp_path / 'missing.pt'}", name="missing")
 
 
 def test_restart_streams_are_the_seed_then_independent_draws():

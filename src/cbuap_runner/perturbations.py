@@ -124,7 +124,7 @@ def given_start(ctx: Context, data: DataBundle, attack: AttackConfig) -> torch.T
     (one δ per class for a class-wise attack, one for every image otherwise); the record names its file."""
     if attack.start is None:
         return None
-    blob = load_perturbation(attack.start, data)
+    blob = load_perturbation(attack.start, data, "attack.start")
     if stored_class_wise(blob) != ATTACKS[attack.name].class_wise:
         kinds = ("one δ for every image", "one δ per class")
         raise UserError(f"attack.start={attack.start!r}: holds {kinds[stored_class_wise(blob)]}; {attack.name} "
@@ -250,23 +250,23 @@ def stored_class_wise(blob: dict[str, Any]) -> bool:
     return bool(blob.get("class_wise", spec is not None and spec.class_wise))
 
 
-def load_perturbation(path: str, data: DataBundle) -> dict[str, Any]:
-    """A perturbation.pt checked against the dataset's input shape."""
-    blob = safe_torch_load(path, "perturbation")
+def load_perturbation(path: str, data: DataBundle, key: str = "perturbation") -> dict[str, Any]:
+    """A perturbation.pt checked against the dataset's input shape (`key`: the config key that named it)."""
+    blob = safe_torch_load(path, key)
     if isinstance(blob, dict) and "state_dict" in blob:
-        raise UserError(f"perturbation={path!r}: this is a model file; pass it as model.checkpoint=<path>")
+        raise UserError(f"{key}={path!r}: this is a model file; pass it as model.checkpoint=<path>")
     if not isinstance(blob, dict) or not isinstance(blob.get("delta"), torch.Tensor):
-        raise UserError(f"perturbation={path!r}: not a perturbation file (needs a 'delta' tensor); give a "
+        raise UserError(f"{key}={path!r}: not a perturbation file (needs a 'delta' tensor); give a "
                         "perturbation.pt written by task=attack")
     delta = blob["delta"]
     if tuple(delta.shape[-3:]) != tuple(data.input_shape) or delta.dim() not in (3, 4):
-        raise UserError(f"perturbation={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
+        raise UserError(f"{key}={path!r}: δ has shape {tuple(delta.shape)}, the dataset's images are "
                         f"{tuple(data.input_shape)}; give a perturbation crafted on this dataset")
     if delta.dim() == 4 and not stored_class_wise(blob):
-        raise UserError(f"perturbation={path!r}: holds a stack of {delta.shape[0]} perturbations; give a file with "
+        raise UserError(f"{key}={path!r}: holds a stack of {delta.shape[0]} perturbations; give a file with "
                         "one δ (task=attack saves the start chosen on the validation split)")
     if stored_class_wise(blob) and delta.shape[0] != data.num_classes:
-        raise UserError(f"perturbation={path!r}: class-wise δ has {delta.shape[0]} classes, the dataset has "
+        raise UserError(f"{key}={path!r}: class-wise δ has {delta.shape[0]} classes, the dataset has "
                         f"{data.num_classes}; give a perturbation crafted on this dataset")
     return blob
 
