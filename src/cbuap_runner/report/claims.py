@@ -163,6 +163,7 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
         return "not answered (no seed in both rows reports the fooled-label entropy and the fooling rate)."
     d_ent = difference(sgd, cb, "label_entropy")
     holds = d_fooled >= bar.fooled_entropy_gain and d_fr >= -bar.fooling_rate_loss
+    over_seeds = (paired(sgd, cb, VERDICT_ENTROPY), paired(sgd, cb, "fooling_rate"))
     cell = format_cell
     return (f"{name} {'raises' if d_fooled >= 0 else 'lowers'} the test fooled-label entropy by {abs(d_fooled):.3f}"
             f"{note} ({cell(sgd[VERDICT_ENTROPY])} → {cell(cb[VERDICT_ENTROPY])}; the label "
@@ -171,26 +172,33 @@ def _balance_verdict(sgd: Mapping[str, Any], cb: Mapping[str, Any], name: str, b
             f"{abs(d_fr) * 100:.1f} points {'higher' if d_fr >= 0 else 'lower'} ({cell(sgd['fooling_rate'])} → "
             f"{cell(cb['fooling_rate'])}) and the minimum per-class attack success "
             f"{cell(sgd['min_class_attack_success_rate'])} → {cell(cb['min_class_attack_success_rate'])} "
-            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, cb, bar)}{_bootstrap_balance(sgd, cb, bar)}): the claim "
+            f"(n = {sgd['n']}, {cb['n']}{_paired_balance(sgd, over_seeds, bar)}"
+            f"{_bootstrap_balance(sgd, cb, over_seeds, bar)}): the claim "
             f"(fooled-label entropy ≥ {bar.fooled_entropy_gain} higher with at most "
             f"{bar.fooling_rate_loss * 100:.0f} points lost) {'holds' if holds else 'does not hold'}.")
 
 
-def _paired_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thresholds) -> str:
-    """'; paired per seed …' for claim 1: the two differences with their 95 % intervals, and what the intervals
-    say of the margins ('' for rows that carry no runs)."""
-    entropy, fooling = paired(sgd, cb, VERDICT_ENTROPY), paired(sgd, cb, "fooling_rate")
+def _margins(bar: Thresholds) -> tuple[float, float]:
+    """Claim 1's margins for (fooled-label entropy, fooling rate) differences."""
+    return bar.fooled_entropy_gain, -bar.fooling_rate_loss
+
+
+def _margin_note(notes: Mapping[str, str], margins: Sequence[float], intervals: Sequence[Paired | None],
+                 who: str) -> str:
+    """', <what the 95 % intervals say of their margins>' in the words of `notes` ('' where one has no interval)."""
+    said = settles(list(zip(intervals, margins)))
+    return "" if said is None else ", " + notes[said].format(who=who)
+
+
+def _paired_balance(sgd: Mapping[str, Any], over_seeds: tuple[Paired | None, Paired | None], bar: Thresholds) -> str:
+    """'; paired per seed …' for claim 1: the two differences (fooled-label entropy, fooling rate) with their 95 %
+    intervals, and what the intervals say of the margins ('' for rows that carry no runs)."""
+    entropy, fooling = over_seeds
     if entropy is None or fooling is None:
         return "" if "_records" not in sgd else "; no seed in both rows, so no paired difference"
     text = (f"; paired over {counted(entropy.n, 'seed')} (95 % t-intervals): fooled-label entropy "
             f"{entropy.text()}, fooling rate {fooling.text(100, 1)} points")
-    return text + _balance_note(entropy, fooling, bar, "these seeds")
-
-
-def _balance_note(entropy: Paired, fooling: Paired, bar: Thresholds, who: str) -> str:
-    """', <what the intervals say of claim 1's margins>' ('' where the differences have no interval)."""
-    said = settles([(entropy, bar.fooled_entropy_gain), (fooling, -bar.fooling_rate_loss)])
-    return "" if said is None else ", " + _MARGIN_NOTES[said].format(who=who)
+    return text + _margin_note(_MARGIN_NOTES, _margins(bar), over_seeds, "these seeds")
 
 
 def _predictions_by_seed(row: Mapping[str, Any]) -> dict[Any, Predictions]:
@@ -198,7 +206,8 @@ def _predictions_by_seed(row: Mapping[str, Any]) -> dict[Any, Predictions]:
     return {seed: p for seed, p in found.items() if p is not None}
 
 
-def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thresholds) -> str:
+def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any],
+                       over_seeds: tuple[Paired | None, Paired | None], bar: Thresholds) -> str:
     """'; over the test images of seed s …' for claim 1: the two differences on the first seed whose runs of both
     rows saved their predictions, with paired bootstrap intervals over the test images ('' where none did), and
     what they say of the margins where the seeds give no interval."""
@@ -209,9 +218,8 @@ def _bootstrap_balance(sgd: Mapping[str, Any], cb: Mapping[str, Any], bar: Thres
     seed = common[0]
     entropy = paired_bootstrap(left[seed], right[seed], VERDICT_ENTROPY)
     fooling = paired_bootstrap(left[seed], right[seed], "fooling_rate")
-    over_seeds = paired(sgd, cb, VERDICT_ENTROPY)
-    note = "" if over_seeds and over_seeds.low is not None else _balance_note(
-        entropy, fooling, bar, "one seed's test images")
+    seeds_speak = settles(list(zip(over_seeds, _margins(bar)))) is not None
+    note = "" if seeds_speak else _margin_note(_MARGIN_NOTES, _margins(bar), (entropy, fooling), "one seed's test images")
     return (f"; over the {entropy.n:,} test images of seed {seed} ({RESAMPLES:,} paired bootstrap resamples, 95 % "
             f"percentile intervals): fooled-label entropy {entropy.text()}, fooling rate {fooling.text(100, 1)} points"
             f"{note}")
@@ -234,10 +242,10 @@ def claim_two_note(over_seeds: tuple[Paired | None, Paired | None],
                    over_images: tuple[Paired, Paired] | None = None) -> str:
     """', <what the intervals say of zero>' for claim 2's two differences (under attack, clean): read over the
     seeds where they give intervals, else over one seed's test images (the bootstrap); '' where neither does."""
-    said, who = settles([(p, 0.0) for p in over_seeds]), "these seeds"
-    if said is None and over_images is not None:
-        said, who = settles([(p, 0.0) for p in over_images]), "one seed's test images"
-    return "" if said is None else ", " + _ZERO_NOTES[said].format(who=who)
+    note = _margin_note(_ZERO_NOTES, (0.0, 0.0), over_seeds, "these seeds")
+    if not note and over_images is not None:
+        note = _margin_note(_ZERO_NOTES, (0.0, 0.0), over_images, "one seed's test images")
+    return note
 
 
 def claim_balance(label: str, rows: Sequence[Mapping[str, Any]], bar: Thresholds,
