@@ -200,6 +200,29 @@ def test_a_section_of_trained_networks_shows_their_training_curves(tmp_path):
     assert "clean_vs_worst" not in text  # the defences' figure belongs to defence sections
 
 
+def _trained(seed: int, epochs: int, clean: float) -> dict:
+    return {**_attack_record("sgd_uap", seed, "a" * 40), "task": "evaluate", "attack": None,
+            "config": {"training": {"name": "natural", "epochs": epochs}}, "metrics": {"clean_acc": clean}}
+
+
+def test_a_longer_schedule_is_read_against_the_shorter_seed_by_seed(tmp_path):
+    runs = [(0, 182, 0.870), (1, 182, 0.880), (2, 182, 0.875), (1, 364, 0.890), (2, 364, 0.879), (3, 364, 0.99)]
+    section = {"metrics": ["clean_acc"], "rows": ["task", "training.name", "training.epochs"],
+               "longer_run": "training.epochs"}
+    manifest = _manifest(tmp_path, [_trained(*run) for run in runs], section)
+    for i, (_, _, clean) in enumerate(runs):  # a final validation accuracy one point under the test accuracy
+        row = {"epoch": 1, "val_acc": clean - 0.01, "train_loss": 1.0}
+        (tmp_path / "records" / str(i) / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    text = write_document(manifest, figures=False).read_text()
+    assert "| natural | 1 | 182 | 0.880 | 0.870 | 364 | 0.890 | 0.880 | +1.0 |" in text
+    assert "| natural | 2 | 182 | 0.875 | 0.865 | 364 | 0.879 | 0.869 | +0.4 |" in text
+    assert "| natural | 0 |" not in text and "| natural | 3 |" not in text  # a seed only one schedule ran
+    assert "- natural, 364 against 182 epochs: +0.7 [-3.1, +4.5] points of clean_acc over 2 paired seeds" in text
+    runs = runs[:3]
+    manifest = _manifest(tmp_path / "short", [_trained(*run) for run in runs], section)
+    assert "none yet: no run of a longer schedule has finished" in write_document(manifest, figures=False).read_text()
+
+
 @pytest.mark.parametrize("claims,message", [
     ({"fooling_rate_loss": None}, "claims.fooling_rate_loss=None: must be a number ≥ 0"),
     ({"tuning_fooling_margin": -0.1}, "claims.tuning_fooling_margin=-0.1: must be a number ≥ 0"),

@@ -24,6 +24,7 @@ from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, cl
 from .figures import defence_figure, frontier_figure
 from .formats import fmt_eps, format_cell, provenance_line, row_label, to_markdown, varying_keys
 from .kinds import PARETO, STRENGTH
+from .longer_run import longer_run_lines
 from .records import NoRecords, epoch_rows, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
 from .tables import write_table_files
@@ -169,6 +170,8 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
     if "anchors" in section:
         lines += anchor_lines(section["anchors"], rows)
     lines += _plateau_text(rows)  # where the runs trained a network: their training curves
+    if "longer_run" in section:
+        lines += longer_run_lines(keys, rows, section["longer_run"])
     if kind == "defences":
         lines += _defence_figure(build, section, rows, folder)
     return lines, rows
