@@ -221,6 +221,9 @@ def test_a_longer_schedule_is_read_against_the_shorter_seed_by_seed(tmp_path):
     runs = runs[:3]
     manifest = _manifest(tmp_path / "short", [_trained(*run) for run in runs], section)
     assert "none yet: no run of a longer schedule has finished" in write_document(manifest, figures=False).read_text()
+    manifest = _manifest(tmp_path / "typo", [_trained(*run) for run in runs], {**section, "longer_run": "epochs"})
+    with pytest.raises(ValueError, match=r"section s: longer_run='epochs': not one of the section's row keys"):
+        write_document(manifest, figures=False)
 
 
 @pytest.mark.parametrize("claims,message", [

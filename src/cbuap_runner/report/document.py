@@ -171,7 +171,10 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
         lines += anchor_lines(section["anchors"], rows)
     lines += _plateau_text(rows)  # where the runs trained a network: their training curves
     if "longer_run" in section:
-        lines += longer_run_lines(keys, rows, section["longer_run"])
+        try:
+            lines += longer_run_lines(keys, rows, section["longer_run"])
+        except ValueError as err:
+            raise ValueError(f"section {section['name']}: {err}") from err
     if kind == "defences":
         lines += _defence_figure(build, section, rows, folder)
     return lines, rows

@@ -44,7 +44,9 @@ def _cell(value: float | None) -> str:
 
 def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:
     """The section's paired table and a line per pair of rows (or one line saying that no longer run has finished
-    beside a shorter one)."""
+    beside a shorter one). ValueError where `key` is not one of the row keys."""
+    if key not in keys:
+        raise ValueError(f"longer_run={key!r}: not one of the section's row keys ({', '.join(keys)})")
     pairs = _pairs(keys, rows, key)
     intro = f"Trained longer, seed by seed (completed runs of one seed that differ only in `{key}`):"
     if not pairs:
