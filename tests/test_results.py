@@ -173,6 +173,17 @@ def test_document_names_the_code_versions_of_each_section(tmp_path):
     assert "fooled-label entropy" in text.split("- S: ")[1].splitlines()[0]
 
 
+def test_the_document_ends_with_what_each_section_cost(tmp_path):
+    records = [_attack_record("sgd_uap", seed, "a" * 40) for seed in (0, 1, 2)]
+    records[0]["wall_seconds"], records[1]["wall_seconds"] = 1800, 5400
+    records[1]["metrics"]["train_seconds"] = 3600.0  # trained its network within its wall time
+    records[2]["wall_seconds"], records[2]["train_continued_from"] = 600, 12  # its last attempt's time only
+    records[2]["metrics"]["train_seconds"] = 7200.0  # over every attempt
+    text = write_document(_manifest(tmp_path, records), figures=False).read_text()
+    assert text.rstrip().endswith("| S | 3 | 2.0 h | 2 | 1 | 3.0 h | 2 |")
+    assert "## What each section cost to run" in text
+
+
 @pytest.mark.parametrize("gain,verdict", [(0.15, "holds"), (0.25, "does not hold")])
 def test_the_manifests_thresholds_decide_the_verdict(tmp_path, gain, verdict):
     records = [_attack_record("sgd_uap", 0, "a" * 40), _attack_record("cb_uap", 0, "a" * 40, fooled_entropy=0.25)]

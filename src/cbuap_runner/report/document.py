@@ -7,7 +7,8 @@ that make a row (`rows`), what the table compares and the commands that rerun it
 claims' margins (claims.Thresholds) and which tables answer them. Every number in the document is computed here
 from the records. Besides one table per section (with the code versions behind its records) it draws the label
 entropy and the fooled-label entropy against the fooling rate (one point per run) and the clean against worst-case
-accuracy of each defence (mean ± std), and it answers the paper's two claims in one sentence each from the rows.
+accuracy of each defence (mean ± std), it answers the paper's two claims in one sentence each from the rows, and it
+ends with what each section cost to run (the wall and training time its records give).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..io import write_text
 from . import pareto, strength
 from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, claim_tuned, matches
 from .figures import defence_figure, frontier_figure
-from .formats import fmt_eps, format_cell, provenance_line, row_label, to_markdown, varying_keys
+from .formats import WallTime, fmt_duration, fmt_eps, format_cell, provenance_line, row_label, to_markdown, varying_keys, wall_time
 from .kinds import PARETO, STRENGTH
 from .longer_run import longer_run_lines
 from .records import NoRecords, epoch_rows, load_records, metric, settings
@@ -31,6 +32,12 @@ from .tables import write_table_files
 
 FRONTIER_METRICS = ("fooling_rate", "label_entropy", "fooled_label_entropy")
 ANCHOR_AGREEMENT = 1e-3  # rows one anchor stands beside must agree on its metric within this
+COSTS_ABOUT = ("The sum of each section's run wall times, from its records, as the line under its table gives it. A "
+               "run continued from an earlier attempt records its last attempt only, so it is left out of the sum "
+               "and counted in its own column; the training columns sum the training time of the runs that trained a "
+               "network, which a continued training records over every attempt. Runs that predate wall-time records "
+               "count in `runs` only. These are costs on the machine as each section says it was loaded, not "
+               "benchmarks.")
 PLATEAU_TOLERANCE = 0.01  # a defence has reached its plateau: final val_acc within this of the best and of the last 3
 
 
@@ -55,16 +62,17 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
     lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
              "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
              f"{(build.base / manifest.name).relative_to(build.out_dir.parent)}", "```", ""]
-    body, tables = [], {}
+    body, tables, costs = [], {}, []
     for section in spec["sections"]:
-        text, tables[section["name"]] = _section_text(build, section)
+        text, tables[section["name"]], records = _section_text(build, section)
         body += text
+        costs.append((section["title"], len(records), wall_time(records)))
     if spec.get("frontiers"):
         body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
     for frontier in spec.get("frontiers", []):
         body += _frontier_text(build, frontier)
     claims = _claim_lines(spec["claims"], tables, build.bar, _strength_claim_lines(build, spec))
-    write_text(doc, "\n".join([*lines, *claims, *body]).rstrip() + "\n")
+    write_text(doc, "\n".join([*lines, *claims, *body, *cost_lines(costs)]).rstrip() + "\n")
     return doc
 
 
@@ -137,8 +145,9 @@ def _head(section: Mapping[str, Any]) -> list[str]:
 FIGURE = {STRENGTH: strength.FIGURE, PARETO: pareto.FIGURE}  # the figure each such section draws
 
 
-def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
-    """A section whose kind writes its own files (strength checks, a study's front): its table, links and figure."""
+def _written_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """A section whose kind writes its own files (strength checks, a study's front): its table, links and figure;
+    and its records."""
     folder = build.base / section["name"]
     records = _section_records(build, section, paths=section["kind"] == STRENGTH)
     if section["kind"] == STRENGTH:
@@ -149,13 +158,16 @@ def _written_text(build: _Build, section: Mapping[str, Any]) -> list[str]:
     links = [f"[{p.relative_to(build.out_dir)}]({p.relative_to(build.out_dir)})" for p in others if p.suffix != ".png"]
     png = (folder / FIGURE[section["kind"]]).relative_to(build.out_dir)  # linked whether drawn now or before
     return [*_head(section), table.read_text(), provenance_line(records), "",
-            *([f"Also: {', '.join(links)}.", ""] if links else []), f"![{png.stem}]({png})", ""]
+            *([f"Also: {', '.join(links)}.", ""] if links else []), f"![{png.stem}]({png})", ""], records
 
 
-def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+def _section_text(build: _Build, section: Mapping[str, Any]
+                  ) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The section's text, its table rows (none for a kind that writes its own table) and its records."""
     kind = section["kind"]
     if kind in (STRENGTH, PARETO):
-        return _written_text(build, section), []
+        text, records = _written_text(build, section)
+        return text, [], records
     keys, columns, rows = _table(build, section, kind, section.get("metrics"))  # metrics: the kind's by default
     if kind == "tuning":
         choose_tuned(rows, build.bar.tuning_fooling_margin)
@@ -177,7 +189,7 @@ def _section_text(build: _Build, section: Mapping[str, Any]) -> tuple[list[str],
             raise ValueError(f"section {section['name']}: {err}") from err
     if kind == "defences":
         lines += _defence_figure(build, section, rows, folder)
-    return lines, rows
+    return lines, rows, records
 
 
 def anchor_lines(anchors: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -245,6 +257,19 @@ def plateau_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         cell = [format_cell((*mean_std(v), len(v))) for v in (final, gap, spread)]
         lines.append(f"| {row['_label']} | {len(runs)} | {len(runs[0])} | {' | '.join(cell)} | {'yes' if ok else 'no'} |")
     return lines if len(lines) > 2 else []
+
+
+def cost_lines(costs: Sequence[tuple[str, int, WallTime]]) -> list[str]:
+    """What each section cost to run: per section (title, records, their wall time), the sum of the wall times that
+    count and the runs left out (continued from an earlier attempt), as each section's line under its table says."""
+    lines = ["## What each section cost to run", "", COSTS_ABOUT, "",
+             "| section | runs | wall time | over runs | runs continued from an earlier attempt (left out) | "
+             "training, every attempt | over runs |", "|---|---|---|---|---|---|---|"]
+    for title, runs, wall in costs:
+        shown = fmt_duration(wall.seconds) if wall.timed else "–"
+        training = fmt_duration(wall.training) if wall.trained else "–"
+        lines.append(f"| {title} | {runs} | {shown} | {wall.timed} | {wall.partial} | {training} | {wall.trained} |")
+    return [*lines, ""]
 
 
 def _frontier_text(build: _Build, spec: Mapping[str, Any]) -> list[str]:

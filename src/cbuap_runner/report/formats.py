@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .records import commit_counts, commits_text, counted, hashable, measured_in_part, metric
@@ -35,14 +36,32 @@ def fmt_duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
+@dataclass(frozen=True)
+class WallTime:
+    """What a set of runs cost: the sum of the wall times that count, over how many runs, and how many runs were
+    left out because they continued an earlier attempt (their wall time is the last attempt's only)."""
+
+    seconds: float
+    timed: int
+    partial: int
+    training: float  # the training time of the runs that trained a network, summed over every attempt of each
+    trained: int
+
+
+def wall_time(records: Sequence[Mapping[str, Any]]) -> WallTime:
+    seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
+    training = [s for s in (metric(r, "train_seconds") for r in records) if s is not None]
+    return WallTime(sum(seconds), len(seconds), sum(measured_in_part(r, "wall_seconds") for r in records),
+                    sum(training), len(training))
+
+
 def provenance_line(records: Sequence[Mapping[str, Any]]) -> str:
     """The commits the records come from and the sum of their runs' wall time (what the section cost to run)."""
-    seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
-    cost = f"; the runs' wall time: {fmt_duration(sum(seconds))} over {counted(len(seconds), 'run')}" if seconds else ""
-    partial = sum(measured_in_part(r, "wall_seconds") for r in records)
-    if partial:
-        cost += (f"{',' if seconds else ';'} leaving out the wall time of {counted(partial, 'run')} continued from an "
-                 "earlier attempt (it counts the last attempt only)")
+    wall = wall_time(records)
+    cost = f"; the runs' wall time: {fmt_duration(wall.seconds)} over {counted(wall.timed, 'run')}" if wall.timed else ""
+    if wall.partial:
+        cost += (f"{',' if wall.timed else ';'} leaving out the wall time of {counted(wall.partial, 'run')} continued "
+                 "from an earlier attempt (it counts the last attempt only)")
     continued = sum(bool(r.get("continued_code")) for r in records)
     if continued:
         cost += (f"; {counted(continued, 'run')} continued a training or crafting state another code version wrote (counted "
