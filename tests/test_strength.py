@@ -185,6 +185,20 @@ def test_the_larger_budget_is_compared_over_the_attacks_it_ran():
     assert row.transfer_gap.mean == pytest.approx(0.555 - 0.2)  # transfer against the whole white-box worst case
 
 
+def test_the_curve_reads_only_the_attacks_that_ran_at_every_eps(tmp_path):
+    from cbuap_runner.report.strength import curve_markdown
+
+    records = [r for r in defence("cw_uat") if not (r["attack"] == "uap" and r["config"]["attack"]["eps"] != 0.2)]
+    for r in records:  # DeepFool UAP ran at the reference eps only, and is the worst white-box attack there
+        if r["attack"] == "uap" and "+table/strength=standard" in r["overrides"]:
+            r["metrics"]["adv_acc"] = 0.2
+    eps, table, nets = rows(records)
+    row = {r.defence: r for r in table}["cw_uat"]
+    assert row.standard_attack == "uap" and row.standard[0] == pytest.approx(0.2)  # the white-box column: every attack
+    curve = "\n".join(curve_markdown(nets))
+    assert "| cw_uat | cb_uap/sgd_uap | 0.505 ± 0.007 (2) | 0.120 ± 0.000 (2) | 0.100 ± 0.000 (2) |" in curve
+
+
 def test_claim_two_is_read_with_the_strongest_attack_found():
     from cbuap_runner.report.strength import claim_two_lines
 
