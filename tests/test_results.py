@@ -228,7 +228,7 @@ def test_a_longer_schedule_is_read_against_the_shorter_seed_by_seed(tmp_path):
     assert "| natural | 1 | 182 | 0.880 | 0.870 | 364 | 0.890 | 0.880 | +1.0 |" in text
     assert "| natural | 2 | 182 | 0.875 | 0.865 | 364 | 0.879 | 0.869 | +0.4 |" in text
     assert "| natural | 0 |" not in text and "| natural | 3 |" not in text  # a seed only one schedule ran
-    assert "- natural, 364 against 182 epochs: +0.7 [-3.1, +4.5] points of clean_acc over 2 paired seeds" in text
+    assert "- natural, training.epochs 364 against 182: +0.7 [-3.1, +4.5] points of clean_acc over 2 paired seeds" in text
     runs = runs[:3]
     manifest = _manifest(tmp_path / "short", [_trained(*run) for run in runs], section)
     assert "none yet: no run of a longer schedule has finished" in write_document(manifest, figures=False).read_text()

@@ -65,7 +65,7 @@ def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key
             lines.append(f"| {label} | {seed} | {short[key]} | {_cell(a)} | {_cell(_final_val_acc(shorter[seed]))} | "
                          f"{long[key]} | {_cell(b)} | {_cell(_final_val_acc(longer[seed]))} | {gain} |")
         gained = paired(short, long, METRIC)
-        what = f"- {label}, {long[key]} against {short[key]} epochs"
+        what = f"- {label}, {key} {long[key]} against {short[key]}"
         notes.append(f"{what}: no seed ran both." if gained is None else
                      f"{what}: {gained.text(scale=100, digits=1)} points of {METRIC} over {gained.n} paired "
                      f"seed{'s' * (gained.n != 1)}{'' if gained.low is None else ' (95 % t-interval)'}.")
