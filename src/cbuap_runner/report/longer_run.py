@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .formats import row_label, varying_keys
+from .formats import format_cell, row_label, varying_keys
 from .records import epoch_rows, hashable, metric
 from .significance import paired
 
@@ -39,7 +39,7 @@ def _pairs(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key: str
 
 
 def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return format_cell((value, None, 1))
 
 
 def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key: str) -> list[str]:

@@ -191,8 +191,8 @@ def budget_attacks(seeds: Mapping[Any, Network], eps: float) -> str:
     return "/".join(sorted(common)) or "–"
 
 
-def _values(seeds: Mapping[Any, Network], check: str, eps: float) -> list[float]:
-    return [w[0] for net in seeds.values() if (w := net.worst(check, eps)) is not None]
+def _values(seeds: Mapping[Any, Network], check: str, eps: float, among: set[str] | None = None) -> list[float]:
+    return [w[0] for net in seeds.values() if (w := net.worst(check, eps, among)) is not None]
 
 
 def curve_attacks(seeds: Mapping[Any, Network]) -> set[str]:
@@ -206,8 +206,7 @@ def curve(seeds: Mapping[Any, Network]) -> dict[float, list[float]]:
     """ε -> the standard worst case of each seed at that ε, over the curve's attacks."""
     among = curve_attacks(seeds)
     eps_values = sorted({eps for net in seeds.values() for eps in net.acc.get(STANDARD, {})})
-    return {eps: [w[0] for net in seeds.values() if (w := net.worst(STANDARD, eps, among)) is not None]
-            for eps in eps_values}
+    return {eps: _values(seeds, STANDARD, eps, among) for eps in eps_values}
 
 
 def floor_of(seeds: Mapping[Any, Network]) -> float:
