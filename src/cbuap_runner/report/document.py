@@ -8,7 +8,8 @@ claims' margins (claims.Thresholds) and which tables answer them. Every number i
 from the records. Besides one table per section (with the code versions behind its records) it draws the label
 entropy and the fooled-label entropy against the fooling rate (one point per run) and the clean against worst-case
 accuracy of each defence (mean ± std), it answers the paper's two claims in one sentence each from the rows, and it
-ends with what each section cost to run (the wall and training time its records give).
+ends with what each section cost to run (the wall and training time its records give) and, where a section plans
+more seeds (`seeds_to_run`), what is left to run and its estimated cost (report.left).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .claims import VERDICT_REASON, Thresholds, claim_balance, claim_defence, cl
 from .figures import defence_figure, frontier_figure
 from .formats import WallTime, fmt_duration, fmt_eps, format_cell, provenance_line, row_label, to_markdown, varying_keys, wall_time
 from .kinds import PARETO, STRENGTH
+from .left import left_lines, left_to_run, planned_seeds
 from .longer_run import longer_run_lines
 from .records import NoRecords, epoch_rows, load_records, metric, settings
 from .rows import build_rows, choose_tuned, mean_std
@@ -62,17 +64,18 @@ def write_document(manifest: str | Path, figures: bool = True, rows: Sequence[st
     lines = [f"# {spec['title']}", "", *spec["intro"], "", "Regenerate this document, its tables and figures from the "
              "committed records:", "", "```bash", f"python scripts/make_tables.py --document "
              f"{(build.base / manifest.name).relative_to(build.out_dir.parent)}", "```", ""]
-    body, tables, costs = [], {}, []
+    body, tables, costs, left = [], {}, [], []
     for section in spec["sections"]:
         text, tables[section["name"]], records = _section_text(build, section)
         body += text
         costs.append((section["title"], len(records), wall_time(records)))
+        left.append((section["title"], planned_seeds(section), left_to_run(section, records, build.rows)))
     if spec.get("frontiers"):
         body += ["## Fooling rate against label entropy and fooled-label entropy", ""]
     for frontier in spec.get("frontiers", []):
         body += _frontier_text(build, frontier)
     claims = _claim_lines(spec["claims"], tables, build.bar, _strength_claim_lines(build, spec))
-    write_text(doc, "\n".join([*lines, *claims, *body, *cost_lines(costs)]).rstrip() + "\n")
+    write_text(doc, "\n".join([*lines, *claims, *body, *cost_lines(costs), *left_lines(left)]).rstrip() + "\n")
     return doc
 
 
