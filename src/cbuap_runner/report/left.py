@@ -1,7 +1,7 @@
 """What is left to run: the runs a section still plans, and their cost estimated from the runs that did run.
 
 A section whose manifest entry names `seeds_to_run` (a list of seeds) plans every one of its rows on each of them:
-a row is the section's runs that share every row key but the seed (the record's own `rows`, else the section's).
+a row is the section's runs that share every row key but the seed (the section's `rows`, else the record's own).
 A planned (row, seed) with no completed record is left to run. Its cost is the median cost of the row's completed
 runs: a run's wall time where it ran in one attempt, else the training time it summed over every attempt; a row
 none of whose runs has such a cost gets no estimate, and the document says how many. The estimate is the pace of
@@ -58,14 +58,14 @@ def planned_seeds(section: Mapping[str, Any]) -> list[Any]:
 def left_to_run(section: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                 rows: Sequence[str] | None = None) -> list[Left]:
     """The rows of `records` with planned seeds no completed record holds, in the order the rows first appear;
-    `rows`: the row keys of records that name none (the section's own, else the command line's)."""
+    `rows`: the row keys where neither the section nor a record names any (the command line's)."""
     seeds = planned_seeds(section)
     if not seeds:
         return []
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     values: dict[tuple[str, ...], dict[str, Any]] = {}
     for record in records:
-        keys = [row_key(k) for k in (record.get("rows") or section.get("rows") or rows or []) if k != "seed"]
+        keys = [row_key(k) for k in (section.get("rows") or record.get("rows") or rows or []) if k != "seed"]
         if not keys:
             raise ValueError(f"section {section['name']}: seeds_to_run needs row keys (the records' `rows` or the "
                              "section's)")
