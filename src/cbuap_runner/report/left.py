@@ -87,7 +87,8 @@ def left_to_run(section: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
 
 def left_lines(sections: Sequence[tuple[str, Sequence[Any], Sequence[Left]]]) -> list[str]:
     """The document's closing part: per section that plans seeds (title, its seeds_to_run, what is left), the runs
-    left, their estimated cost and how many have none; then, folded, each row's seeds and cost per run."""
+    left, their estimated cost and how many have none; then, folded, each row's seeds and cost per run (the section
+    named on its first row)."""
     planned = [s for s in sections if s[1]]
     if not planned:
         return []
@@ -103,6 +104,6 @@ def left_lines(sections: Sequence[tuple[str, Sequence[Any], Sequence[Left]]]) ->
         total += known
         cost = fmt_duration(known) if runs > unknown else "–"
         lines.append(f"| {title} | {', '.join(map(str, seeds))} | {runs} | {cost} | {unknown} |")
-        detail += [f"| {title} | {row.label} | {', '.join(map(str, row.seeds))} | "
-                   f"{'–' if row.per_run is None else fmt_duration(row.per_run)} |" for row in left]
+        detail += [f"| {title if i == 0 else ''} | {row.label} | {', '.join(map(str, row.seeds))} | "
+                   f"{'–' if row.per_run is None else fmt_duration(row.per_run)} |" for i, row in enumerate(left)]
     return [*lines, "", f"In all: {fmt_duration(total)} of estimated runs.", "", *detail, "", "</details>", ""]
