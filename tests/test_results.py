@@ -278,3 +278,20 @@ def test_each_section_rows_hold_the_rows_of_the_tables_that_rerun_it():
         for table in tables:
             declared = OmegaConf.load(REPO / "conf" / "table" / f"{table}.yaml").rows
             assert set(declared) <= set(section["rows"]), (section["name"], table)
+
+
+def test_no_text_of_the_manifest_types_a_result():
+    """Prose carries no measured figure: a number printed as the tables print metrics (three or more decimals) in a
+    title, text or note of docs/results/document.json is a result typed by hand, and goes stale when records change."""
+    typed = re.compile(r"(?<![\d.])\d\.\d{3,}(?!\d)")
+
+    def strings(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict | list):
+            for child in node.values() if isinstance(node, dict) else node:
+                yield from strings(child)
+
+    manifest = json.loads((RESULTS / "document.json").read_text())
+    found = [(m.group(), text[max(0, m.start() - 40):m.end()]) for text in strings(manifest) for m in typed.finditer(text)]
+    assert not found
