@@ -242,10 +242,19 @@ def test_a_longer_schedule_is_read_against_the_shorter_seed_by_seed(tmp_path):
         row = {"epoch": 1, "val_acc": clean - 0.01, "train_loss": 1.0}
         (tmp_path / "records" / str(i) / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     text = write_document(manifest, figures=False).read_text()
-    assert "| natural | 1 | 182 | 0.880 | 0.870 | 364 | 0.890 | 0.880 | +1.0 |" in text
-    assert "| natural | 2 | 182 | 0.875 | 0.865 | 364 | 0.879 | 0.869 | +0.4 |" in text
+    assert "| natural | 1 | 182 | 0.880 | 0.870 | 364 | 0.890 | 0.880 | 0 | +1.0 |" in text
+    assert "| natural | 2 | 182 | 0.875 | 0.865 | 364 | 0.879 | 0.869 | 0 | +0.4 |" in text
     assert "| natural | 0 |" not in text and "| natural | 3 |" not in text  # a seed only one schedule ran
     assert "- natural, training.epochs 364 against 182: +0.7 [-3.1, +4.5] points of clean_acc over 2 paired seeds" in text
+    for shorter_val, shared in ((0.87, "1"), (0.5, "1 of another run")):  # equal first rows, or not
+        records = [_trained(*run) for run in runs]
+        records[3]["train_branched_from"] = {"epoch": 1, "path": "c.pt", "sha256": "b" * 64}  # seed 1, 364 epochs
+        manifest = _manifest(tmp_path / shared.replace(" ", "_"), records, section)
+        for i, val in ((1, shorter_val), (3, 0.87)):
+            row = {"epoch": 1, "val_acc": val, "train_loss": 1.0}
+            (manifest.parent / "records" / str(i) / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+        text = write_document(manifest, figures=False).read_text()
+        assert f"| natural | 1 | 182 | 0.880 | {shorter_val:.3f} | 364 | 0.890 | 0.870 | {shared} | +1.0 |" in text
     runs = runs[:3]
     manifest = _manifest(tmp_path / "short", [_trained(*run) for run in runs], section)
     assert "none yet: no run of a longer schedule has finished" in write_document(manifest, figures=False).read_text()

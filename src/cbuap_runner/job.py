@@ -128,6 +128,8 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         summary["wall_seconds"] = round(time.time() - t0, 3)
         if record.training_continued_from is not None:  # wall_seconds then counts this attempt's part only
             summary["train_continued_from"] = record.training_continued_from
+        if record.training_branched_from:  # its first epochs are another run's (branch_from)
+            summary["train_branched_from"] = record.training_branched_from
         if record.continued_code:  # a training or crafting state another code version wrote
             summary["continued_code"] = sorted(record.continued_code)
         if record.waited_seconds >= WAIT_WORTH_SAYING:  # part of wall_seconds that was not this run's work

@@ -80,7 +80,7 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
                                seed=cfg.seed)
     key = weights_key(cfg, data.fingerprint)
     run = TrainingRun(ctx.record, cfg.seed, ctx.device, lambda row: ctx.tracker.log(row, step=row["epoch"]), key,
-                      cfg.eval.batch_size)
+                      cfg.eval.batch_size, cfg.branch_from)
     result = fit(model, adversary, data, cfg.dataset, cfg.training, run)
     history = result.pop("history")
     if dist.world_size() > 1:
@@ -88,6 +88,8 @@ def train_model(ctx: Context, data: DataBundle) -> tuple[nn.Module, dict[str, An
         result["ddp_weights_identical"] = dist.same_on_all_ranks(list(model.state_dict().values()))
     stored = {"weights_key": key, "digest": digest(key), "identity": identity(key), "code": git_commit(),
               "data": data.fingerprint}
+    if ctx.record.training_branched_from:  # its first epochs were another run's (branch_from)
+        stored["branched_from"] = ctx.record.training_branched_from
     if not dist.is_main():  # rank 0 writes the file and the record; a rank's crafting state is keyed by the identity
         ctx.provenance["model"] = {"identity": stored["identity"], "source": "trained"}
     else:

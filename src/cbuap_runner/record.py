@@ -95,8 +95,10 @@ def _changed_input(provenance: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _without_resume(config: Any) -> Any:
-    return {k: v for k, v in config.items() if k != "resume"} if isinstance(config, dict) else config
+def _same_config(earlier: Any, current: dict[str, Any]) -> bool:
+    """Whether a record's resolved config is `current`, `resume` aside; a key one of them lacks counts as null (a
+    key a later code version added, left at its null default, does not make the run another)."""
+    return isinstance(earlier, dict) and all(key == "resume" for key, _, _ in differing_keys(earlier, current))
 
 
 class RunRecord:
@@ -105,6 +107,7 @@ class RunRecord:
     def __init__(self, run_dir: Path, resume: bool | str = "auto") -> None:
         self.run_dir, self.resume = Path(run_dir), resume
         self.training_continued_from: Optional[int] = None  # the epoch of the training checkpoint loaded, if any
+        self.training_branched_from: Optional[dict[str, Any]] = None  # another run's checkpoint it started from
         self.waited_seconds = 0.0  # spent waiting for another job to train the model this run needs
         self.continued_code: set[str] = set()  # other code versions whose training or crafting state it continued
         self._code: Optional[str] = None
@@ -142,7 +145,7 @@ class RunRecord:
             return None
         if not (isinstance(earlier, dict) and earlier.get("status") == "completed"):
             return None
-        if _without_resume(earlier.get("config")) != _without_resume(config):
+        if not _same_config(earlier.get("config"), config):
             return None
         changed = _changed_input(earlier.get("provenance") or {})
         if changed:
@@ -197,7 +200,8 @@ class RunRecord:
 
     def save_training(self, **state: Any) -> None:
         """Write checkpoint.pt atomically (model, optimiser, scheduler, adversary, epoch, history, key) with RNG."""
-        torch_save({**state, "rng": rng_states(), "code": self.code}, self.run_dir / CHECKPOINT)
+        branch = {"branch": self.training_branched_from} if self.training_branched_from else {}
+        torch_save({**state, **branch, "rng": rng_states(), "code": self.code}, self.run_dir / CHECKPOINT)
 
     def training_checkpoint(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
         """The checkpoint to continue training from: none for resume=false or before the first epoch ended;
@@ -215,7 +219,16 @@ class RunRecord:
         self.check_same(blob.get("config"), key, path, "trained")
         self.training_continued_from = int(blob["epoch"])
         self.note_code(blob.get("code"), path)
+        if blob.get("branch"):  # an interrupted branch: its first epochs are still the other run's
+            self.branched(blob["branch"])
         return blob
+
+    def branched(self, branch: dict[str, Any]) -> None:
+        """Training started from another run's checkpoint (training/branch.py: its path, sha256, epoch, code): the
+        record and every later checkpoint of this run say so."""
+        self.training_branched_from = branch
+        self.training_continued_from = self.training_continued_from or branch["epoch"]
+        self.note_code(branch.get("code"), Path(branch["path"]))
 
     # ------------------------------------------------------------ crafting states
 
@@ -242,12 +255,15 @@ class RunRecord:
         """Refuse to continue a state written under settings that differ from this run's."""
         if stored is None:  # a checkpoint from before settings were recorded
             return
-        old, new = _flatten(stored), _flatten(current)
-        for key in sorted(old.keys() | new.keys()):
-            if old.get(key) != new.get(key):
-                raise UserError(f"{key}={new.get(key)!r}: {path} was {verb} with {key}={old.get(key)!r}; resume="
-                                f"{self.label} continues it only under the same settings: keep them, or "
-                                f"{self.afresh_hint}")
+        for key, old, new in differing_keys(stored, current)[:1]:
+            raise UserError(f"{key}={new!r}: {path} was {verb} with {key}={old!r}; resume={self.label} continues "
+                            f"it only under the same settings: keep them, or {self.afresh_hint}")
+
+
+def differing_keys(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two nested settings differ, in key order."""
+    a, b = _flatten(old), _flatten(new)
+    return [(key, a.get(key), b.get(key)) for key in sorted(a.keys() | b.keys()) if a.get(key) != b.get(key)]
 
 
 def sparse_matrix(matrix: list[list[int]]) -> list[list[int]]:

@@ -9,6 +9,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Optional
 
 from omegaconf import II, MISSING
@@ -312,6 +313,9 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     perturbation: Optional[str] = None  # task=evaluate: a perturbation.pt to evaluate
     resume: Any = "auto"  # auto | true | false (a bool or "auto"; OmegaConf 2.3 has no Union[bool, str])
+    # a checkpoint.pt of a run that differs from this one only in training.epochs: training starts from it, where
+    # their learning rates agree up to its epoch, instead of from epoch 1 (training/branch.py); not in the weights key
+    branch_from: Optional[str] = None
     checkpoint_images: int = 2000  # crafting saves its state after every pass and every this many images (0: passes only)
     cache_dir: str = "outputs/cache"
     progress: Progress = Progress.auto
@@ -386,6 +390,8 @@ def validate(cfg: Config) -> None:
         fail("device", cfg.device, "must be auto, cpu, cuda or cuda:N")
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
         fail("resume", cfg.resume, "must be auto, true or false")
+    if cfg.branch_from is not None and not Path(cfg.branch_from).expanduser().is_file():
+        fail("branch_from", cfg.branch_from, "no such file (a training run's checkpoint.pt)")
     for group, schemas in option_schemas().items():
         check_schema(group, getattr(cfg, group), schemas, group)
     cfg.dataset.check()

@@ -4,7 +4,9 @@ A section whose manifest entry names `longer_run` (the row key of the schedule's
 each completed row with every completed row that shares its other row keys and trained longer, seed by seed: each
 run's test accuracy and final validation accuracy, and what the longer run gained. Only seeds both rows ran are
 paired, so the gain is never a difference of means over other seeds. The mean gain over the paired seeds and its
-95 % t-interval follow where two or more seeds pair.
+95 % t-interval follow where two or more seeds pair. A longer run that started from a checkpoint of the shorter one
+(`branch_from`: its record's `train_branched_from`) shares its first epochs with it; the table says how many, once
+the two runs' rows up to there are equal ("of another run" where they are not).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .records import epoch_rows, hashable, metric
 from .significance import paired
 
 METRIC = "clean_acc"
+CURVE = ("epoch", "train_loss", "train_acc", "val_acc")  # what a shared epoch's rows agree on (not its rate or time)
 
 
 def _final_val_acc(record: Mapping[str, Any]) -> float | None:
@@ -38,6 +41,17 @@ def _pairs(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key: str
     return sorted(pairs, key=lambda p: (p[0][key], p[1][key]))
 
 
+def _shared_epochs(shorter: Mapping[str, Any], longer: Mapping[str, Any]) -> str:
+    """How many first epochs the longer run took from the shorter one's checkpoint (0 where it trained them all)."""
+    branch = longer.get("train_branched_from")
+    if not isinstance(branch, Mapping):
+        return "0"
+    n = int(branch["epoch"])
+    same = [[row.get(k) for k in CURVE] for row in epoch_rows(shorter)[:n]] == [
+        [row.get(k) for k in CURVE] for row in epoch_rows(longer)[:n]]
+    return f"{n}" if same and len(epoch_rows(shorter)) >= n else f"{n} of another run"
+
+
 def _cell(value: float | None) -> str:
     return format_cell((value, None, 1))
 
@@ -54,7 +68,8 @@ def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key
     varying = varying_keys([k for k in keys if k != key], [r for r in rows if r["status"] == "completed"],
                            skip=("task", "dataset", "model"))
     lines = [intro, "", f"| row | seed | {key} | {METRIC} | final val_acc | {key} (longer) | {METRIC} (longer) | "
-             f"final val_acc (longer) | {METRIC} gained (points) |", "|---|---|---|---|---|---|---|---|---|"]
+             f"final val_acc (longer) | epochs shared | {METRIC} gained (points) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for short, long in pairs:
         label = row_label(short, varying)
@@ -63,10 +78,12 @@ def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key
             a, b = metric(shorter[seed], METRIC), metric(longer[seed], METRIC)
             gain = "–" if a is None or b is None else f"{100 * (b - a):+.1f}"
             lines.append(f"| {label} | {seed} | {short[key]} | {_cell(a)} | {_cell(_final_val_acc(shorter[seed]))} | "
-                         f"{long[key]} | {_cell(b)} | {_cell(_final_val_acc(longer[seed]))} | {gain} |")
+                         f"{long[key]} | {_cell(b)} | {_cell(_final_val_acc(longer[seed]))} | "
+                         f"{_shared_epochs(shorter[seed], longer[seed])} | {gain} |")
         gained = paired(short, long, METRIC)
         what = f"- {label}, {key} {long[key]} against {short[key]}"
         notes.append(f"{what}: no seed ran both." if gained is None else
                      f"{what}: {gained.text(scale=100, digits=1)} points of {METRIC} over {gained.n} paired "
                      f"seed{'s' * (gained.n != 1)}{'' if gained.low is None else ' (95 % t-interval)'}.")
-    return [*lines, "", *notes, ""]
+    shared = "`epochs shared`: the first epochs the longer run took from a checkpoint of the shorter one (branch_from)."
+    return [*lines, "", shared, "", *notes, ""]

@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from ..progress import progress_bar
 from ..record import CHECKPOINT, RunRecord, set_rng_states
 from ..schema import DatasetConfig, TrainingConfig
 from .adversary import Adversary
+from .branch import branch_state
 from .schedule import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def _autocast(device: torch.device, enabled: bool):
 class TrainingRun:
     """Where a training run keeps its record and how it goes besides its settings: the run's record (checkpoint.pt,
     metrics.jsonl), the seed, the device, where each epoch's row goes, the weights key a checkpoint is continued
-    under (provenance.weights_key: the settings and the data fingerprint) and the evaluation batch size."""
+    under (provenance.weights_key: the settings and the data fingerprint), the evaluation batch size and the
+    checkpoint of another run's schedule to branch from (training/branch.py)."""
 
     record: RunRecord
     seed: int
@@ -49,6 +51,7 @@ class TrainingRun:
     log_metrics: Callable[[dict], None]
     key: dict[str, Any]
     eval_batch_size: int = 500
+    branch_from: Optional[str] = None  # another run's checkpoint.pt to start from (branch.py) when there is no own
 
 
 def train_one_epoch(model: nn.Module, adversary: Adversary, data: DataBundle, dataset: DatasetConfig,
@@ -100,12 +103,16 @@ def distribute(model: nn.Module, device: torch.device) -> nn.Module:
 def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dataset: DatasetConfig, cfg: TrainingConfig,
         run: TrainingRun) -> dict[str, Any]:
     """Train for cfg.epochs with a checkpoint after every epoch; returns the final metrics. A checkpoint in the run's
-    record is continued (record.RunRecord.training_checkpoint: per its resume mode, under the same weights key)."""
+    record is continued (record.RunRecord.training_checkpoint: per its resume mode, under the same weights key);
+    without one, run.branch_from's (branch.py), where it names one."""
     steps = num_batches(len(data.train), cfg.batch_size, drop_last=True)
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
     record = run.record
     ckpt = record.training_checkpoint(run.key)
+    if ckpt is None and run.branch_from:
+        ckpt = branch_state(run.branch_from, run.key, cfg, steps)
+        record.branched(ckpt["branch"])
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
