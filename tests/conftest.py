@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cbuap_runner.job import to_config
-from helpers import compose_config, run_cli
+from cbuap_runner.job import run_job, to_config
+from helpers import FAST, compose_config, run_cli
 
 # One thread per process, here and in every subprocess (they inherit the environment): the suite runs subprocesses
 # and parallel sweep jobs on small machines, where several multi-threaded BLAS pools competing for the same cores
@@ -42,5 +42,16 @@ def cli(tmp_path):
         counter["n"] += 1
         run_dir = tmp_path / f"run{counter['n']}"
         return run_cli(args, run_dir, cache_dir=tmp_path / "cache", **kw), run_dir
+
+    return _run
+
+
+@pytest.fixture
+def job(compose_cfg, tmp_path):
+    """run_job in-process, as the CLI would call it (caches under tmp_path)."""
+
+    def _run(run_dir: Path, overrides: list[str]):
+        overrides = [*FAST, f"cache_dir={tmp_path / 'cache'}", *overrides]
+        return run_job(compose_cfg(overrides), run_dir, overrides, False, None)
 
     return _run

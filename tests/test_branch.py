@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from cbuap_runner.errors import UserError
-from cbuap_runner.job import run_job
 from cbuap_runner.provenance import file_sha256
 from cbuap_runner.training.branch import first_other_rate
-from helpers import FAST
 from test_resume import STEPS, assert_same_weights, interrupt_after, rows, summary
 
 # a step schedule decays at half and three quarters of the run: a 4-epoch run first at epoch 2's end, an 8-epoch
@@ -24,15 +22,6 @@ STEP = ["task=train", "dataset=synthetic", "model=small_cnn", "training.batch_si
         "eval.num_images=64", "eval.batch_size=64"]
 SHORT, LONG = [*STEP, "training.epochs=4"], [*STEP, "training.epochs=8"]
 UNTIMED = ("time", "epoch_seconds")
-
-
-@pytest.fixture
-def job(compose_cfg, tmp_path):
-    def _run(run_dir: Path, overrides: list[str]):
-        overrides = [*FAST, f"cache_dir={tmp_path / run_dir.name / 'cache'}", *overrides]
-        return run_job(compose_cfg(overrides), run_dir, overrides, False, None)
-
-    return _run
 
 
 @pytest.fixture

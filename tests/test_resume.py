@@ -77,17 +77,6 @@ def assert_completed(run_dir: Path) -> None:
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == EPOCHS
 
 
-@pytest.fixture
-def job(compose_cfg, tmp_path):
-    """run_job in-process, as the CLI would call it (caches under tmp_path)."""
-
-    def _run(run_dir: Path, overrides: list[str]):
-        overrides = [*FAST, f"cache_dir={tmp_path / 'cache'}", *overrides]
-        return run_job(compose_cfg(overrides), run_dir, overrides, False, None)
-
-    return _run
-
-
 def interrupt_after(monkeypatch, iterations: int) -> None:
     """Make the next training run stop (KeyboardInterrupt, as Ctrl-C) in its iteration `iterations` + 1, before its
     optimiser step: the defence's loss raises once it was asked for `iterations` batches."""
