@@ -5,7 +5,6 @@ naming the checkpoint; a checkpoint past the point where the schedules part, or 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from cbuap_runner.errors import UserError
 from cbuap_runner.provenance import file_sha256
+from cbuap_runner.report.formats import wall_time
 from cbuap_runner.training.branch import first_other_rate
 from test_resume import STEPS, assert_same_weights, interrupt_after, rows, summary
 
@@ -25,15 +25,12 @@ UNTIMED = ("time", "epoch_seconds")
 
 
 @pytest.fixture
-def epoch2(job, tmp_path, monkeypatch):
-    """The checkpoint a 4-epoch run keeps after its epoch 2 (the run stopped in epoch 3), copied aside."""
-    with monkeypatch.context() as m:
-        interrupt_after(m, 2 * STEPS + 1)
-        with pytest.raises(KeyboardInterrupt):
-            job(tmp_path / "short", SHORT)
-    kept = tmp_path / "short_epoch2.pt"
-    shutil.copyfile(tmp_path / "short" / "checkpoint.pt", kept)
+def epoch2(job, tmp_path):
+    """The checkpoint a 4-epoch run keeps after its epoch 2 (keep_checkpoints); its checkpoint.pt holds epoch 4."""
+    job(tmp_path / "short", [*SHORT, "keep_checkpoints=[2]"])
+    kept = tmp_path / "short" / "checkpoint_epoch2.pt"
     assert torch.load(kept, weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "short" / "checkpoint.pt", weights_only=True)["epoch"] == 4
     return kept
 
 
@@ -54,14 +51,22 @@ def test_a_branch_ends_as_the_run_trained_from_epoch_1_and_its_record_names_its_
     assert untimed(branch) == untimed(tmp_path / "long")  # the inherited rows say this run's rates
     record = summary(branch)
     source = {"path": str(epoch2), "sha256": file_sha256(epoch2), "epoch": 2, "epochs": 4,
-              "code": record["git_commit"]}
+              "train_seconds": torch.load(epoch2, weights_only=True)["train_seconds"], "code": record["git_commit"]}
     assert record["status"] == "completed" and record["train_branched_from"] == source
     assert record["train_continued_from"] == 3
     assert torch.load(branch / "model.pt", weights_only=True)["provenance"]["branched_from"] == source
 
+    kept = (branch / "run_summary.json").read_bytes()  # relaunched with or without branch_from: kept as it is
+    job(branch, LONG)
+    assert (branch / "run_summary.json").read_bytes() == kept
+    short, long = summary(tmp_path / "short"), summary(tmp_path / "long")
+    timed = wall_time([short, record]).training  # the shared epochs count once, as the shorter run's
+    assert timed == pytest.approx(short["metrics"]["train_seconds"] + record["metrics"]["train_seconds"]
+                                  - source["train_seconds"])
+    assert wall_time([short, long]).training == short["metrics"]["train_seconds"] + long["metrics"]["train_seconds"]
+
 
 def test_a_checkpoint_past_the_point_where_the_schedules_part_is_refused(job, epoch2, tmp_path):
-    job(tmp_path / "short", SHORT)  # the interrupted 4-epoch run finishes: its checkpoint holds epoch 4
     with pytest.raises(UserError, match=r"^branch_from=.*from epoch 3 \(step 12\), before its epoch 4 ended; "
                                         r"branch from a checkpoint of epoch 2 or earlier"):
         job(tmp_path / "branch", [*LONG, f"branch_from={tmp_path / 'short' / 'checkpoint.pt'}"])
@@ -83,6 +88,8 @@ def test_a_missing_source_is_refused_before_any_work(job, tmp_path):
     with pytest.raises(UserError, match=r"^branch_from='.*nowhere.pt': no such file"):
         job(tmp_path / "branch", [*LONG, f"branch_from={tmp_path / 'nowhere.pt'}"])
     assert not (tmp_path / "branch" / "checkpoint.pt").exists()
+    with pytest.raises(UserError, match=r"^keep_checkpoints=\[0\]: each must be an epoch number, 1 or more"):
+        job(tmp_path / "keep", [*LONG, "keep_checkpoints=[0]"])
 
 
 def test_a_record_written_before_a_null_key_existed_is_still_a_completed_run_of_the_config(job, tmp_path):

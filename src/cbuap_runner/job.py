@@ -93,7 +93,7 @@ def run_job(dcfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
     tracker, status, ctx = None, "failed", None
     try:
         cfg = to_config(dcfg)
-        record.resume = cfg.resume
+        record.resume, record.keep_epochs = cfg.resume, set(cfg.keep_checkpoints or ())
         if cfg.resume is True and not earlier_run:  # resume=auto starts afresh where nothing ran before
             raise UserError(f"resume=true: {run_dir} holds no earlier run to resume; pass hydra.run.dir=<the "
                             "interrupted run's directory>, or leave resume=auto to start afresh")

@@ -4,7 +4,8 @@ A run directory holds:
 - `run_summary.json`: what ran and how it ended; written when the job starts ("running") and when it ends.
 - `metrics.jsonl`: one row per epoch and per crafting pass (the local tracker appends them).
 - `checkpoint.pt`: training's state after its last finished epoch (model, optimiser, scheduler, the defence's
-  adversary, RNG, history) under the weights key it was trained for.
+  adversary, RNG, history) under the weights key it was trained for; `checkpoint_epoch<N>.pt`: a copy of it as it
+  was after epoch N, for each N of `keep_checkpoints`.
 - `crafting/<attack>.pt`: an attack's crafting state after its last pass and every `checkpoint_images` images within
   a pass (δ, the step's and the objective's state, the position in the pass and its order, the generator, the
   stopping rule's history) under the key of what it crafts (the attack's config, the network, the data, the seed).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -40,6 +42,11 @@ INLINE_CLASSES = 20  # up to this many classes, per-class lists stay in run_summ
 TRAINING_STATE = ("model", "optimizer", "scheduler", "adversary", "rng", "epoch", "history", "train_seconds")
 
 
+def kept_checkpoint(epoch: int) -> str:
+    """The name of the copy of checkpoint.pt kept after `epoch` (keep_checkpoints)."""
+    return f"checkpoint_epoch{epoch}.pt"
+
+
 def rng_states() -> dict[str, Any]:
     states = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -49,8 +56,8 @@ def rng_states() -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if "cuda" in states and torch.cuda.is_available():  # (a state from a machine with more GPUs: this one's share)
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -95,10 +102,13 @@ def _changed_input(provenance: dict[str, Any]) -> Optional[str]:
     return None
 
 
+STARTING_KEYS = ("resume", "branch_from", "keep_checkpoints")  # where a run starts and what it keeps, not what it is
+
+
 def _same_config(earlier: Any, current: dict[str, Any]) -> bool:
-    """Whether a record's resolved config is `current`, `resume` aside; a key one of them lacks counts as null (a
-    key a later code version added, left at its null default, does not make the run another)."""
-    return isinstance(earlier, dict) and all(key == "resume" for key, _, _ in differing_keys(earlier, current))
+    """Whether a record's resolved config is `current`, STARTING_KEYS aside; a key one of them lacks counts as null
+    (a key a later code version added, left at its null default, does not make the run another)."""
+    return isinstance(earlier, dict) and all(key in STARTING_KEYS for key, _, _ in differing_keys(earlier, current))
 
 
 class RunRecord:
@@ -108,6 +118,7 @@ class RunRecord:
         self.run_dir, self.resume = Path(run_dir), resume
         self.training_continued_from: Optional[int] = None  # the epoch of the training checkpoint loaded, if any
         self.training_branched_from: Optional[dict[str, Any]] = None  # another run's checkpoint it started from
+        self.keep_epochs: set[int] = set()  # epochs whose checkpoint is also kept as checkpoint_epoch<N>.pt
         self.waited_seconds = 0.0  # spent waiting for another job to train the model this run needs
         self.continued_code: set[str] = set()  # other code versions whose training or crafting state it continued
         self._code: Optional[str] = None
@@ -202,6 +213,9 @@ class RunRecord:
         """Write checkpoint.pt atomically (model, optimiser, scheduler, adversary, epoch, history, key) with RNG."""
         branch = {"branch": self.training_branched_from} if self.training_branched_from else {}
         torch_save({**state, **branch, "rng": rng_states(), "code": self.code}, self.run_dir / CHECKPOINT)
+        if state["epoch"] in self.keep_epochs:  # e.g. for a longer schedule to branch from (training/branch.py)
+            with atomic_path(self.run_dir / kept_checkpoint(state["epoch"])) as tmp:
+                shutil.copyfile(self.run_dir / CHECKPOINT, tmp)
 
     def training_checkpoint(self, key: dict[str, Any]) -> Optional[dict[str, Any]]:
         """The checkpoint to continue training from: none for resume=false or before the first epoch ended;
@@ -210,7 +224,7 @@ class RunRecord:
         if self.resume is False or not path.exists():
             if self.resume is True:
                 log.warning("resume=true: no %s in %s (interrupted before the first epoch ended); starting from "
-                            "epoch 1", CHECKPOINT, self.run_dir)
+                            "epoch 1, or branch_from's", CHECKPOINT, self.run_dir)
             return None
         blob = safe_torch_load(path, "resume")
         if not isinstance(blob, dict) or any(k not in blob for k in TRAINING_STATE):

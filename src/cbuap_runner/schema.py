@@ -316,6 +316,7 @@ class Config:
     # a checkpoint.pt of a run that differs from this one only in training.epochs: training starts from it, where
     # their learning rates agree up to its epoch, instead of from epoch 1 (training/branch.py); not in the weights key
     branch_from: Optional[str] = None
+    keep_checkpoints: Optional[List[int]] = None  # epochs whose checkpoint.pt is also kept, as checkpoint_epoch<N>.pt
     checkpoint_images: int = 2000  # crafting saves its state after every pass and every this many images (0: passes only)
     cache_dir: str = "outputs/cache"
     progress: Progress = Progress.auto
@@ -391,7 +392,8 @@ def validate(cfg: Config) -> None:
     if not (isinstance(cfg.resume, bool) or cfg.resume == "auto"):
         fail("resume", cfg.resume, "must be auto, true or false")
     if cfg.branch_from is not None and not Path(cfg.branch_from).expanduser().is_file():
-        fail("branch_from", cfg.branch_from, "no such file (a training run's checkpoint.pt)")
+        fail("branch_from", cfg.branch_from, "no such file: give a training run's checkpoint.pt (a run that has a "
+             "checkpoint.pt of its own no longer reads it: drop branch_from to continue that)")
     for group, schemas in option_schemas().items():
         check_schema(group, getattr(cfg, group), schemas, group)
     cfg.dataset.check()
@@ -404,6 +406,9 @@ def validate(cfg: Config) -> None:
         fail("attack.start", cfg.attack.start, f"task={cfg.task} crafts from no given start; task=attack reads it")
     _validate_rows(cfg)
     non_negative("checkpoint_images", cfg.checkpoint_images)
+    for epoch in cfg.keep_checkpoints or ():  # (one past the run's end is never reached: a table sweeps lengths)
+        if not (isinstance(epoch, int) and epoch >= 1):
+            fail("keep_checkpoints", list(cfg.keep_checkpoints), "each must be an epoch number, 1 or more")
     positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.num_images is not None:
         positive("eval.num_images", cfg.eval.num_images)

@@ -45,12 +45,19 @@ class WallTime:
     timed: int
     partial: int
     training: float  # the training time of the runs that trained a network, summed over every attempt of each
-    trained: int
+    trained: int  # (a branched run's epochs that another run trained are that run's, counted once)
+
+
+def _branched_seconds(record: Mapping[str, Any]) -> float:
+    """The training seconds a run took over with the checkpoint it branched from (branch_from), else 0."""
+    branch = record.get("train_branched_from")
+    seconds = branch.get("train_seconds") if isinstance(branch, Mapping) else None
+    return float(seconds) if isinstance(seconds, (int, float)) else 0.0
 
 
 def wall_time(records: Sequence[Mapping[str, Any]]) -> WallTime:
     seconds = [s for s in (metric(r, "wall_seconds") for r in records) if s is not None]
-    training = [s for s in (metric(r, "train_seconds") for r in records) if s is not None]
+    training = [s - _branched_seconds(r) for r in records if (s := metric(r, "train_seconds")) is not None]
     return WallTime(sum(seconds), len(seconds), sum(measured_in_part(r, "wall_seconds") for r in records),
                     sum(training), len(training))
 

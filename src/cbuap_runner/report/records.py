@@ -20,7 +20,7 @@ IDENTITY_FIELDS = ("task", "dataset", "model", "attack", "training")
 # (branch_from: where training started, as resume is; the run ends as one trained from epoch 1, and its record's
 # train_branched_from says so)
 HARMLESS_ROOTS = {"seed", "hydra", "logger", "device", "progress", "cache_dir", "resume", "branch_from",
-                  "checkpoint_images", "deterministic", "rows"}
+                  "keep_checkpoints", "checkpoint_images", "deterministic", "rows"}
 HARMLESS_KEYS = {"dataset.download", "eval.save_predictions", "model.channels_last", "model.compile"}
 # tasks that read no `attack.*` key: training, and evaluating a stored perturbation (its attack is the file's)
 TASKS_WITHOUT_ATTACK = ("train", "evaluate")

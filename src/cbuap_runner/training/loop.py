@@ -109,22 +109,25 @@ def fit(model: nn.Module, adversary: Adversary, data: DataBundle, dataset: Datas
     opt, sched = make_optimizer(model, cfg, steps * cfg.epochs)
     start_epoch, history, elapsed = 0, [], 0.0
     record = run.record
-    ckpt = record.training_checkpoint(run.key)
+    ckpt, branched = record.training_checkpoint(run.key), False
     if ckpt is None and run.branch_from:
-        ckpt = branch_state(run.branch_from, run.key, cfg, steps)
+        ckpt, branched = branch_state(run.branch_from, run.key, cfg, steps), True
         record.branched(ckpt["branch"])
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as ex:
-            raise UserError(f"resume={record.label}: {record.run_dir / CHECKPOINT} holds the weights of another "
-                            f"model; resume with the same model=, or {record.afresh_hint}") from ex
+            origin = (f"branch_from={run.branch_from}: it" if branched else
+                      f"resume={record.label}: {record.run_dir / CHECKPOINT}")
+            raise UserError(f"{origin} holds the weights of another model; use the same model=, or "
+                            f"{record.afresh_hint}") from ex
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         adversary.load_state_dict(ckpt["adversary"])
         set_rng_states(ckpt["rng"])
         start_epoch, history, elapsed = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["train_seconds"])
-        log.info("resuming from epoch %d of %d in %s", start_epoch, cfg.epochs, record.run_dir)
+        if not branched:  # (branch_state logs a branch)
+            log.info("resuming from epoch %d of %d in %s", start_epoch, cfg.epochs, record.run_dir)
     if dist.is_main():  # a fresh start (epoch 0) drops the rows of an earlier attempt in this directory too
         logged = record.rewind_metrics(start_epoch)
         for row in history:  # killed between the checkpoint and its metrics row
