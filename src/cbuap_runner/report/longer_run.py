@@ -47,9 +47,8 @@ def _shared_epochs(shorter: Mapping[str, Any], longer: Mapping[str, Any]) -> str
     if not isinstance(branch, Mapping):
         return "0"
     n = int(branch["epoch"])
-    same = [[row.get(k) for k in CURVE] for row in epoch_rows(shorter)[:n]] == [
-        [row.get(k) for k in CURVE] for row in epoch_rows(longer)[:n]]
-    return f"{n}" if same and len(epoch_rows(shorter)) >= n else f"{n} of another run"
+    first, branched = ([[row.get(k) for k in CURVE] for row in epoch_rows(r)[:n]] for r in (shorter, longer))
+    return f"{n}" if len(first) == n and first == branched else f"{n} of another run"
 
 
 def _cell(value: float | None) -> str:
