@@ -66,6 +66,17 @@ def test_a_branch_ends_as_the_run_trained_from_epoch_1_and_its_record_names_its_
     assert wall_time([short, long]).training == short["metrics"]["train_seconds"] + long["metrics"]["train_seconds"]
 
 
+def test_a_shorter_schedule_branches_from_a_longer_run_before_it_decays(job, tmp_path):
+    job(tmp_path / "long", [*LONG, "keep_checkpoints=[2]"])  # the 8-epoch run's epoch 2: both still at the first rate
+    kept = tmp_path / "long" / "checkpoint_epoch2.pt"
+    job(tmp_path / "short", SHORT)
+    job(tmp_path / "branch", [*SHORT, f"branch_from={kept}"])
+    assert_same_weights(tmp_path / "short" / "model.pt", tmp_path / "branch" / "model.pt")
+    assert untimed(tmp_path / "branch") == untimed(tmp_path / "short")
+    branched = summary(tmp_path / "branch")["train_branched_from"]
+    assert (branched["epoch"], branched["epochs"]) == (2, 8)
+
+
 def test_a_checkpoint_past_the_point_where_the_schedules_part_is_refused(job, epoch2, tmp_path):
     with pytest.raises(UserError, match=r"^branch_from=.*from epoch 3 \(step 12\), before its epoch 4 ended; "
                                         r"branch from a checkpoint of epoch 2 or earlier"):

@@ -4,9 +4,10 @@ A section whose manifest entry names `longer_run` (the row key of the schedule's
 each completed row with every completed row that shares its other row keys and trained longer, seed by seed: each
 run's test accuracy and final validation accuracy, and what the longer run gained. Only seeds both rows ran are
 paired, so the gain is never a difference of means over other seeds. The mean gain over the paired seeds and its
-95 % t-interval follow where two or more seeds pair. A longer run that started from a checkpoint of the shorter one
-(`branch_from`: its record's `train_branched_from`) shares its first epochs with it; the table says how many, once
-the two runs' rows up to there are equal ("of another run" where they are not).
+95 % t-interval follow where two or more seeds pair. A run that started from a checkpoint of the other (`branch_from`:
+its record's `train_branched_from`; a longer run from the shorter one's, or a shorter one from the longer one's
+before its schedule decays), or two runs that both started from checkpoints of a third, share their first epochs;
+the table says how many, once the two runs' rows up to there are equal ("of another run" where they are not).
 """
 
 from __future__ import annotations
@@ -41,12 +42,18 @@ def _pairs(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key: str
     return sorted(pairs, key=lambda p: (p[0][key], p[1][key]))
 
 
+def _branch_epoch(record: Mapping[str, Any]) -> int | None:
+    branch = record.get("train_branched_from")
+    return int(branch["epoch"]) if isinstance(branch, Mapping) else None
+
+
 def _shared_epochs(shorter: Mapping[str, Any], longer: Mapping[str, Any]) -> str:
-    """How many first epochs the longer run took from the shorter one's checkpoint (0 where it trained them all)."""
-    branch = longer.get("train_branched_from")
-    if not isinstance(branch, Mapping):
+    """How many first epochs the two runs share: those one took from a checkpoint of the other, or both from one
+    run's (the fewer where both branched); 0 where each trained them all."""
+    epochs = [n for n in (_branch_epoch(shorter), _branch_epoch(longer)) if n is not None]
+    if not epochs:
         return "0"
-    n = int(branch["epoch"])
+    n = min(epochs)
     first, branched = ([[row.get(k) for k in CURVE] for row in epoch_rows(r)[:n]] for r in (shorter, longer))
     return f"{n}" if len(first) == n and first == branched else f"{n} of another run"
 
@@ -84,5 +91,6 @@ def longer_run_lines(keys: Sequence[str], rows: Sequence[Mapping[str, Any]], key
         notes.append(f"{what}: no seed ran both." if gained is None else
                      f"{what}: {gained.text(scale=100, digits=1)} points of {METRIC} over {gained.n} paired "
                      f"seed{'s' * (gained.n != 1)}{'' if gained.low is None else ' (95 % t-interval)'}.")
-    shared = "`epochs shared`: the first epochs the longer run took from a checkpoint of the shorter one (branch_from)."
+    shared = ("`epochs shared`: the first epochs the pair shares, taken from a checkpoint of one of them, or of a "
+              "third run, by the other or by both (branch_from).")
     return [*lines, "", shared, "", *notes, ""]
