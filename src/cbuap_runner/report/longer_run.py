@@ -54,8 +54,8 @@ def _shared_epochs(shorter: Mapping[str, Any], longer: Mapping[str, Any]) -> str
     if not epochs:
         return "0"
     n = min(epochs)
-    first, branched = ([[row.get(k) for k in CURVE] for row in epoch_rows(r)[:n]] for r in (shorter, longer))
-    return f"{n}" if len(first) == n and first == branched else f"{n} of another run"
+    curves = [[[row.get(k) for k in CURVE] for row in epoch_rows(r)[:n]] for r in (shorter, longer)]
+    return f"{n}" if len(curves[0]) == n and curves[0] == curves[1] else f"{n} of another run"
 
 
 def _cell(value: float | None) -> str:
