@@ -73,8 +73,9 @@ def test_a_shorter_schedule_branches_from_a_longer_run_before_it_decays(job, tmp
     job(tmp_path / "branch", [*SHORT, f"branch_from={kept}"])
     assert_same_weights(tmp_path / "short" / "model.pt", tmp_path / "branch" / "model.pt")
     assert untimed(tmp_path / "branch") == untimed(tmp_path / "short")
-    branched = summary(tmp_path / "branch")["train_branched_from"]
-    assert (branched["epoch"], branched["epochs"]) == (2, 8)
+    record = summary(tmp_path / "branch")  # it trained epochs 3-4 only, from the 8-epoch run's epoch 2
+    assert record["train_continued_from"] == 2
+    assert (record["train_branched_from"]["epoch"], record["train_branched_from"]["epochs"]) == (2, 8)
 
 
 def test_a_checkpoint_past_the_point_where_the_schedules_part_is_refused(job, epoch2, tmp_path):

@@ -246,12 +246,15 @@ def test_a_longer_schedule_is_read_against_the_shorter_seed_by_seed(tmp_path):
     assert "| natural | 2 | 182 | 0.875 | 0.865 | 364 | 0.879 | 0.869 | 0 | +0.4 |" in text
     assert "| natural | 0 |" not in text and "| natural | 3 |" not in text  # a seed only one schedule ran
     assert "- natural, training.epochs 364 against 182: +0.7 [-3.1, +4.5] points of clean_acc over 2 paired seeds" in text
-    # seed 1: the 364-epoch run branched from the 182-epoch one (equal first rows, or not), or the 182-epoch run
-    # from the 364-epoch one before its schedule decays
-    for branched, shorter_val, shared in ((3, 0.87, "1"), (3, 0.5, "1 of another run"), (1, 0.87, "1")):
+    # seed 1 (records 1: 182 epochs, 3: 364), {record: the epoch it branched at}: the 364-epoch run from the
+    # 182-epoch one (equal first rows, or not), the 182-epoch run from the 364-epoch one before its schedule decays,
+    # or both from a third run (they share the fewer epochs)
+    cases = (({3: 1}, 0.87, "1"), ({3: 1}, 0.5, "1 of another run"), ({1: 1}, 0.87, "1"), ({1: 1, 3: 2}, 0.87, "1"))
+    for case, (branched, shorter_val, shared) in enumerate(cases):
         records = [_trained(*run) for run in runs]
-        records[branched]["train_branched_from"] = {"epoch": 1, "path": "c.pt", "sha256": "b" * 64}
-        manifest = _manifest(tmp_path / f"{branched}_{shared.replace(' ', '_')}", records, section)
+        for i, epoch in branched.items():
+            records[i]["train_branched_from"] = {"epoch": epoch, "path": "c.pt", "sha256": "b" * 64}
+        manifest = _manifest(tmp_path / f"case{case}", records, section)
         for i, val in ((1, shorter_val), (3, 0.87)):
             row = {"epoch": 1, "val_acc": val, "train_loss": 1.0}
             (manifest.parent / "records" / str(i) / "metrics.jsonl").write_text(json.dumps(row) + "\n")
