@@ -199,6 +199,14 @@ def test_the_document_ends_with_what_is_left_to_run(tmp_path):
     assert "## What is left to run" not in write_document(_manifest(tmp_path / "none", records), figures=False).read_text()
     with pytest.raises(ValueError, match=r"section s: seeds_to_run='3': must be a list of whole numbers"):
         write_document(_manifest(tmp_path / "typo", records, {**section, "seeds_to_run": "3"}), figures=False)
+    only_sgd = {**section, "seeds_to_run_where": {"attack.name": "sgd_uap"}}  # the rows it plans seeds on
+    text = write_document(_manifest(tmp_path / "where", records, only_sgd), figures=False).read_text()
+    assert "| S | 1, 2, 3 | 1 | 12 min | 0 |" in text and "| cb_uap |" not in text.split("## What is left to run")[1]
+    with pytest.raises(ValueError, match=r"section s: seeds_to_run_where=\[182\]: must map row keys to values"):
+        write_document(_manifest(tmp_path / "typo2", records, {**section, "seeds_to_run_where": [182]}), figures=False)
+    with pytest.raises(ValueError, match=r"section s: seeds_to_run_where names 'atack', which no run has"):
+        write_document(_manifest(tmp_path / "typo3", records, {**section, "seeds_to_run_where": {"atack": 1}}),
+                       figures=False)
 
 
 @pytest.mark.parametrize("gain,verdict", [(0.15, "holds"), (0.25, "does not hold")])

@@ -1,6 +1,7 @@
 """What is left to run: the runs a section still plans, and their cost estimated from the runs that did run.
 
-A section whose manifest entry names `seeds_to_run` (a list of seeds) plans every one of its rows on each of them:
+A section whose manifest entry names `seeds_to_run` (a list of seeds) plans every one of its rows on each of them,
+or only the rows whose row keys hold the values its `seeds_to_run_where` names (e.g. `{"training.epochs": 182}`):
 a row is the section's runs that share every row key but the seed (the section's `rows`, else the record's own).
 A planned (row, seed) with no completed record is left to run. Its cost is the median cost of the row's completed
 runs: a run's wall time where it ran in one attempt, else the training time it summed over every attempt; a row
@@ -21,11 +22,11 @@ from .records import hashable, metric, settings
 from .rows import row_key
 
 ABOUT = ("The runs each section still plans (its manifest entry's `seeds_to_run`: every row of the section on each "
-         "of these seeds) that no completed record holds yet, and what they would cost at the median cost of the "
-         "same row's completed runs (the wall time of a run that ran in one attempt, else its training time over "
-         "every attempt). These are estimates at the pace of the machine as each section says it was loaded, not "
-         "benchmarks; a row none of whose runs has such a cost gets no estimate, and rows no run has started are "
-         "named in the section's own text, not here.")
+         "of these seeds, or the rows its `seeds_to_run_where` names) that no completed record holds yet, and what "
+         "they would cost at the median cost of the same row's completed runs (the wall time of a run that ran in "
+         "one attempt, else its training time over every attempt). These are estimates at the pace of the machine "
+         "as each section says it was loaded, not benchmarks; a row none of whose runs has such a cost gets no "
+         "estimate, and rows no run has started are named in the section's own text, not here.")
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,19 @@ def planned_seeds(section: Mapping[str, Any]) -> list[Any]:
     return seeds
 
 
+def _planned_rows(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The row-key values a planned row holds (`seeds_to_run_where`; every row where it names none)."""
+    where = section.get("seeds_to_run_where", {})
+    if not isinstance(where, Mapping):
+        raise ValueError(f"section {section['name']}: seeds_to_run_where={where!r}: must map row keys to values")
+    return {row_key(k): v for k, v in where.items()}
+
+
 def left_to_run(section: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                 rows: Sequence[str] | None = None) -> list[Left]:
     """The rows of `records` with planned seeds no completed record holds, in the order the rows first appear;
     `rows`: the row keys where neither the section nor a record names any (the command line's)."""
-    seeds = planned_seeds(section)
+    seeds, where = planned_seeds(section), _planned_rows(section)
     if not seeds:
         return []
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
@@ -70,12 +79,17 @@ def left_to_run(section: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
             raise ValueError(f"section {section['name']}: seeds_to_run needs row keys (the records' `rows` or the "
                              "section's)")
         found = settings(record)
+        if any(hashable(found.get(k)) != hashable(v) for k, v in where.items()):
+            continue
         key = tuple(f"{k}={hashable(found.get(k))}" for k in keys)
         groups.setdefault(key, []).append(record)
         values.setdefault(key, {k: found.get(k) for k in keys})
     shown = varying_keys(sorted({k for v in values.values() for k in v}), list(values.values()),
                          skip=("task", "dataset", "model"))
     out = []
+    unknown = [k for k in where if all(k not in settings(r) for r in records)]
+    if unknown:
+        raise ValueError(f"section {section['name']}: seeds_to_run_where names {unknown[0]!r}, which no run has")
     for key, runs in groups.items():
         done = [r for r in runs if r.get("status") == "completed"]
         missing = tuple(s for s in seeds if s not in {r.get("seed") for r in done})
