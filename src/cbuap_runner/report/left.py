@@ -73,23 +73,25 @@ def left_to_run(section: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
         return []
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     values: dict[tuple[str, ...], dict[str, Any]] = {}
+    held: set[str] = set()  # the setting keys some run has
     for record in records:
         keys = [row_key(k) for k in (section.get("rows") or record.get("rows") or rows or []) if k != "seed"]
         if not keys:
             raise ValueError(f"section {section['name']}: seeds_to_run needs row keys (the records' `rows` or the "
                              "section's)")
         found = settings(record)
+        held.update(found)
         if any(hashable(found.get(k)) != hashable(v) for k, v in where.items()):
             continue
         key = tuple(f"{k}={hashable(found.get(k))}" for k in keys)
         groups.setdefault(key, []).append(record)
         values.setdefault(key, {k: found.get(k) for k in keys})
+    unknown = [k for k in where if k not in held]
+    if records and unknown:
+        raise ValueError(f"section {section['name']}: seeds_to_run_where names {unknown[0]!r}, which no run has")
     shown = varying_keys(sorted({k for v in values.values() for k in v}), list(values.values()),
                          skip=("task", "dataset", "model"))
     out = []
-    unknown = [k for k in where if all(k not in settings(r) for r in records)]
-    if unknown:
-        raise ValueError(f"section {section['name']}: seeds_to_run_where names {unknown[0]!r}, which no run has")
     for key, runs in groups.items():
         done = [r for r in runs if r.get("status") == "completed"]
         missing = tuple(s for s in seeds if s not in {r.get("seed") for r in done})
